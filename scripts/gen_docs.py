@@ -1,0 +1,28 @@
+"""Regenerate docs/scenario-reference.md and docs/scenario.schema.json from the models.
+
+Run: .venv/bin/python scripts/gen_docs.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from llmdrill.scenario.docs import render_reference, write_schema_file
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "docs" / "scenario-reference.md"
+SCHEMA = ROOT / "docs" / "scenario.schema.json"
+
+
+def main() -> int:
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE.write_text(render_reference(), encoding="utf-8")
+    write_schema_file(SCHEMA)
+    for path in (REFERENCE, SCHEMA):
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

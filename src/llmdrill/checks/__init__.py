@@ -1,0 +1,29 @@
+"""Checks: verdicts over a run's evidence, one module per check kind.
+
+Importing this package registers the built-in kinds; `evaluate_check` is the entry point.
+"""
+
+from llmdrill.checks import hung, metric, recovers, slo
+from llmdrill.checks.base import (
+    BoundCheck,
+    Evaluator,
+    WindowCheck,
+    evaluate_check,
+    evaluator_for,
+    register,
+    registered_kinds,
+)
+
+__all__ = [
+    "BoundCheck",
+    "Evaluator",
+    "WindowCheck",
+    "evaluate_check",
+    "evaluator_for",
+    "hung",
+    "metric",
+    "recovers",
+    "register",
+    "registered_kinds",
+    "slo",
+]

@@ -1,0 +1,150 @@
+"""The check registry and the one entry point the runner calls: `evaluate_check`.
+
+A check kind is a function `(name, phase, spec, evidence, window) -> CheckResult`
+registered under its kind name with `@register("kind")`. New kinds (e.g. from a
+later fault backend) only add a module with one decorated function; nothing here
+changes. Evaluators may raise: `evaluate_check` turns any exception into an "error"
+result, because one broken check must not take the whole run's verdict with it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from llmdrill.harness.records import Evidence
+from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.scenario.models import Check
+
+# The spec is typed Any here so each evaluator can name its own spec model
+# (SloCheck, MetricCheck, ...) and still fit the one registry.
+Evaluator = Callable[[str, str, Any, Evidence, Window], CheckResult]
+E = TypeVar("E", bound=Evaluator)
+
+_REGISTRY: dict[str, Evaluator] = {}
+
+
+def register(kind: str) -> Callable[[E], E]:
+    """Decorator: make `fn` the evaluator of check kind `kind`."""
+
+    def decorate(fn: E) -> E:
+        if kind in _REGISTRY and _REGISTRY[kind] is not fn:
+            raise ValueError(f"check kind '{kind}' is already registered")
+        _REGISTRY[kind] = fn
+        return fn
+
+    return decorate
+
+
+def evaluator_for(kind: str) -> Evaluator | None:
+    return _REGISTRY.get(kind)
+
+
+def registered_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+class WindowCheck(Protocol):
+    """Anything that can judge the evidence of one window."""
+
+    def evaluate(self, evidence: Evidence, window: Window) -> CheckResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BoundCheck:
+    """A scenario check bound to its evaluator: the `WindowCheck` the runner can hold."""
+
+    name: str
+    kind: str
+    phase: str
+    spec: BaseModel
+    evaluator: Evaluator
+
+    def evaluate(self, evidence: Evidence, window: Window) -> CheckResult:
+        return self.evaluator(self.name, self.phase, self.spec, evidence, window)
+
+
+def make_result(
+    name: str,
+    kind: str,
+    phase: str,
+    status: CheckStatus,
+    summary: str,
+    window: Window | None = None,
+    observed: dict[str, Any] | None = None,
+    expected: dict[str, Any] | None = None,
+    evidence: dict[str, Any] | None = None,
+) -> CheckResult:
+    """Shorthand so evaluators read as their verdicts, not as constructor calls."""
+    return CheckResult(
+        name=name,
+        kind=kind,
+        phase=phase,
+        status=status,
+        summary=summary,
+        window=window,
+        observed=observed or {},
+        expected=expected or {},
+        evidence=evidence or {},
+    )
+
+
+def fmt(value: float, decimals: int = 3) -> str:
+    """A number for a summary: rounded, no trailing zeros, never exponent notation."""
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def phase_window(evidence: Evidence, phase: str) -> Window | str:
+    """The window of a phase that ran to its end, or why there is none."""
+    found = evidence.phase(phase)
+    if found is None:
+        return f"phase '{phase}' did not run"
+    if not found.completed:
+        return f"phase '{phase}' did not complete (stopped after {found.end - found.start:.1f}s)"
+    return Window(phase=phase, start=found.start, end=found.end)
+
+
+def evaluate_check(check: Check, index: int, evidence: Evidence) -> CheckResult:
+    """Judge one scenario check against the run's evidence. Never raises."""
+    name = check.display_name(index)
+    kind = check.kind
+    window_or_reason = phase_window(evidence, check.phase)
+    if isinstance(window_or_reason, str):
+        return make_result(name, kind, check.phase, "skipped", f"skipped: {window_or_reason}")
+    window = window_or_reason
+    evaluator = evaluator_for(kind)
+    if evaluator is None:
+        return make_result(
+            name,
+            kind,
+            check.phase,
+            "error",
+            f"no evaluator for check kind '{kind}' "
+            f"(registered: {', '.join(registered_kinds()) or 'none'})",
+            window=window,
+        )
+    bound = BoundCheck(
+        name=name, kind=kind, phase=check.phase, spec=check.spec, evaluator=evaluator
+    )
+    try:
+        result = bound.evaluate(evidence, window)
+    except Exception as exc:  # any bug in one evaluator becomes that check's "error"
+        return make_result(
+            name,
+            kind,
+            check.phase,
+            "error",
+            f"{kind} check failed to evaluate: {type(exc).__name__}: {exc}",
+            window=window,
+            evidence={"traceback": traceback.format_exc(limit=8)},
+        )
+    if result.window is None:
+        result = result.model_copy(update={"window": window})
+    return result

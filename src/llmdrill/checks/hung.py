@@ -1,0 +1,102 @@
+"""no_hung_requests: every request that started in the window ended within a deadline.
+
+"Ended" includes failing: a fast error is fine here, only a request that outlives the
+deadline (finished or still open) is hung. A request still in flight when the load
+stopped is only given the benefit of the doubt while it was younger than the deadline
+at the stop; one that was already older had hung, stop or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.harness.records import Evidence, RequestRecord
+from llmdrill.harness.result import CheckResult, Window
+from llmdrill.scenario.models import NoHungRequestsCheck
+
+KIND = "no_hung_requests"
+WORST_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    record: RequestRecord
+    duration: float  # how long it had been open when it ended or the load stopped
+    hung: bool
+
+
+def _judge(record: RequestRecord, deadline: float, run_end: float | None) -> _Seen:
+    if record.finished:
+        duration = record.duration
+    else:
+        # Cut by the stop: its age at the stop is all we know (end is the stop time too,
+        # but run_end is the authoritative one when the store has it).
+        duration = (run_end if run_end is not None else record.end) - record.start
+    return _Seen(record, duration, duration > deadline)
+
+
+@register(KIND)
+def evaluate_no_hung(
+    name: str, phase: str, spec: NoHungRequestsCheck, evidence: Evidence, window: Window
+) -> CheckResult:
+    deadline = spec.deadline
+    seen = [
+        _judge(r, deadline, evidence.run_end)
+        for r in evidence.requests_started_in(window.start, window.end)
+    ]
+    hung = [s for s in seen if s.hung]
+    worst = sorted(seen, key=lambda s: s.duration, reverse=True)[:WORST_SHOWN]
+    longest = worst[0].duration if worst else None
+    observed = {
+        "checked": len(seen),
+        "hung": len(hung),
+        "interrupted": sum(1 for s in seen if not s.record.finished),
+        "max_duration_s": None if longest is None else round(longest, 3),
+        "worst": [
+            {
+                "start_offset_s": round(s.record.start - window.start, 3),
+                "duration_s": round(s.duration, 3),
+                "error_class": s.record.error_class,
+                "finished": s.record.finished,
+                "hung": s.hung,
+            }
+            for s in worst
+        ],
+    }
+    expected = {"deadline_s": deadline}
+    limit = f"{fmt(deadline)}s"
+    if not seen:
+        return make_result(
+            name,
+            KIND,
+            phase,
+            "failed",
+            f"no requests started in the window, nothing shows requests end within {limit}",
+            window=window,
+            observed=observed,
+            expected=expected,
+        )
+    assert longest is not None
+    if hung:
+        return make_result(
+            name,
+            KIND,
+            phase,
+            "failed",
+            f"{len(hung)} of {len(seen)} requests hung past the {limit} deadline "
+            f"(longest {fmt(longest, 1)}s)",
+            window=window,
+            observed=observed,
+            expected=expected,
+        )
+    return make_result(
+        name,
+        KIND,
+        phase,
+        "passed",
+        f"all {len(seen)} requests finished or failed within {limit} (longest {fmt(longest, 1)}s)",
+        window=window,
+        observed=observed,
+        expected=expected,
+    )

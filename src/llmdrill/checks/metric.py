@@ -1,0 +1,129 @@
+"""metric: a condition on a scraped engine series within the window.
+
+Engines rename metrics between versions, so a check lists alternatives and the first
+one the target exposes is used. A metric that is not there fails the check: a drill
+that silently passes because it watched nothing is worse than no drill.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.harness.records import Evidence
+from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.scenario.models import MetricCheck
+
+KIND = "metric"
+SIMILAR_SHOWN = 10
+
+
+def increase(values: Sequence[float]) -> float:
+    """Counter increase over the samples, across restarts.
+
+    A drop means the counter reset (engine restart), so the sample after the drop is
+    itself the increase since the reset; this is how Prometheus' increase() reads it.
+    """
+    total = 0.0
+    for prev, cur in pairwise(values):
+        total += cur - prev if cur >= prev else cur
+    return total
+
+
+AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
+    "max": max,
+    "min": min,
+    "mean": lambda v: sum(v) / len(v),
+    "first": lambda v: v[0],
+    "last": lambda v: v[-1],
+    "increase": increase,
+}
+
+
+def similar_names(tried: Sequence[str], present: set[str]) -> list[str]:
+    """Up to SIMILAR_SHOWN exposed names that look like the ones asked for."""
+    found: list[str] = []
+    for name in tried:
+        for match in difflib.get_close_matches(name, sorted(present), n=SIMILAR_SHOWN, cutoff=0.6):
+            if match not in found:
+                found.append(match)
+    return found[:SIMILAR_SHOWN]
+
+
+@register(KIND)
+def evaluate_metric(
+    name: str, phase: str, spec: MetricCheck, evidence: Evidence, window: Window
+) -> CheckResult:
+    expected: dict[str, object] = {"aggregate": spec.aggregate, "series": list(spec.series)}
+    if spec.labels:
+        expected["labels"] = dict(spec.labels)
+    if spec.min is not None:
+        expected["min"] = spec.min
+    if spec.max is not None:
+        expected["max"] = spec.max
+
+    present = evidence.metric_names()
+    series = next((s for s in spec.series if s in present), None)
+    if series is None:
+        similar = similar_names(spec.series, present)
+        hint = f"; similar exposed names: {', '.join(similar)}" if similar else ""
+        return make_result(
+            name,
+            KIND,
+            phase,
+            "failed",
+            f"metric not found: tried {', '.join(spec.series)}{hint}",
+            window=window,
+            observed={"series": None, "tried": list(spec.series), "similar": similar},
+            expected=expected,
+        )
+
+    samples = [
+        (ts, v)
+        for ts, v in evidence.series(series, spec.labels)
+        if window.start <= ts <= window.end
+    ]
+    observed: dict[str, object] = {"series": series, "samples": len(samples), "value": None}
+    where = f"{series}{_labels(spec.labels)}"
+    if not samples:
+        return make_result(
+            name,
+            KIND,
+            phase,
+            "failed",
+            f"no samples of {where} in the window",
+            window=window,
+            observed=observed,
+            expected=expected,
+        )
+
+    value = AGGREGATES[spec.aggregate]([v for _, v in samples])
+    observed["value"] = value
+    shown = f"{spec.aggregate}({where}) = {fmt(value)}"
+    status: CheckStatus = "passed"
+    if spec.max is not None and value > spec.max:
+        status, summary = "failed", f"{shown} > max {fmt(spec.max)}"
+    elif spec.min is not None and value < spec.min:
+        status, summary = "failed", f"{shown} < min {fmt(spec.min)}"
+    else:
+        summary = f"{shown} within {_bounds(spec)} over {len(samples)} samples"
+    return make_result(
+        name, KIND, phase, status, summary, window=window, observed=observed, expected=expected
+    )
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def _bounds(spec: MetricCheck) -> str:
+    parts = []
+    if spec.min is not None:
+        parts.append(f"min {fmt(spec.min)}")
+    if spec.max is not None:
+        parts.append(f"max {fmt(spec.max)}")
+    return ", ".join(parts)

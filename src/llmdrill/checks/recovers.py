@@ -1,0 +1,171 @@
+"""recovers: a measure comes back within a band around its baseline soon enough.
+
+The baseline is the measure over a healthy phase. A window of `window` seconds slides
+over the checked phase in 0.5 s steps; the first window whose value is inside the band
+marks recovery, at (window start - phase start). Recovery must come within `within`.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
+from itertools import accumulate
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.stats import percentile
+from llmdrill.harness.records import Evidence, RequestRecord
+from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.scenario.models import RecoversCheck
+
+KIND = "recovers"
+STEP_S = 0.5
+MAX_POINTS = 200
+_EPS = 1e-9
+
+HIGHER_IS_BETTER = frozenset({"tokens_per_s"})
+_UNITS = {"ttft_p50": "s", "ttft_p95": "s", "error_rate": "", "tokens_per_s": " tok/s"}
+
+
+def measure_started(measure: str, started: Sequence[RequestRecord]) -> float | None:
+    """A latency or error measure over requests; None when they give no evidence."""
+    if measure in ("ttft_p50", "ttft_p95"):
+        ttfts = [r.ttft for r in started if r.ok and r.ttft is not None]
+        return percentile(ttfts, 50 if measure == "ttft_p50" else 95)
+    if measure == "error_rate":
+        judged = [r for r in started if r.finished]  # cut by the load stop: no outcome
+        if not judged:
+            return None
+        return sum(1 for r in judged if not r.ok) / len(judged)
+    raise ValueError(f"unknown recover measure '{measure}'")
+
+
+def _baseline(spec: RecoversCheck, evidence: Evidence) -> float | str:
+    """The baseline value, or why there is none."""
+    phase = evidence.phase(spec.baseline_phase)
+    if phase is None:
+        return f"baseline phase '{spec.baseline_phase}' did not run, so there is no baseline"
+    started = evidence.requests_started_in(phase.start, phase.end)
+    if not started:
+        return f"no requests started in baseline phase '{spec.baseline_phase}'"
+    if spec.measure in HIGHER_IS_BETTER:
+        span = phase.end - phase.start
+        tokens = sum(r.output_tokens for r in started)
+        if span <= 0 or tokens <= 0:
+            # A zero throughput baseline would make any value "recovered".
+            return f"no output tokens in baseline phase '{spec.baseline_phase}'"
+        return tokens / span
+    value = measure_started(spec.measure, started)
+    if value is None:
+        return f"no successful request with a TTFT in baseline phase '{spec.baseline_phase}'"
+    return value
+
+
+class _Slider:
+    """Measures over sliding windows, with sorted indexes so each step is cheap."""
+
+    def __init__(self, measure: str, records: Sequence[RequestRecord]) -> None:
+        self.measure = measure
+        self.by_start = sorted(records, key=lambda r: r.start)
+        self.starts = [r.start for r in self.by_start]
+        by_end = sorted(records, key=lambda r: r.end)
+        self.ends = [r.end for r in by_end]
+        self.tokens_upto = [0, *accumulate(r.output_tokens for r in by_end)]
+
+    def value(self, t: float, length: float) -> float | None:
+        if self.measure in HIGHER_IS_BETTER:
+            # Throughput counts what completed in the window, wherever it started.
+            # Half-open like the start windows, so no request is counted in two
+            # adjacent windows of the same length.
+            lo, hi = bisect_left(self.ends, t), bisect_left(self.ends, t + length)
+            if lo == hi:
+                return None
+            return (self.tokens_upto[hi] - self.tokens_upto[lo]) / length
+        lo, hi = bisect_left(self.starts, t), bisect_left(self.starts, t + length)
+        return measure_started(self.measure, self.by_start[lo:hi])
+
+
+def _in_band(measure: str, value: float | None, limit: float) -> bool:
+    if value is None:
+        return False  # an empty window shows nothing, least of all recovery
+    return value >= limit if measure in HIGHER_IS_BETTER else value <= limit
+
+
+def _thin(points: list[list[float | None]]) -> list[list[float | None]]:
+    if len(points) <= MAX_POINTS:
+        return points
+    return points[:: math.ceil(len(points) / MAX_POINTS)]
+
+
+@register(KIND)
+def evaluate_recovers(
+    name: str, phase: str, spec: RecoversCheck, evidence: Evidence, window: Window
+) -> CheckResult:
+    unit = _UNITS.get(spec.measure, "")
+    expected: dict[str, object] = {
+        "measure": spec.measure,
+        "baseline_phase": spec.baseline_phase,
+        "within_s": spec.within,
+        "tolerance": spec.tolerance,
+        "slack": spec.slack,
+        "window_s": spec.window,
+    }
+    baseline = _baseline(spec, evidence)
+    if isinstance(baseline, str):
+        return make_result(
+            name,
+            KIND,
+            phase,
+            "failed",
+            f"cannot judge recovery: {baseline}",
+            window=window,
+            observed={"baseline": None, "recovery_time_s": None},
+            expected=expected,
+        )
+    higher = spec.measure in HIGHER_IS_BETTER
+    if higher:
+        limit = baseline * (1 - spec.tolerance) - spec.slack
+        expected["band"] = {"min": limit}
+    else:
+        limit = baseline * (1 + spec.tolerance) + spec.slack
+        expected["band"] = {"max": limit}
+
+    duration = window.end - window.start
+    length = min(spec.window, duration)  # a phase shorter than the window is one step
+    steps = math.floor((duration - length) / STEP_S + _EPS) + 1
+    # The whole run's requests: for throughput, a request started in the fault phase
+    # that completes in the window counts towards it.
+    slider = _Slider(spec.measure, evidence.requests)
+    points: list[list[float | None]] = []
+    recovered_at: float | None = None
+    value_at: float | None = None
+    for i in range(steps):
+        t = window.start + i * STEP_S
+        value = slider.value(t, length)
+        points.append([round(i * STEP_S, 3), value])
+        if recovered_at is None and _in_band(spec.measure, value, limit):
+            recovered_at, value_at = i * STEP_S, value
+
+    observed = {
+        "baseline": baseline,
+        "recovery_time_s": recovered_at,
+        "value_at_recovery": value_at,
+        "steps": _thin(points),
+    }
+    comparison = ">=" if higher else "<="
+    band = f"{spec.measure} {comparison} {fmt(limit)}{unit} (baseline {fmt(baseline)}{unit})"
+    status: CheckStatus
+    if recovered_at is None:
+        status = "failed"
+        summary = f"never recovered: no {fmt(length)}s window in the phase had {band}"
+    elif recovered_at <= spec.within + _EPS:
+        status = "passed"
+        summary = f"recovered after {fmt(recovered_at)}s (limit {fmt(spec.within)}s): {band}"
+    else:
+        status = "failed"
+        summary = (
+            f"recovered too late: after {fmt(recovered_at)}s, limit {fmt(spec.within)}s: {band}"
+        )
+    return make_result(
+        name, KIND, phase, status, summary, window=window, observed=observed, expected=expected
+    )

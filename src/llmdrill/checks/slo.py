@@ -1,0 +1,160 @@
+"""slo: client-side service levels over the requests that started in the window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.stats import request_stats
+from llmdrill.harness.records import Evidence
+from llmdrill.harness.result import CheckResult, CheckStatus, RequestStats, Window
+from llmdrill.scenario.models import Bound, DurationBound, FractionBound, SloCheck
+
+KIND = "slo"
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    """One bound of the spec with its measured value, both in display units."""
+
+    label: str  # how the summary names it, e.g. "ttft_p95"
+    key: str  # observed/expected key, e.g. "ttft_p95_ms"
+    value: float | None
+    low: float | None
+    high: float | None
+    unit: str = ""
+    decimals: int = 3
+    no_data: str = "no data"
+
+    def violation(self) -> str | None:
+        if self.value is None:
+            # No evidence is a failure: a bound nobody measured has not held.
+            return f"{self.label}: {self.no_data}"
+        shown = f"{self.label} {fmt(self.value, self.decimals)}{self.unit}"
+        if self.high is not None and self.value > self.high:
+            return f"{shown} > max {fmt(self.high, self.decimals)}{self.unit}"
+        if self.low is not None and self.value < self.low:
+            return f"{shown} < min {fmt(self.low, self.decimals)}{self.unit}"
+        return None
+
+    def expected(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.low is not None:
+            out["min"] = self.low
+        if self.high is not None:
+            out["max"] = self.high
+        return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _measures(spec: SloCheck, stats: RequestStats) -> list[_Measured]:
+    measured: list[_Measured] = []
+    no_ttft = "no successful request with a TTFT (no evidence)"
+    ttfts: list[tuple[str, DurationBound | None, float | None]] = [
+        ("ttft_p50", spec.ttft_p50, stats.ttft_p50_s),
+        ("ttft_p95", spec.ttft_p95, stats.ttft_p95_s),
+        ("ttft_p99", spec.ttft_p99, stats.ttft_p99_s),
+    ]
+    for label, dbound, seconds in ttfts:
+        if dbound is not None:
+            measured.append(
+                _Measured(
+                    label,
+                    f"{label}_ms",
+                    _ms(seconds),
+                    _ms(dbound.min),
+                    _ms(dbound.max),
+                    unit="ms",
+                    decimals=1,
+                    no_data=no_ttft,
+                )
+            )
+    rates: list[tuple[str, Bound | None, float | None, str]] = [
+        ("tokens_per_s", spec.tokens_per_s, stats.tokens_per_s, "no requests (no evidence)"),
+        (
+            "request_tokens_per_s_p50",
+            spec.request_tokens_per_s_p50,
+            stats.request_tokens_per_s_p50,
+            "no successful request with output tokens (no evidence)",
+        ),
+    ]
+    for label, bound, value, no_data in rates:
+        if bound is not None:
+            measured.append(
+                _Measured(label, label, value, bound.min, bound.max, decimals=1, no_data=no_data)
+            )
+    if spec.error_rate is not None:
+        measured.append(_fraction("error_rate", "error_rate", stats.error_rate, spec.error_rate))
+    for cls, fbound in sorted(spec.error_rate_by_class.items()):
+        rate = None if not stats.requests else stats.errors_by_class.get(cls, 0) / stats.requests
+        measured.append(_fraction(f"error_rate[{cls}]", f"error_rate_by_class.{cls}", rate, fbound))
+    return measured
+
+
+def _fraction(label: str, key: str, value: float | None, bound: FractionBound) -> _Measured:
+    return _Measured(label, key, value, bound.min, bound.max, no_data="no requests (no evidence)")
+
+
+@register(KIND)
+def evaluate_slo(
+    name: str, phase: str, spec: SloCheck, evidence: Evidence, window: Window
+) -> CheckResult:
+    started = evidence.requests_started_in(window.start, window.end)
+    # Requests still in flight when the load stopped have no outcome to judge; whether
+    # they were hung is no_hung_requests' question, so they are left out and counted.
+    records = [r for r in started if r.finished]
+    stats = request_stats(records, window_s=window.end - window.start)
+    measured = _measures(spec, stats)
+    violations = [v for m in measured if (v := m.violation()) is not None]
+
+    observed: dict[str, Any] = {
+        "requests": stats.requests,
+        "succeeded": stats.succeeded,
+        "failed": stats.failed,
+        "errors_by_class": stats.errors_by_class,
+        "unfinished_at_stop": len(started) - len(records),
+    }
+    expected: dict[str, Any] = {"min_requests": spec.min_requests}
+    for m in measured:
+        observed[m.key] = m.value
+        expected[m.key] = m.expected()
+
+    if spec.allowed_error_classes is not None:
+        allowed = set(spec.allowed_error_classes)
+        disallowed = {c: n for c, n in stats.errors_by_class.items() if c not in allowed}
+        observed["disallowed_errors"] = disallowed
+        expected["allowed_error_classes"] = sorted(allowed)
+        if disallowed:
+            listed = ", ".join(f"{c} {n}" for c, n in sorted(disallowed.items()))
+            violations.append(f"errors of classes not allowed: {listed}")
+
+    # Zero requests never passes, even with min_requests: 0 — no data is not success.
+    needed = max(spec.min_requests, 1)
+    if stats.requests < needed:
+        violations.insert(
+            0, f"not enough evidence: {stats.requests} requests started, need {needed}"
+        )
+
+    bounds = len(measured) + (spec.allowed_error_classes is not None)
+    status: CheckStatus = "failed" if violations else "passed"
+    if violations:
+        summary = "; ".join(violations)
+    elif bounds:
+        summary = f"all {bounds} bounds held over {stats.requests} requests"
+    else:
+        summary = f"{stats.requests} requests started (needed {needed})"
+    return make_result(
+        name,
+        KIND,
+        phase,
+        status,
+        summary,
+        window=window,
+        observed=observed,
+        expected=expected,
+        evidence={"stats": stats.model_dump()},
+    )

@@ -1,0 +1,264 @@
+"""The `llmdrill` command line. Exit codes: 0 passed, 1 a check failed, 2 invalid scenario
+or environment, 3 aborted (faults reverted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmdrill import __version__
+from llmdrill.scenario.errors import ScenarioError
+
+EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="llmdrill",
+    help="Chaos and failure drills for OpenAI-compatible LLM serving APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+if not err.is_terminal:
+    # CI logs: wide enough that check names and messages are never cut or wrapped.
+    err = Console(stderr=True, width=200)
+
+
+def _fail_invalid(exc: ScenarioError) -> None:
+    for issue in exc.issues:
+        err.print(str(issue), markup=False, highlight=False, soft_wrap=True)
+    err.print(f"{len(exc.issues)} problem(s) found", style="red")
+    raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def validate(paths: Annotated[list[Path], typer.Argument(help="Scenario files or folders.")]
+             ) -> None:
+    """Check scenario files; exit 0 if all are valid, 2 with every problem otherwise."""
+    from llmdrill.scenario.loader import load_scenarios
+
+    try:
+        loaded = load_scenarios(paths)
+    except ScenarioError as exc:
+        _fail_invalid(exc)
+        return
+    for path, scenario in loaded:
+        out.print(f"ok {path} ({scenario.metadata.name})", highlight=False)
+
+
+@app.command()
+def plan(
+    path: Annotated[Path, typer.Argument(help="A scenario file.")],
+    check: Annotated[bool, typer.Option(help="Also check every backend is reachable.")] = False,
+) -> None:
+    """Print the timeline (phases, fault apply/revert, checks). Changes nothing."""
+    from llmdrill.harness.plan import compile_plan
+    from llmdrill.scenario.loader import load_scenario
+
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        _fail_invalid(exc)
+        return
+    compiled = compile_plan(scenario)
+    from llmdrill.drills.toxiproxy import ToxiproxyFault
+
+    out.print(f"[bold]{scenario.metadata.name}[/bold]  {scenario.metadata.description}")
+    out.print(f"target {scenario.target.base_url} model {scenario.target.model}; load "
+              f"{scenario.load.users} users; total {compiled.total:g}s", highlight=False)
+    table = Table("at", "what", "detail")
+    for i, phase in enumerate(compiled.phases):
+        table.add_row(f"{phase.start:g}s", f"phase {phase.name} starts",
+                      f"{phase.end - phase.start:g}s")
+        for name in compiled.faults_entering(i):
+            spec = scenario.faults[name].toxiproxy
+            inj = ToxiproxyFault("<run>", name, spec, scenario.toxiproxy[spec.server].url)
+            table.add_row(f"{phase.start:g}s", f"apply {name}", inj.describe())
+        for name in compiled.faults_leaving(i):
+            table.add_row(f"{phase.end:g}s", f"revert {name}", "")
+        for c in compiled.checks:
+            if c.phase == phase.name:
+                table.add_row(f"{phase.end:g}s", f"check {c.name}",
+                              f"{c.kind} over [{c.window[0]:g}s, {c.window[1]:g}s)")
+    out.print(table)
+    if check:
+        from llmdrill.drills.base import EnvironmentProblem
+        from llmdrill.harness.preflight import check_metrics, check_target
+        from llmdrill.harness.secrets import SecretMissing, auth_headers
+
+        try:
+            headers = auth_headers(scenario.target)
+            out.print(check_target(scenario.target, headers), highlight=False)
+            if scenario.target.metrics_url:
+                out.print(check_metrics(scenario.target.metrics_url, headers), highlight=False)
+            for name in scenario.faults:
+                spec = scenario.faults[name].toxiproxy
+                inj = ToxiproxyFault("<run>", name, spec, scenario.toxiproxy[spec.server].url)
+                for line in inj.preflight():
+                    out.print(line, highlight=False)
+        except (EnvironmentProblem, SecretMissing) as exc:
+            err.print(f"preflight failed: {exc}", markup=False, highlight=False)
+            raise typer.Exit(EXIT_INVALID) from None
+
+
+@app.command()
+def run(
+    paths: Annotated[list[Path], typer.Argument(help="Scenario files or folders, run in order.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Reports folder.")] = Path("reports"),
+    junit: Annotated[Path | None, typer.Option(help="Also write one JUnit file for all.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only scenarios with this tag.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+) -> None:
+    """Run scenarios: load, faults, checks, reports. Exit code says how it went."""
+    from llmdrill.harness.progress import Progress
+    from llmdrill.harness.runner import RunOptions, run_scenario
+    from llmdrill.report import write_suite_index, write_suite_junit
+    from llmdrill.scenario.loader import load_scenarios
+
+    try:
+        loaded = load_scenarios(paths)
+    except ScenarioError as exc:
+        _fail_invalid(exc)
+        return
+    if tag:
+        loaded = [(p, s) for p, s in loaded if set(tag) & set(s.metadata.tags)]
+        if not loaded:
+            err.print(f"no scenario has tag(s) {', '.join(tag)}")
+            raise typer.Exit(EXIT_INVALID)
+    results = []
+    codes = []
+    for path, scenario in loaded:
+        progress = Progress(console=err, quiet=quiet)
+        progress.start(f"{scenario.metadata.name} ({path})")
+        try:
+            result = run_scenario(path, scenario, RunOptions(out_dir=out_dir), progress)
+        finally:
+            progress.stop()
+        results.append((result, Path(result.files.get("html", out_dir)).parent))
+        code = {"passed": EXIT_PASSED, "failed": EXIT_FAILED, "aborted": EXIT_ABORTED,
+                "error": EXIT_INVALID}[result.status]
+        codes.append(code)
+        _print_result(result)
+        if code == EXIT_ABORTED:
+            break  # an interrupted suite stops; the faults of this one are reverted
+    if junit:
+        write_suite_junit([r for r, _ in results], junit)
+    if len(results) > 1:
+        index = write_suite_index(results, out_dir)
+        err.print(f"suite index: {index}", highlight=False)
+    raise typer.Exit(max(codes, key=lambda c: (c == EXIT_ABORTED, c == EXIT_INVALID, c)))
+
+
+def _print_result(result: object) -> None:
+    from llmdrill.harness.result import RunResult
+
+    assert isinstance(result, RunResult)
+    color = {"passed": "green", "failed": "red", "aborted": "yellow", "error": "red"}
+    table = Table("check", "phase", "status", "summary", title=f"{result.scenario.name}")
+    for c in result.checks:
+        table.add_row(c.name, c.phase, f"[{color.get(c.status, 'white')}]{c.status}[/]",
+                      c.summary)
+    err.print(table)
+    reason = f" ({result.abort_reason})" if result.abort_reason else ""
+    err.print(f"[{color[result.status]}]{result.status.upper()}[/]", highlight=False, end="")
+    err.print(reason, markup=False, highlight=False, soft_wrap=True)
+    html = result.files.get("html")
+    if html:
+        err.print(f"report: {html}", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the scenario format (for yaml-language-server)."""
+    from llmdrill.scenario.schema import scenario_json_schema
+
+    out.print_json(json.dumps(scenario_json_schema()))
+
+
+@app.command()
+def cleanup(
+    run_ref: Annotated[str | None, typer.Argument(
+        metavar="[RUN]", help="A run id, run folder or journal; default: every crashed run.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Also runs whose harness still seems alive.")
+                     ] = False,
+) -> None:
+    """Revert every fault a crashed or killed run left behind. Idempotent."""
+    from llmdrill.harness.cleanup import cleanup_runs
+
+    code = cleanup_runs(run_ref, force, err)
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    result_json: Annotated[Path, typer.Argument(help="A run's result.json.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write.")] = None,
+) -> None:
+    """Render the reports again from a result.json (never re-runs anything)."""
+    from llmdrill.report import load_result, write_reports
+
+    try:
+        result = load_result(result_json)
+    except (OSError, ValueError) as exc:
+        err.print(f"{result_json}: cannot read result ({exc})", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    files = write_reports(result, out_dir or result_json.parent)
+    for kind, path in files.items():
+        out.print(f"{kind}: {path}", highlight=False)
+
+
+@app.command()
+def up(
+    install: Annotated[bool, typer.Option(help="Install missing parts first.")] = True,
+) -> None:
+    """Start the local stack (real vLLM on CPU + Toxiproxy) on 127.0.0.1 and print URLs."""
+    from llmdrill.stack.local import LocalStack, StackError
+
+    stack = LocalStack()
+    try:
+        stack.up(install=install)
+    except StackError as exc:
+        err.print(f"stack: {exc}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    for name, url in stack.urls().items():
+        out.print(f"{name:24} {url}", highlight=False)
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack started by `llmdrill up`."""
+    from llmdrill.stack.local import LocalStack
+
+    stopped = LocalStack().down()
+    out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        out.print(f"llmdrill {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(EXIT_ABORTED)
+
+
+if __name__ == "__main__":
+    main()

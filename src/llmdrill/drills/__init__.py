@@ -1,0 +1,1 @@
+"""Fault injectors, one module per backend, and the revert registry cleanup uses."""

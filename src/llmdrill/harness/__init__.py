@@ -1,0 +1,1 @@
+"""Plan compiler, runner, journal, evidence store and the canonical run result."""

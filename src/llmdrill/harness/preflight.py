@@ -1,0 +1,64 @@
+"""Reachability checks before a run (and for `llmdrill plan --check`). Changes nothing."""
+
+from __future__ import annotations
+
+import httpx
+
+from llmdrill.drills.base import EnvironmentProblem
+from llmdrill.probes.engine_metrics import parse_metrics
+from llmdrill.scenario.models import Target
+
+TIMEOUT = httpx.Timeout(5.0)
+
+
+def check_target(target: Target, headers: dict[str, str]) -> str:
+    """The target answers /v1/models as an OpenAI API and serves the scenario's model."""
+    url = f"{target.base_url.rstrip('/')}/v1/models"
+    try:
+        resp = httpx.get(url, headers=headers, timeout=TIMEOUT)
+    except httpx.TimeoutException:
+        raise EnvironmentProblem(f"target {url} did not answer within 5s") from None
+    except httpx.HTTPError as exc:
+        raise EnvironmentProblem(
+            f"target {url} is unreachable ({type(exc).__name__}: {exc})"
+        ) from None
+    if resp.status_code in (401, 403):
+        raise EnvironmentProblem(
+            f"target {url} refused our credentials (HTTP {resp.status_code}); set the key in "
+            "the variable named by target.api_key_env"
+        )
+    if resp.status_code != 200:
+        raise EnvironmentProblem(f"target {url} answered HTTP {resp.status_code}")
+    try:
+        models = [str(m.get("id")) for m in resp.json().get("data", [])]
+    except (ValueError, AttributeError, TypeError):
+        raise EnvironmentProblem(
+            f"target {url} did not answer with an OpenAI model list (not JSON)"
+        ) from None
+    if target.model not in models:
+        served = ", ".join(models[:10]) or "none"
+        raise EnvironmentProblem(
+            f"target {url} does not serve model '{target.model}' (served: {served})"
+        )
+    return f"target {target.base_url} serves '{target.model}'"
+
+
+def check_metrics(url: str, headers: dict[str, str]) -> str:
+    try:
+        resp = httpx.get(url, headers=headers, timeout=TIMEOUT)
+    except httpx.TimeoutException:
+        raise EnvironmentProblem(f"metrics endpoint {url} did not answer within 5s") from None
+    except httpx.HTTPError as exc:
+        raise EnvironmentProblem(
+            f"metrics endpoint {url} is unreachable ({type(exc).__name__}: {exc})"
+        ) from None
+    if resp.status_code != 200:
+        raise EnvironmentProblem(f"metrics endpoint {url} answered HTTP {resp.status_code}")
+    try:
+        samples = parse_metrics(resp.text, 0.0)
+    except Exception as exc:
+        raise EnvironmentProblem(
+            f"metrics endpoint {url} did not answer in Prometheus text format ({exc})"
+        ) from None
+    engine = sum(1 for s in samples if s.name.startswith("vllm:"))
+    return f"metrics {url}: {len(samples)} samples ({engine} from vLLM)"

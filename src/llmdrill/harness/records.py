@@ -1,0 +1,103 @@
+"""Plain records the evidence store holds and checks read. Times are epoch seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One logical request as the client saw it (after all its retry attempts).
+
+    `error_class` is None for a success. Classes: timeout, connect, reset,
+    incomplete_stream, protocol, http_4xx, http_429, http_5xx, interrupted (still in flight
+    when the load stopped; `end` is then the stop time and `finished` is False).
+    """
+
+    start: float
+    end: float
+    api: str = "chat"
+    stream: bool = True
+    ttft: float | None = None  # seconds from start of the successful attempt to first token
+    status: int | None = None  # last HTTP status, None when no response came
+    error_class: str | None = None
+    error_type: str | None = None  # e.g. the 4xx error body's "type", or an exception name
+    attempts: int = 1
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    itl_max: float | None = None  # largest gap between two tokens
+    itl_mean: float | None = None
+    request_id: str | None = None
+    finished: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    """One sample of a scraped series (histogram buckets included, by their full name)."""
+
+    ts: float
+    name: str
+    value: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseWindow:
+    name: str
+    start: float
+    end: float
+    faults: tuple[str, ...] = ()
+    completed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FaultEvent:
+    fault: str
+    applied_at: float
+    reverted_at: float | None
+
+
+@dataclass
+class Evidence:
+    """Everything a run observed, in memory, for checks and statistics to read."""
+
+    requests: list[RequestRecord] = field(default_factory=list)
+    metrics: list[MetricSample] = field(default_factory=list)
+    phases: list[PhaseWindow] = field(default_factory=list)
+    faults: list[FaultEvent] = field(default_factory=list)
+    run_end: float | None = None  # when the load stopped
+
+    def phase(self, name: str) -> PhaseWindow | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    def requests_started_in(self, start: float, end: float) -> list[RequestRecord]:
+        return [r for r in self.requests if start <= r.start < end]
+
+    def metric_names(self) -> set[str]:
+        return {m.name for m in self.metrics}
+
+    def series(
+        self, name: str, labels: dict[str, str] | None = None
+    ) -> list[tuple[float, float]]:
+        """Samples of one metric name whose labels include `labels`, summed per scrape.
+
+        Summing per timestamp folds several engines or label sets into one series, which is
+        what a drill wants for gauges like running requests.
+        """
+        wanted = labels or {}
+        per_ts: dict[float, float] = {}
+        for m in self.metrics:
+            if m.name != name:
+                continue
+            if any(m.labels.get(k) != v for k, v in wanted.items()):
+                continue
+            per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
+        return sorted(per_ts.items())

@@ -1,0 +1,385 @@
+"""Run one scenario: preflight, load, faults on the timeline, evidence, verdicts, reports.
+
+Whatever happens (a check failing, an exception, Ctrl-C, SIGTERM, a guardrail), the
+`finally` path reverts every fault the journal holds, stops the load, and writes the
+(possibly partial) reports.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from llmdrill.checks import evaluate_check
+from llmdrill.checks.stats import client_series, request_stats
+from llmdrill.drills.base import EnvironmentProblem
+from llmdrill.drills.toxiproxy import ProxySetup, ToxiproxyFault
+from llmdrill.harness.evidence import EvidenceStore
+from llmdrill.harness.journal import Journal, revert_outstanding
+from llmdrill.harness.live import LiveStats
+from llmdrill.harness.plan import Plan, compile_plan
+from llmdrill.harness.preflight import check_metrics, check_target
+from llmdrill.harness.progress import Progress
+from llmdrill.harness.records import FaultEvent, MetricSample, PhaseWindow
+from llmdrill.harness.result import (
+    CheckResult,
+    FaultResult,
+    PhaseResult,
+    RunResult,
+    RunStatus,
+    ScenarioInfo,
+    Series,
+    TargetInfo,
+)
+from llmdrill.harness.secrets import auth_headers
+from llmdrill.harness.versions import engine_version, harness_versions
+from llmdrill.load.config import LoadConfig, RequestShapeConfig
+from llmdrill.load.runner import LocustProcess
+from llmdrill.probes.engine_metrics import MetricsScraper
+from llmdrill.report import write_reports
+from llmdrill.scenario.models import Scenario
+
+# Engine gauges charted in every report, by short name; first name the target exposes wins.
+ENGINE_GAUGES = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+}
+
+
+class Aborted(Exception):
+    """The run stops early; faults are reverted and a partial report is written."""
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path = Path("reports")
+    scrape_interval: float = 1.0
+    tick: float = 0.5
+
+
+class _Signals:
+    """SIGTERM and SIGINT become Aborted once; during teardown they are ignored, so a
+    second Ctrl-C cannot interrupt the reverts."""
+
+    def __init__(self) -> None:
+        self.tearing_down = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.tearing_down:
+            return
+        self.tearing_down = True  # one abort is enough; the rest waits for the reverts
+        raise Aborted(f"interrupted by {signal.Signals(signum).name}")
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Runner:
+    def __init__(self, path: Path, scenario: Scenario, options: RunOptions,
+                 progress: Progress | None = None) -> None:
+        self.path = path
+        self.scenario = scenario
+        self.options = options
+        self.plan: Plan = compile_plan(scenario)
+        started = datetime.now(UTC)
+        self.run_id = f"{started:%Y%m%dT%H%M%SZ}-{scenario.metadata.name}"
+        self.run_dir = options.out_dir / self.run_id
+        self.progress = progress or Progress(quiet=True)
+        self.fault_results: dict[str, FaultResult] = {}
+        self.journal_ids: dict[str, str] = {}
+        self.phase_results: list[PhaseResult] = []
+        self.abort_reason: str | None = None
+        self.error: str | None = None
+        self.live = LiveStats()
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def _injector(self, name: str) -> ToxiproxyFault:
+        fault = self.scenario.faults[name]
+        server = self.scenario.toxiproxy[fault.toxiproxy.server].url
+        return ToxiproxyFault(self.run_id, name, fault.toxiproxy, server)
+
+    def _proxy_setups(self) -> list[ProxySetup]:
+        setups: dict[tuple[str, str], ProxySetup] = {}
+        for fault in self.scenario.faults.values():
+            spec = fault.toxiproxy
+            if spec.listen and spec.upstream:
+                url = self.scenario.toxiproxy[spec.server].url
+                setups[(url, spec.proxy)] = ProxySetup(url, spec.proxy, spec.listen,
+                                                       spec.upstream)
+        return list(setups.values())
+
+    def _apply(self, name: str, journal: Journal, store: EvidenceStore) -> None:
+        injector = self._injector(name)
+        action = injector.prepare()
+        entry = journal.intent(name, injector.describe(), action)  # before the change
+        self.journal_ids[name] = entry
+        spec = self.scenario.faults[name].toxiproxy
+        result = FaultResult(name=name, backend=injector.backend, kind=spec.toxic,
+                             params=spec.model_dump(mode="json", exclude={"toxic"}))
+        self.fault_results[name] = result
+        try:
+            injector.apply()
+        except Exception as exc:
+            journal.apply_failed(entry, str(exc))
+            raise
+        result.applied_at = time.time()
+        journal.applied(entry)
+        store.add_event(result.applied_at, "fault_applied", {"fault": name})
+        self.progress.event(f"applied {name}: {injector.describe()}")
+
+    def _revert(self, name: str, journal: Journal, store: EvidenceStore) -> None:
+        from llmdrill.drills.base import revert
+
+        entry = self.journal_ids.pop(name, None)
+        if entry is None:
+            return
+        action = next((o.action for o in journal.outstanding() if o.id == entry), None)
+        result = self.fault_results[name]
+        try:
+            if action is not None:
+                revert(action)
+        except Exception as exc:
+            result.revert_error = f"{type(exc).__name__}: {exc}"
+            journal.revert_failed(entry, result.revert_error)
+            self.progress.event(f"FAILED to revert {name}: {result.revert_error}")
+            return
+        journal.reverted(entry)
+        result.reverted_at = time.time()
+        store.add_event(result.reverted_at, "fault_reverted", {"fault": name})
+        self.progress.event(f"reverted {name}")
+
+    def _revert_everything(self, journal: Journal, store: EvidenceStore) -> None:
+        for name in list(self.journal_ids):
+            self._revert(name, journal, store)
+        # Anything else outstanding (proxies the run created, a fault half-applied).
+        for entry, error in revert_outstanding(journal):
+            fault = self.fault_results.get(entry.fault)
+            if fault is not None:
+                if error:
+                    fault.revert_error = error
+                elif fault.reverted_at is None:
+                    fault.reverted_at = time.time()
+            if error:
+                self.progress.event(f"FAILED to revert {entry.description}: {error}")
+
+    # -- the run --------------------------------------------------------------------------
+
+    def _load_config(self, samples: Path) -> LoadConfig:
+        load = self.scenario.load
+        target = self.scenario.target
+        return LoadConfig(
+            base_url=target.base_url, model=target.model, samples_path=str(samples),
+            shapes=[RequestShapeConfig(api=s.api, stream=s.stream, prompt_tokens=s.prompt_tokens,
+                                       max_tokens=s.max_tokens, ignore_eos=s.ignore_eos,
+                                       weight=s.weight) for s in load.requests],
+            connect_timeout=load.timeouts.connect, read_timeout=load.timeouts.read,
+            total_timeout=load.timeouts.total, max_attempts=load.retries.max_attempts,
+            backoff=load.retries.backoff, max_backoff=load.retries.max_backoff,
+            retry_on=list(load.retries.on), wait=load.wait,
+            api_key_env=target.api_key_env, api_key_file=target.api_key_file,
+        )
+
+    def run(self) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        signals = _Signals()
+        signals.install()
+        store = EvidenceStore(self.run_dir / "evidence.db")
+        journal = Journal(self.run_dir / "journal.jsonl", self.run_id)
+        started_at = time.time()
+        t0 = started_at
+        locust: LocustProcess | None = None
+        scraper: MetricsScraper | None = None
+        engine: str | None = None
+        try:
+            headers = auth_headers(self.scenario.target)
+            for setup in self._proxy_setups():
+                if not setup.exists():
+                    entry = journal.intent(f"proxy:{setup.name}", setup.describe(),
+                                           setup.prepare())
+                    setup.apply()
+                    journal.applied(entry)
+            for name in self.scenario.faults:
+                self._injector(name).preflight()
+            check_target(self.scenario.target, headers)
+            engine = engine_version(self.scenario.target.base_url, headers)
+            if self.scenario.target.metrics_url:
+                check_metrics(self.scenario.target.metrics_url, headers)
+                scraper = MetricsScraper(
+                    self.scenario.target.metrics_url, store.add_metrics,
+                    lambda msg: store.add_event(time.time(), "scrape_failed", {"error": msg}),
+                    interval=self.options.scrape_interval,
+                )
+                scraper.start()
+            locust = LocustProcess(
+                self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
+                self.scenario.load.spawn_rate, self.plan.total, self.run_dir,
+            )
+            t0 = time.time()
+            locust.start()
+            self._run_phases(t0, locust, scraper, journal, store)
+        except Aborted as exc:
+            self.abort_reason = str(exc)
+        except KeyboardInterrupt:
+            self.abort_reason = "interrupted by SIGINT"
+        except EnvironmentProblem as exc:
+            self.error = str(exc)
+        except Exception as exc:  # the report must still be written, with the reason
+            trace = self.run_dir / "error.log"
+            trace.write_text(traceback.format_exc())
+            self.error = f"{type(exc).__name__}: {exc} (traceback in {trace})"
+        finally:
+            signals.tearing_down = True
+            self._revert_everything(journal, store)
+            run_end = time.time()
+            if locust is not None:
+                locust.stop()
+                store.add_requests(locust.read_new())
+                locust.close()
+            if scraper is not None:
+                scraper.stop()
+            journal.finish()
+            result = self._result(store, started_at, t0, run_end, engine)
+            store.close()
+            result.files = self._write_reports(result)
+            signals.restore()
+        return result
+
+    def _write_reports(self, result: RunResult) -> dict[str, str]:
+        # result.json first, alone: whatever goes wrong in a renderer, the canonical
+        # result of the run is on disk.
+        (self.run_dir / "result.json").write_text(result.to_json())
+        try:
+            return {k: str(v) for k, v in write_reports(result, self.run_dir).items()}
+        except Exception as exc:
+            (self.run_dir / "report-error.log").write_text(traceback.format_exc())
+            self.progress.event(f"could not render every report ({type(exc).__name__}: {exc});"
+                                f" result.json is complete")
+            return {"json": str(self.run_dir / "result.json")}
+
+    def _run_phases(self, t0: float, locust: LocustProcess, scraper: MetricsScraper | None,
+                    journal: Journal, store: EvidenceStore) -> None:
+        guard = self.scenario.guardrails
+        for index, planned in enumerate(self.plan.phases):
+            phase = PhaseResult(name=planned.name, planned_start=t0 + planned.start,
+                                planned_end=t0 + planned.end, start=time.time(),
+                                faults=list(planned.faults))
+            self.phase_results.append(phase)
+            store.add_event(phase.start or 0.0, "phase_start", {"phase": planned.name})
+            for name in self.plan.faults_entering(index):
+                self._apply(name, journal, store)
+            deadline = t0 + planned.end
+            while (now := time.time()) < deadline:
+                new = locust.read_new()
+                if new:
+                    store.add_requests(new)
+                    self.live.add(new)
+                if not locust.alive():
+                    raise Aborted("the load generator exited early (see locust.log)")
+                reason = self.live.guardrail_breach(guard, now)
+                if reason:
+                    raise Aborted(f"guardrail: {reason}")
+                self.progress.tick(planned.name, deadline - now, self.live, now,
+                                   list(self.journal_ids),
+                                   scraper.latest if scraper else {})
+                time.sleep(min(self.options.tick, max(0.0, deadline - now)))
+            for name in self.plan.faults_leaving(index):
+                self._revert(name, journal, store)
+            phase.end = time.time()
+            phase.completed = True
+            store.add_event(phase.end, "phase_end", {"phase": planned.name})
+
+    # -- result ---------------------------------------------------------------------------
+
+    def _result(self, store: EvidenceStore, started_at: float, t0: float, run_end: float,
+                engine: str | None) -> RunResult:
+        for phase in self.phase_results:
+            if phase.end is None:
+                phase.end = run_end
+        windows = [PhaseWindow(p.name, p.start or p.planned_start, p.end or run_end,
+                               tuple(p.faults), p.completed) for p in self.phase_results]
+        faults = [FaultEvent(f.name, f.applied_at, f.reverted_at)
+                  for f in self.fault_results.values() if f.applied_at is not None]
+        evidence = store.load(windows, faults, run_end)
+        checks: list[CheckResult] = [
+            evaluate_check(check, i, evidence) for i, check in enumerate(self.scenario.checks)
+        ]
+        stats = {"overall": request_stats(evidence.requests, max(run_end - t0, 0.0) or None)}
+        for w in windows:
+            stats[w.name] = request_stats(evidence.requests_started_in(w.start, w.end),
+                                          w.end - w.start)
+        series = Series(t0=t0, client=client_series(evidence.requests, t0, run_end),
+                        engine=self._engine_series(evidence.metrics, t0))
+        status: RunStatus
+        if self.error:
+            status = "error"
+        elif self.abort_reason:
+            status = "aborted"
+        elif any(c.status in ("failed", "error") for c in checks):
+            status = "failed"
+        else:
+            status = "passed"
+        phases = [p for p in self.phase_results]
+        planned_names = {p.name for p in phases}
+        for planned in self.plan.phases:  # phases that never started, for the timeline
+            if planned.name not in planned_names:
+                phases.append(PhaseResult(name=planned.name, planned_start=t0 + planned.start,
+                                          planned_end=t0 + planned.end,
+                                          faults=list(planned.faults)))
+        target = self.scenario.target
+        return RunResult(
+            run_id=self.run_id,
+            scenario=ScenarioInfo(name=self.scenario.metadata.name, file=str(self.path),
+                                  description=self.scenario.metadata.description,
+                                  tags=list(self.scenario.metadata.tags)),
+            status=status,
+            abort_reason=self.abort_reason or self.error,
+            started_at=started_at,
+            ended_at=time.time(),
+            target=TargetInfo(base_url=target.base_url, model=target.model,
+                              metrics_url=target.metrics_url, engine_version=engine),
+            versions=harness_versions() | ({"engine": engine} if engine else {}),
+            phases=phases,
+            faults=list(self.fault_results.values()),
+            checks=checks,
+            stats=stats,
+            series=series,
+        )
+
+    @staticmethod
+    def _engine_series(metrics: list[MetricSample], t0: float
+                       ) -> dict[str, list[tuple[float, float]]]:
+        names = {m.name for m in metrics}
+        out: dict[str, list[tuple[float, float]]] = {}
+        for short, candidates in ENGINE_GAUGES.items():
+            name = next((n for n in candidates if n in names), None)
+            if name is None:
+                continue
+            per_ts: dict[float, float] = {}
+            for m in metrics:
+                if m.name == name:
+                    per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
+            out[short] = [(round(ts - t0, 3), v) for ts, v in sorted(per_ts.items())]
+        return out
+
+
+def run_scenario(path: Path, scenario: Scenario, options: RunOptions,
+                 progress: Progress | None = None) -> RunResult:
+    return Runner(path, scenario, options, progress).run()
+

@@ -1,0 +1,50 @@
+"""The load configuration handed from the harness to the Locust process (a JSON file).
+
+It holds no secret: only the *name* of the environment variable or the *path* of the file
+that holds the API key, which the Locust process reads itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RequestShapeConfig:
+    api: str = "chat"
+    stream: bool = True
+    prompt_tokens: int = 32
+    max_tokens: int = 32
+    ignore_eos: bool = True
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    base_url: str
+    model: str
+    samples_path: str
+    shapes: list[RequestShapeConfig] = field(default_factory=lambda: [RequestShapeConfig()])
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    total_timeout: float = 60.0
+    max_attempts: int = 3
+    backoff: float = 0.2
+    max_backoff: float = 2.0
+    retry_on: list[str] = field(default_factory=lambda: ["429", "5xx", "timeout", "connect"])
+    wait: float = 0.0
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    max_body_bytes: int = 1 << 20  # cap on any non-streamed body we read
+    max_line_bytes: int = 1 << 20  # cap on one SSE line
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> LoadConfig:
+        raw = json.loads(path.read_text())
+        raw["shapes"] = [RequestShapeConfig(**s) for s in raw.get("shapes", [])]
+        return cls(**raw)

@@ -1,0 +1,96 @@
+"""Start and stop Locust in its own process, and follow the samples it writes.
+
+Locust is gevent-based and monkey-patches the interpreter, so it never runs inside the
+harness process. The harness talks to it through a config file and reads one JSON line
+per request from the samples file as it grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from llmdrill.load import locustfile_path
+from llmdrill.load.config import LoadConfig
+
+
+class LocustProcess:
+    def __init__(self, config: LoadConfig, users: int, spawn_rate: float, run_time: float,
+                 workdir: Path) -> None:
+        self.config = config
+        self.users = users
+        self.spawn_rate = spawn_rate
+        # A safety net: Locust stops by itself even if the harness dies without stopping it.
+        self.run_time = max(1, int(run_time + 30))
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._samples: IO[str] | None = None
+        self._partial = ""
+
+    def start(self) -> None:
+        config_path = self.workdir / "load-config.json"
+        self.config.dump(config_path)
+        Path(self.config.samples_path).touch()
+        env = {**os.environ, "LLMDRILL_LOAD_CONFIG": str(config_path),
+               "LLMDRILL_HARNESS_PID": str(os.getpid())}
+        cmd = [
+            sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless",
+            "-u", str(self.users), "-r", str(self.spawn_rate), "-t", f"{self.run_time}s",
+            "--host", self.config.base_url, "--only-summary", "--loglevel", "WARNING",
+            "--stop-timeout", "0", "--exit-code-on-error", "0",
+            "--csv", str(self.workdir / "locust"),
+        ]
+        self._log = (self.workdir / "locust.log").open("wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+            start_new_session=True,  # our Ctrl-C must not reach it before we stop it in order
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the load: SIGTERM lets users record their in-flight requests, then kill."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if self._log:
+            self._log.close()
+
+    def read_new(self) -> list[dict[str, Any]]:
+        """Sample lines written since the last call (a torn last line waits for more)."""
+        if self._samples is None:
+            path = Path(self.config.samples_path)
+            if not path.exists():
+                return []
+            self._samples = path.open(encoding="utf-8")
+        chunk = self._partial + self._samples.read()
+        lines = chunk.split("\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def close(self) -> None:
+        if self._samples:
+            self._samples.close()

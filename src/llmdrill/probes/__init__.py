@@ -1,0 +1,1 @@
+"""Telemetry sources: the engine's /metrics endpoint and HTTP probes."""

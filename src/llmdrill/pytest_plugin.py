@@ -1,0 +1,86 @@
+"""pytest integration: scenario files as test items, and a fixture to run drills.
+
+- Files named `drill_*.yaml` under the test paths are collected; each check of the
+  scenario becomes one test item (the scenario runs once, at its first item).
+- The `llmdrill_run` fixture runs a scenario file and returns its RunResult, for tests
+  that assert on the result in Python.
+Reports go to `--llmdrill-out` (default: reports/pytest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmdrill.harness.result import RunResult
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmdrill")
+    group.addoption("--llmdrill-out", default="reports/pytest",
+                    help="folder for the reports of drills run by pytest")
+
+
+def _run(path: Path, out: Path) -> RunResult:
+    from llmdrill.harness.runner import RunOptions, run_scenario
+    from llmdrill.scenario.loader import load_scenario
+
+    return run_scenario(path, load_scenario(path), RunOptions(out_dir=out))
+
+
+@pytest.fixture
+def llmdrill_run(request: pytest.FixtureRequest) -> Callable[[str | Path], RunResult]:
+    out = Path(request.config.getoption("--llmdrill-out"))
+
+    def runner(path: str | Path) -> RunResult:
+        return _run(Path(path), out)
+
+    return runner
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.name.startswith("drill_"):
+        return DrillFile.from_parent(parent, path=file_path)
+    return None
+
+
+class DrillFile(pytest.File):
+    result: RunResult | None = None
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from llmdrill.scenario.loader import load_scenario
+
+        scenario = load_scenario(self.path)
+        for i, check in enumerate(scenario.checks):
+            yield DrillCheck.from_parent(self, name=check.display_name(i))
+
+    def run_once(self) -> RunResult:
+        if self.result is None:
+            self.result = _run(self.path, Path(self.config.getoption("--llmdrill-out")))
+        return self.result
+
+
+class DrillFailed(Exception):
+    pass
+
+
+class DrillCheck(pytest.Item):
+    def runtest(self) -> None:
+        parent = self.parent
+        assert isinstance(parent, DrillFile)
+        result = parent.run_once()
+        check = next((c for c in result.checks if c.name == self.name), None)
+        if check is None or check.status != "passed":
+            summary = check.summary if check else f"run {result.status}: {result.abort_reason}"
+            raise DrillFailed(f"{self.name}: {summary}")
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
+        if isinstance(excinfo.value, DrillFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"drill check {self.name}"

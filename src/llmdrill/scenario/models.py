@@ -1,0 +1,571 @@
+"""Typed scenario format v1. Unknown keys are errors everywhere (extra='forbid')."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from llmdrill.scenario.units import Duration, Fraction, PositiveInt, Size
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- metadata and target -------------------------------------------------------------
+
+
+class Metadata(Strict):
+    name: Name = Field(description="The drill's name, shown in plans, reports and results.")
+    description: str = Field(default="", description="What the drill does, in a sentence.")
+    tags: list[str] = Field(
+        default_factory=list, description="Free-form labels, copied into the run's result."
+    )
+
+
+class Target(Strict):
+    """The OpenAI-compatible API under test. Secrets come only from env or files."""
+
+    base_url: str = Field(description="Base URL of the API, without /v1.")
+    model: str = Field(description="Model name sent in every request (`model` in the API).")
+    metrics_url: str | None = Field(
+        default=None, description="The engine's Prometheus /metrics endpoint, if scraped."
+    )
+    api_key_env: str | None = Field(
+        default=None, description="Name of an environment variable that holds the API key."
+    )
+    api_key_file: str | None = Field(default=None, description="A file that holds the API key.")
+    production: bool = Field(
+        default=False, description="Marks a production target; drills refuse it unless allowed."
+    )
+
+    @field_validator("base_url", "metrics_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got '{url}'")
+        return url
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _one_key(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path and info.data.get("api_key_env"):
+            raise ValueError("set api_key_env or api_key_file, not both")
+        return path
+
+
+# --- faults ---------------------------------------------------------------------------
+
+
+class ToxiproxyServer(Strict):
+    url: str = Field(
+        default="http://127.0.0.1:8474", description="Base URL of the Toxiproxy HTTP API."
+    )
+
+
+class _ToxicBase(Strict):
+    server: str = Field(default="default", description="Key in `toxiproxy:` servers.")
+    proxy: Name = Field(description="Toxiproxy proxy name; created if listen/upstream are set.")
+    listen: str | None = Field(default=None, description="host:port the proxy listens on.")
+    upstream: str | None = Field(default=None, description="host:port the proxy forwards to.")
+    stream: Literal["downstream", "upstream"] = Field(
+        default="downstream",
+        description="Direction the toxic acts on: downstream is server to client, "
+        "upstream is client to server.",
+    )
+    toxicity: Fraction = Field(
+        default=1.0, description="Chance that a connection gets the toxic (1: every one)."
+    )
+
+
+class LatencyToxic(_ToxicBase):
+    toxic: Literal["latency"]
+    latency: Duration = Field(description="Delay added to the data passing through.")
+    jitter: Duration = Field(
+        default=0.0, description="Random amount added to or taken from the latency."
+    )
+
+
+class TimeoutToxic(_ToxicBase):
+    """Stops all data; closes the connection after `timeout` (0s: never)."""
+
+    toxic: Literal["timeout"]
+    timeout: Duration = Field(
+        description="When the stalled connection is closed; 0s: it stays open, stalled."
+    )
+
+
+class BandwidthToxic(_ToxicBase):
+    toxic: Literal["bandwidth"]
+    rate: Size = Field(description="Bytes per second, e.g. '16KiB'.")
+
+
+class SlowCloseToxic(_ToxicBase):
+    toxic: Literal["slow_close"]
+    delay: Duration = Field(description="How long the close of a connection is delayed.")
+
+
+class ResetPeerToxic(_ToxicBase):
+    toxic: Literal["reset_peer"]
+    timeout: Duration = Field(
+        default=0.0, description="Wait before the connection is reset (TCP RST); 0s: at once."
+    )
+
+
+class SlicerToxic(_ToxicBase):
+    toxic: Literal["slicer"]
+    average_size: Size = Field(description="Average size of the slices the data is cut into.")
+    size_variation: Size = Field(
+        default=0, description="How much a slice's size varies around the average."
+    )
+    delay: Duration = Field(default=0.0, description="Pause between two slices.")
+
+
+class LimitDataToxic(_ToxicBase):
+    toxic: Literal["limit_data"]
+    bytes: Size = Field(description="The connection is closed once this much data has passed.")
+
+
+class DownToxic(_ToxicBase):
+    """The proxy is disabled: new connections are refused, open ones are cut."""
+
+    toxic: Literal["down"]
+
+
+ToxiproxyFault = Annotated[
+    LatencyToxic
+    | TimeoutToxic
+    | BandwidthToxic
+    | SlowCloseToxic
+    | ResetPeerToxic
+    | SlicerToxic
+    | LimitDataToxic
+    | DownToxic,
+    Field(discriminator="toxic"),
+]
+
+
+FAULT_BACKENDS = ("toxiproxy",)
+
+
+class Fault(Strict):
+    """One named fault. Exactly one backend key is set."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            backends = [k for k in data if k in FAULT_BACKENDS]
+            unknown = [k for k in data if k not in FAULT_BACKENDS and k != "max_lifetime"]
+            if not backends and unknown:
+                raise ValueError(
+                    f"unknown fault type '{unknown[0]}' "
+                    f"(fault types: {', '.join(FAULT_BACKENDS)})"
+                )
+        return data
+
+    toxiproxy: ToxiproxyFault = Field(description="A Toxiproxy toxic; `toxic` picks the kind.")
+    max_lifetime: Duration | None = Field(
+        default=None, description="Upper bound on how long the fault may stay applied."
+    )
+
+
+# --- load -----------------------------------------------------------------------------
+
+
+class Timeouts(Strict):
+    connect: Duration = Field(default=5.0, description="Longest wait to open a connection.")
+    read: Duration = Field(
+        default=30.0, description="Longest wait for response headers or any next chunk."
+    )
+    total: Duration = Field(default=60.0, description="Deadline for one attempt, end to end.")
+
+
+RetryOn = Literal["429", "5xx", "timeout", "connect", "reset"]
+RETRY_ON: tuple[RetryOn, ...] = ("429", "5xx", "timeout", "connect", "reset")
+
+
+class Retries(Strict):
+    max_attempts: PositiveInt = Field(
+        default=3, description="Attempts per request, the first included (1: no retries)."
+    )
+    backoff: Duration = Field(default=0.2, description="Base of the exponential backoff.")
+    max_backoff: Duration = Field(
+        default=2.0, description="Cap on one wait; each wait is random up to the backoff."
+    )
+    on: list[RetryOn] = Field(
+        default_factory=lambda: list(RETRY_ON),
+        description="Failures that are retried (default: all). '429' and '5xx' are HTTP "
+        "statuses, quoted. A request that already streamed tokens is never retried.",
+    )
+
+
+class RequestShape(Strict):
+    api: Literal["chat", "completions"] = Field(
+        default="chat",
+        description="Endpoint: /v1/chat/completions (chat) or /v1/completions.",
+    )
+    stream: bool = Field(default=True, description="Ask for a streamed (SSE) response.")
+    prompt_tokens: PositiveInt = Field(default=32, description="Prompt length, in tokens.")
+    max_tokens: PositiveInt = Field(
+        default=32, description="Output tokens asked for (`max_tokens` in the request)."
+    )
+    ignore_eos: bool = Field(
+        default=True, description="vLLM extension: generate exactly max_tokens tokens."
+    )
+    weight: PositiveInt = Field(
+        default=1, description="How often this shape is picked, relative to the others."
+    )
+
+
+class Load(Strict):
+    users: PositiveInt = Field(
+        default=4, description="Concurrent simulated users, each with one request at a time."
+    )
+    spawn_rate: Annotated[float, Field(gt=0)] = Field(
+        default=4.0, description="Users started per second until all are running."
+    )
+    wait: Duration = Field(default=0.0, description="Think time between a user's requests.")
+    requests: list[RequestShape] = Field(
+        default_factory=lambda: [RequestShape()],
+        min_length=1,
+        description="Request shapes; each request picks one at random, by weight.",
+    )
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts, description="Client deadlines for each attempt."
+    )
+    retries: Retries = Field(default_factory=Retries, description="The client's retry policy.")
+
+
+# --- phases ---------------------------------------------------------------------------
+
+
+class Phase(Strict):
+    name: Name = Field(description="Checks refer to the phase by this name.")
+    duration: Duration = Field(description="How long the phase lasts.")
+    faults: list[str] = Field(
+        default_factory=list,
+        description="Names of `faults` applied when the phase starts and reverted when it "
+        "ends (kept on if the next phase lists them too).",
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, duration: float) -> float:
+        if duration <= 0:
+            raise ValueError("must be more than 0s")
+        return duration
+
+
+# --- checks ---------------------------------------------------------------------------
+
+
+class Bound(Strict):
+    min: float | None = Field(
+        default=None, description="Lowest allowed value (inclusive); give min, max or both."
+    )
+    max: float | None = Field(
+        default=None, description="Highest allowed value (inclusive); give min, max or both."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
+
+class DurationBound(Strict):
+    min: Duration | None = Field(
+        default=None, description="Lowest allowed value (inclusive); give min, max or both."
+    )
+    max: Duration | None = Field(
+        default=None, description="Highest allowed value (inclusive); give min, max or both."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> DurationBound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
+
+class FractionBound(Strict):
+    min: Fraction | None = Field(
+        default=None, description="Lowest allowed value (inclusive); give min, max or both."
+    )
+    max: Fraction | None = Field(
+        default=None, description="Highest allowed value (inclusive); give min, max or both."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> FractionBound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
+
+ErrorClass = Literal[
+    "timeout",
+    "connect",
+    "reset",
+    "incomplete_stream",
+    "protocol",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "interrupted",
+]
+
+
+class SloCheck(Strict):
+    """Client-side service levels over the requests that started in the window."""
+
+    ttft_p50: DurationBound | None = Field(
+        default=None, description="Median time to first token of successful requests."
+    )
+    ttft_p95: DurationBound | None = Field(
+        default=None, description="95th percentile time to first token of successful requests."
+    )
+    ttft_p99: DurationBound | None = Field(
+        default=None, description="99th percentile time to first token of successful requests."
+    )
+    tokens_per_s: Bound | None = Field(default=None, description="Output tokens/s, all requests.")
+    request_tokens_per_s_p50: Bound | None = Field(
+        default=None,
+        description="Median decode speed of one request: output tokens/s after its first token.",
+    )
+    error_rate: FractionBound | None = Field(
+        default=None, description="Share of requests that failed."
+    )
+    error_rate_by_class: dict[ErrorClass, FractionBound] = Field(
+        default_factory=dict, description="Share of requests that failed with a given class."
+    )
+    allowed_error_classes: list[ErrorClass] | None = Field(
+        default=None, description="Any failed request of another class fails the check."
+    )
+    min_requests: int = Field(default=1, ge=0, description="Fewer requests is a failure.")
+
+
+class NoHungRequestsCheck(Strict):
+    deadline: Duration = Field(description="Every request finishes or fails within this.")
+
+
+RecoverMeasure = Literal["ttft_p50", "ttft_p95", "error_rate", "tokens_per_s"]
+
+
+class RecoversCheck(Strict):
+    """A measure comes back within tolerance of its baseline soon after the phase starts."""
+
+    measure: RecoverMeasure = Field(description="What has to come back.")
+    baseline_phase: str = Field(description="Healthy phase whose value is the baseline.")
+    within: Duration = Field(description="Recovery must come this soon after the phase starts.")
+    tolerance: Fraction = Field(
+        default=0.2, description="Allowed distance from the baseline, as a share of it."
+    )
+    slack: float = Field(
+        default=0.0,
+        ge=0,
+        description="Absolute allowance added to the tolerance band, in the measure's unit "
+        "(seconds for TTFT).",
+    )
+    window: Duration = Field(default=5.0, description="Sliding window the measure is taken over.")
+
+
+class MetricCheck(Strict):
+    """A condition on a scraped engine series within the window."""
+
+    series: list[str] = Field(
+        min_length=1, description="Metric names, first one the target exposes is used."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Only samples with these labels; matching series are summed per scrape.",
+    )
+    aggregate: Literal["max", "min", "mean", "last", "first", "increase"] = Field(
+        default="max",
+        description="How the window's samples become one value; increase reads a counter "
+        "across restarts.",
+    )
+    min: float | None = Field(default=None, description="Lowest allowed value (inclusive).")
+    max: float | None = Field(default=None, description="Highest allowed value (inclusive).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MetricCheck:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
+
+CHECK_KINDS = ("slo", "no_hung_requests", "recovers", "metric")
+
+
+class Check(Strict):
+    name: Name | None = Field(
+        default=None, description="Name in reports; default `<phase>-<kind>-<n>`."
+    )
+    phase: str = Field(description="Phase whose window the check looks at.")
+    slo: SloCheck | None = Field(
+        default=None, description="Client-side service levels: TTFT, throughput, errors."
+    )
+    no_hung_requests: NoHungRequestsCheck | None = Field(
+        default=None, description="Every request finishes or fails in time."
+    )
+    recovers: RecoversCheck | None = Field(
+        default=None, description="A measure comes back to its baseline in time."
+    )
+    metric: MetricCheck | None = Field(
+        default=None, description="A condition on a scraped engine metric."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Check:
+        kinds = [k for k in CHECK_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"a check has exactly one kind ({', '.join(CHECK_KINDS)}); "
+                f"found {len(kinds) or 'none'}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in CHECK_KINDS if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> BaseModel:
+        spec = getattr(self, self.kind)
+        assert isinstance(spec, BaseModel)
+        return spec
+
+    def display_name(self, index: int) -> str:
+        return self.name or f"{self.phase}-{self.kind}-{index + 1}"
+
+
+# --- guardrails -----------------------------------------------------------------------
+
+
+class ErrorRateGuard(Strict):
+    above: Fraction = Field(
+        description="Error rate of the requests of the last 10s that trips the guard."
+    )
+    for_: Duration = Field(
+        alias="for", default=10.0, description="How long the rate must stay above to abort."
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AbortIf(Strict):
+    error_rate: ErrorRateGuard | None = Field(
+        default=None, description="Abort when the client-side error rate stays high."
+    )
+
+
+class Guardrail(Strict):
+    abort_if: AbortIf = Field(description="Conditions that abort the run; faults are reverted.")
+
+
+# --- scenario -------------------------------------------------------------------------
+
+
+class Scenario(Strict):
+    apiVersion: Literal["llmdrill/v1"] = Field(description="Version of the scenario format.")
+    kind: Literal["Scenario"]
+    metadata: Metadata = Field(description="Name, description and tags.")
+    target: Target = Field(description="The API under test.")
+    toxiproxy: dict[str, ToxiproxyServer] = Field(
+        default_factory=lambda: {"default": ToxiproxyServer()},
+        description="Toxiproxy API servers by name; faults pick one with `server`.",
+    )
+    faults: dict[Name, Fault] = Field(
+        default_factory=dict, description="Named faults; phases apply them by name."
+    )
+    load: Load = Field(default_factory=Load, description="Traffic sent for the whole run.")
+    phases: list[Phase] = Field(
+        min_length=1, description="Run one after the other; each may apply faults."
+    )
+    checks: list[Check] = Field(
+        default_factory=list, description="Pass/fail conditions, each on one phase."
+    )
+    guardrails: list[Guardrail] = Field(
+        default_factory=list, description="Conditions that abort the run early."
+    )
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> Scenario:
+        # The loader asks for the problems itself so it can point at each one's line.
+        if not (info.context or {}).get("defer_references"):
+            problems = self.reference_problems()
+            if problems:
+                raise ValueError(
+                    "; ".join(f"{'.'.join(map(str, loc))}: {m}" for loc, m in problems)
+                )
+        return self
+
+    def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Cross-references a field type cannot check: phases, faults, servers, names."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        phase_names = [p.name for p in self.phases]
+        seen: set[str] = set()
+        for i, phase in enumerate(self.phases):
+            if phase.name in seen:
+                problems.append((("phases", i, "name"), f"duplicate phase name '{phase.name}'"))
+            seen.add(phase.name)
+            for j, ref in enumerate(phase.faults):
+                if ref not in self.faults:
+                    valid = ", ".join(sorted(self.faults))
+                    hint = f"defined: {valid}" if valid else "no faults are defined"
+                    problems.append(
+                        (("phases", i, "faults", j), f"unknown fault '{ref}' ({hint})")
+                    )
+        for name, fault in self.faults.items():
+            server = fault.toxiproxy.server
+            if server not in self.toxiproxy:
+                problems.append(
+                    (
+                        ("faults", name, "toxiproxy", "server"),
+                        f"unknown Toxiproxy server '{server}' "
+                        f"(defined: {', '.join(sorted(self.toxiproxy))})",
+                    )
+                )
+        names: set[str] = set()
+        for i, check in enumerate(self.checks):
+            if check.phase not in phase_names:
+                problems.append(
+                    (
+                        ("checks", i, "phase"),
+                        f"unknown phase '{check.phase}' (phases: {', '.join(phase_names)})",
+                    )
+                )
+            if check.recovers and check.recovers.baseline_phase not in phase_names:
+                problems.append(
+                    (
+                        ("checks", i, "recovers", "baseline_phase"),
+                        f"unknown phase '{check.recovers.baseline_phase}' "
+                        f"(phases: {', '.join(phase_names)})",
+                    )
+                )
+            if check.metric and not self.target.metrics_url:
+                problems.append(
+                    (("checks", i, "metric"), "a metric check needs target.metrics_url")
+                )
+            display = check.display_name(i)
+            if display in names:
+                problems.append((("checks", i, "name"), f"duplicate check name '{display}'"))
+            names.add(display)
+        return problems
+
+    @property
+    def total_duration(self) -> float:
+        return sum(p.duration for p in self.phases)

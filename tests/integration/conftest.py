@@ -1,0 +1,78 @@
+"""The real local stack (vLLM on CPU + Toxiproxy), started once per test session.
+
+If it is already running (a developer ran `llmdrill up`), it is reused and left running;
+otherwise it is started here and stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.stack.local import LocalStack
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stack:
+    vllm_url: str
+    proxy_url: str
+    toxiproxy_url: str
+    metrics_url: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "LLMDRILL_TARGET_URL": self.proxy_url,
+            "LLMDRILL_METRICS_URL": self.metrics_url,
+            "LLMDRILL_TOXIPROXY_URL": self.toxiproxy_url,
+            **extra,
+        }
+
+    def toxics(self, proxy: str = "vllm") -> list[dict[str, object]]:
+        with ToxiproxyClient(self.toxiproxy_url) as client:
+            return client.toxics(proxy)
+
+    def proxy_enabled(self, proxy: str = "vllm") -> bool:
+        with ToxiproxyClient(self.toxiproxy_url) as client:
+            info = client.get_proxy(proxy)
+        return bool(info and info.get("enabled"))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    local = LocalStack()
+    already = local.vllm_healthy() and local.toxiproxy_healthy()
+    if not already:
+        local.up(install=True)
+    local.ensure_proxy()
+    cfg = local.config
+    yield Stack(cfg.vllm_url, cfg.proxy_url, cfg.toxiproxy_url, f"{cfg.vllm_url}/metrics")
+    if not already:
+        local.down()
+
+
+@pytest.fixture
+def clean_proxy(stack: Stack) -> Iterator[Stack]:
+    """Every test starts and must end with the proxy enabled and free of toxics."""
+    with ToxiproxyClient(stack.toxiproxy_url) as client:
+        for toxic in client.toxics("vllm"):
+            client.remove_toxic("vllm", str(toxic["name"]))
+        client.set_enabled("vllm", True)
+    yield stack
+
+
+def llmdrill(*args: str, env: dict[str, str], timeout: float = 300,
+             cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmdrill.cli", *args], env=env, cwd=cwd, capture_output=True,
+        text=True, timeout=timeout,
+    )
