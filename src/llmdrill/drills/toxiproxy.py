@@ -9,6 +9,13 @@ from llmdrill.drills.toxiproxy_client import ToxiproxyClient
 from llmdrill.scenario import models as m
 
 BACKEND = "toxiproxy"
+# Toxics that hold data in flight: removing them from links whose client left can hang.
+WEDGE_PRONE = ("latency", "bandwidth", "slicer", "timeout")
+
+
+# Units of Toxiproxy's attributes, for messages (slicer's delay is in microseconds).
+ATTRIBUTE_UNITS = {"latency": "ms", "jitter": "ms", "timeout": "ms", "rate": "KB/s",
+                   "bytes": "B", "average_size": "B", "size_variation": "B"}
 
 
 def _ms(seconds: float) -> int:
@@ -49,7 +56,8 @@ class ToxiproxyFault:
         spec = self.spec
         if spec.toxic == "down":
             return f"disable Toxiproxy proxy '{spec.proxy}' at {self.server_url}"
-        attrs = ", ".join(f"{k}={v}" for k, v in toxic_attributes(spec).items())
+        attrs = ", ".join(f"{k}={v}{ATTRIBUTE_UNITS.get(k, '')}"
+                          for k, v in toxic_attributes(spec).items())
         return (
             f"add {spec.toxic} toxic ({attrs}; {spec.stream}, toxicity {spec.toxicity}) to "
             f"proxy '{spec.proxy}' at {self.server_url}"
@@ -64,7 +72,14 @@ class ToxiproxyFault:
                 f"Toxiproxy at {self.server_url} has no proxy '{self.spec.proxy}' "
                 "(create it, or give listen and upstream in the fault so llmdrill creates it)"
             )
-        return [f"Toxiproxy {version} at {self.server_url}: {self.describe()}"]
+        lines = [f"Toxiproxy {version} at {self.server_url}: {self.describe()}"]
+        if self.spec.stream == "downstream" and self.spec.toxic in WEDGE_PRONE:
+            lines.append(
+                f"warning: a downstream {self.spec.toxic} toxic can wedge Toxiproxy when "
+                "clients give up mid-delay (Shopify/toxiproxy#558); llmdrill then rebuilds "
+                "the proxy to revert. Prefer stream: upstream where the drill allows."
+            )
+        return lines
 
     def prepare(self) -> RevertAction:
         action: RevertAction = {"backend": BACKEND, "server": self.server_url,
@@ -146,6 +161,6 @@ def revert_toxiproxy(action: RevertAction) -> None:
 
 
 def rebuild_proxy(server: str, proxy: str, listen: str, upstream: str) -> None:
-    with ToxiproxyClient(server, timeout=REMOVE_TIMEOUT) as client:
+    with ToxiproxyClient(server, timeout=3 * REMOVE_TIMEOUT) as client:
         client.delete_proxy(proxy)
         client.create_proxy(proxy, listen, upstream)

@@ -326,6 +326,11 @@ class Runner:
                                           w.end - w.start)
         series = Series(t0=t0, client=client_series(evidence.requests, t0, run_end),
                         engine=self._engine_series(evidence.metrics, t0))
+        unreverted = [f"{f.name} ({f.revert_error})" for f in self.fault_results.values()
+                      if f.revert_error and f.reverted_at is None]
+        if unreverted and not self.error:
+            self.error = (f"could not revert {'; '.join(unreverted)}: the fault may still be "
+                          "in place; fix the backend and run `llmdrill cleanup`")
         status: RunStatus
         if self.error:
             status = "error"
