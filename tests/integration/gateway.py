@@ -37,6 +37,10 @@ STRIPS_ERROR_BODIES = """
             error_page 400 404 =400 /empty-error;
 """
 
+ERROR_500 = (
+    '{"error":{"message":"Internal Server Error","type":"InternalServerError","code":500}}'
+)
+
 TEMPLATE = """
 worker_processes 1;
 daemon off;
@@ -56,7 +60,7 @@ http {{
         location = /internal-error {{
             internal;
             default_type application/json;
-            return 500 '{{"error":{{"message":"Internal Server Error","type":"InternalServerError","code":500}}}}';
+            return 500 '{error_500}';
         }}
         location = /empty-error {{
             internal;
@@ -89,7 +93,7 @@ def nginx_gateway(run_dir: Path, port: int, directives: str,
     run_dir.mkdir(parents=True, exist_ok=True)
     conf = run_dir / "nginx.conf"
     conf.write_text(TEMPLATE.format(run=run_dir, port=port, upstream=upstream,
-                                    directives=directives))
+                                    directives=directives, error_500=ERROR_500))
     proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
