@@ -69,7 +69,11 @@ def plan(
         _fail_invalid(exc)
         return
     compiled = compile_plan(scenario)
-    from llmdrill.drills.toxiproxy import ToxiproxyFault
+    from llmdrill.drills.registry import make_injector
+    from llmdrill.harness.context import RunContext
+    from llmdrill.harness.progress import Progress
+
+    ctx = RunContext("<run>", scenario, None, {}, Progress(quiet=True), Path("."))
 
     out.print(f"[bold]{scenario.metadata.name}[/bold]  {scenario.metadata.description}")
     out.print(f"target {scenario.target.base_url} model {scenario.target.model}; load "
@@ -79,8 +83,7 @@ def plan(
         table.add_row(f"{phase.start:g}s", f"phase {phase.name} starts",
                       f"{phase.end - phase.start:g}s")
         for name in compiled.faults_entering(i):
-            spec = scenario.faults[name].toxiproxy
-            inj = ToxiproxyFault("<run>", name, spec, scenario.toxiproxy[spec.server].url)
+            inj = make_injector(ctx, name, scenario.faults[name])
             table.add_row(f"{phase.start:g}s", f"apply {name}", inj.describe())
         for name in compiled.faults_leaving(i):
             table.add_row(f"{phase.end:g}s", f"revert {name}", "")
@@ -100,8 +103,7 @@ def plan(
             if scenario.target.metrics_url:
                 out.print(check_metrics(scenario.target.metrics_url, headers), highlight=False)
             for name in scenario.faults:
-                spec = scenario.faults[name].toxiproxy
-                inj = ToxiproxyFault("<run>", name, spec, scenario.toxiproxy[spec.server].url)
+                inj = make_injector(ctx, name, scenario.faults[name])
                 for line in inj.preflight():
                     out.print(line, highlight=False)
         except (EnvironmentProblem, SecretMissing) as exc:

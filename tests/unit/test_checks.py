@@ -443,3 +443,27 @@ def test_recovers_caps_the_reported_steps() -> None:
     steps = result.observed["steps"]
     assert 100 < len(steps) <= 200
     assert steps[0] == [0.0, pytest.approx(0.1)]
+
+
+def test_slo_judges_only_the_named_shapes_and_skips_requests_cut_by_the_stop() -> None:
+    from llmdrill.checks.slo import evaluate_slo
+    from llmdrill.harness.records import Evidence, RequestRecord
+    from llmdrill.harness.result import Window
+    from llmdrill.scenario.models import SloCheck
+
+    short = [RequestRecord(start=1.0 + i, end=1.5 + i, ttft=0.05, shape="short",
+                           output_tokens=8) for i in range(5)]
+    long_slow = [RequestRecord(start=1.0 + i, end=9.0, ttft=3.0, shape="flood",
+                               output_tokens=100) for i in range(5)]
+    cut = [RequestRecord(start=8.0, end=10.0, shape="short", error_class="interrupted",
+                         finished=False)]
+    evidence = Evidence(requests=short + long_slow + cut)
+    window = Window(phase="p", start=0.0, end=10.0)
+    spec = SloCheck.model_validate({"shapes": ["short"], "ttft_p95": {"max": "100ms"},
+                                    "error_rate": {"max": 0}})
+    result = evaluate_slo("c", "p", spec, evidence, window)
+    assert result.status == "passed", result.summary
+    assert result.observed["requests"] == 5
+    assert result.observed["unfinished_at_stop"] == 1
+    everything = SloCheck.model_validate({"ttft_p95": {"max": "100ms"}})
+    assert evaluate_slo("c", "p", everything, evidence, window).status == "failed"

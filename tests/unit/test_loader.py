@@ -243,11 +243,14 @@ def test_every_toxic_kind(
 # --- invalid files: the exact messages ---------------------------------------------------
 
 VALID_KEYS_TOP = (
-    "valid keys: apiVersion, kind, metadata, target, toxiproxy, faults, load, phases, checks, "
-    "guardrails"
+    "valid keys: apiVersion, kind, metadata, target, toxiproxy, faults, load, telemetry, "
+    "phases, checks, guardrails"
 )
 TOXIC_KINDS = "latency, timeout, bandwidth, slow_close, reset_peer, slicer, limit_data, down"
-CHECK_KINDS = "a check has exactly one kind (slo, no_hung_requests, recovers, metric)"
+CHECK_KINDS = (
+    "a check has exactly one kind (slo, no_hung_requests, recovers, metric, kv_cache_cleanup, "
+    "caps_enforced, queue_bounded, engine_healthy)"
+)
 
 INVALID: list[tuple[str, str, list[str]]] = [
     (
@@ -324,7 +327,8 @@ INVALID: list[tuple[str, str, list[str]]] = [
     (
         "unknown-fault-type",
         BASE + "faults:\n  f:\n    chaos_mesh: {kind: PodChaos}\n",
-        ["scenario.yaml:11:3: faults.f: unknown fault type 'chaos_mesh' (fault types: toxiproxy)"],
+        ["scenario.yaml:11:3: faults.f: unknown fault type 'chaos_mesh' (fault types: toxiproxy, "
+         "cancel_storm, request_flood)"],
     ),
     (
         "unknown-toxic-kind",
@@ -426,12 +430,12 @@ INVALID: list[tuple[str, str, list[str]]] = [
     (
         "users-negative",
         BASE + "load:\n  users: -2\n",
-        ["scenario.yaml:11:3: load.users: must be more than 0, got -2"],
+        ["scenario.yaml:11:3: load.users: must be at least 0, got -2"],
     ),
     (
-        "users-zero",
-        BASE + "load:\n  users: 0\n",
-        ["scenario.yaml:11:3: load.users: must be more than 0, got 0"],
+        "spawn-rate-zero",
+        BASE + "load:\n  spawn_rate: 0\n",
+        ["scenario.yaml:11:3: load.spawn_rate: must be more than 0.0, got 0"],
     ),
     (
         "retry-on-unquoted-status",
@@ -583,10 +587,10 @@ INVALID: list[tuple[str, str, list[str]]] = [
     ),
     (
         "several-problems-at-once",
-        BASE.replace("model: tiny", "model: [tiny]") + "load:\n  users: 0\n  wait: 1\n",
+        BASE.replace("model: tiny", "model: [tiny]") + "load:\n  users: -1\n  wait: 1\n",
         [
             "scenario.yaml:7:3: target.model: expected text, got a list",
-            "scenario.yaml:11:3: load.users: must be more than 0, got 0",
+            "scenario.yaml:11:3: load.users: must be at least 0, got -1",
             "scenario.yaml:12:3: load.wait: a duration needs a unit: write '1s' or '1ms' "
             "(units: ms, s, m, h)",
         ],

@@ -104,6 +104,9 @@ def evaluate_slo(
     name: str, phase: str, spec: SloCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
     started = evidence.requests_started_in(window.start, window.end)
+    if spec.shapes is not None:
+        wanted = set(spec.shapes)
+        started = [r for r in started if r.shape in wanted]
     # Requests still in flight when the load stopped have no outcome to judge; whether
     # they were hung is no_hung_requests' question, so they are left out and counted.
     records = [r for r in started if r.finished]

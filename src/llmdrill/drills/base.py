@@ -36,6 +36,10 @@ class Injector(Protocol):
 
     def describe(self) -> str: ...
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop live activity the fault runs in this process (client-side faults)."""
+        ...
+
 
 def register_reverter(backend: str) -> Callable[[Callable[[RevertAction], None]], Callable[
     [RevertAction], None]]:
@@ -57,5 +61,6 @@ def revert(action: RevertAction) -> None:
 
 
 def _load_backends() -> None:
-    # Importing a backend module registers its reverter.
-    from llmdrill.drills import toxiproxy  # noqa: F401
+    from llmdrill.drills.registry import load_backends
+
+    load_backends()

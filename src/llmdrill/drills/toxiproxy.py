@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmdrill.drills.base import EnvironmentProblem, RevertAction, register_reverter
+from llmdrill.drills.registry import register_injector
 from llmdrill.drills.toxiproxy_client import ToxiproxyClient
 from llmdrill.scenario import models as m
 
@@ -97,6 +98,9 @@ class ToxiproxyFault:
             action["toxic"] = self.toxic_name
         return action
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """Nothing runs in this process; reverting is the journal's action."""
+
     def apply(self) -> None:
         spec = self.spec
         with ToxiproxyClient(self.server_url) as client:
@@ -105,6 +109,12 @@ class ToxiproxyFault:
             else:
                 client.add_toxic(spec.proxy, self.toxic_name, spec.toxic, spec.stream,
                                  spec.toxicity, toxic_attributes(spec))
+
+
+@register_injector(BACKEND)
+def make_toxiproxy_fault(ctx: Any, name: str, spec: Any) -> ToxiproxyFault:
+    server = ctx.scenario.toxiproxy[spec.server].url
+    return ToxiproxyFault(ctx.run_id, name, spec, server)
 
 
 class ProxySetup:

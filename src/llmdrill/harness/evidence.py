@@ -80,7 +80,8 @@ class EvidenceStore:
             metric_rows = self._db.execute(
                 "SELECT ts, name, labels, value FROM metrics ORDER BY ts"
             ).fetchall()
+        events = self.events()
         requests = [record_from_dict(json.loads(r[0])) for r in req_rows]
         metrics = [MetricSample(ts, name, value, json.loads(labels))
                    for ts, name, labels, value in metric_rows]
-        return Evidence(requests, metrics, phases, faults, run_end)
+        return Evidence(requests, metrics, phases, faults, run_end, events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,8 @@ class RequestRecord:
     itl_mean: float | None = None
     request_id: str | None = None
     finished: bool = True
+    shape: str | None = None  # the request shape's name (load.requests[].name, a flood's)
+    retry_after: bool = False  # a refusal (429/503) carried a Retry-After header
 
     @property
     def ok(self) -> bool:
@@ -74,6 +77,13 @@ class Evidence:
     phases: list[PhaseWindow] = field(default_factory=list)
     faults: list[FaultEvent] = field(default_factory=list)
     run_end: float | None = None  # when the load stopped
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    def events_of(self, kind: str, start: float | None = None, end: float | None = None
+                  ) -> list[tuple[float, dict[str, Any]]]:
+        """Events of one kind, optionally those whose time is within [start, end]."""
+        return [(ts, d) for ts, k, d in self.events if k == kind
+                and (start is None or ts >= start) and (end is None or ts <= end)]
 
     def phase(self, name: str) -> PhaseWindow | None:
         return next((p for p in self.phases if p.name == name), None)

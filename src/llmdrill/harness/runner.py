@@ -18,13 +18,16 @@ from types import FrameType
 from typing import Any
 
 from llmdrill.checks import evaluate_check
+from llmdrill.checks.probes import RunningProbe, probe_for
 from llmdrill.checks.stats import client_series, request_stats
-from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.drills.toxiproxy import ProxySetup, ToxiproxyFault
+from llmdrill.drills.base import EnvironmentProblem, Injector
+from llmdrill.drills.registry import make_injector
+from llmdrill.drills.toxiproxy import ProxySetup
+from llmdrill.harness.context import RunContext
 from llmdrill.harness.evidence import EvidenceStore
 from llmdrill.harness.journal import Journal, revert_outstanding
 from llmdrill.harness.live import LiveStats
-from llmdrill.harness.plan import Plan, compile_plan
+from llmdrill.harness.plan import Plan, PlannedPhase, compile_plan
 from llmdrill.harness.preflight import check_metrics, check_target
 from llmdrill.harness.progress import Progress
 from llmdrill.harness.records import FaultEvent, MetricSample, PhaseWindow
@@ -61,7 +64,6 @@ class Aborted(Exception):
 @dataclass
 class RunOptions:
     out_dir: Path = Path("reports")
-    scrape_interval: float = 1.0
     tick: float = 0.5
 
 
@@ -107,19 +109,25 @@ class Runner:
         self.abort_reason: str | None = None
         self.error: str | None = None
         self.live = LiveStats()
+        self.injectors: dict[str, Injector] = {}
+        self.live_probes: list[RunningProbe] = []
+        # Until the run starts there is no store: a plan-time context records nothing.
+        self.ctx = RunContext(self.run_id, scenario, None, {}, self.progress, self.run_dir)
 
     # -- faults ---------------------------------------------------------------------------
 
-    def _injector(self, name: str) -> ToxiproxyFault:
-        fault = self.scenario.faults[name]
-        server = self.scenario.toxiproxy[fault.toxiproxy.server].url
-        return ToxiproxyFault(self.run_id, name, fault.toxiproxy, server)
+    def _injector(self, name: str) -> Injector:
+        injector = self.injectors.get(name)
+        if injector is None:
+            injector = make_injector(self.ctx, name, self.scenario.faults[name])
+            self.injectors[name] = injector
+        return injector
 
     def _proxy_setups(self) -> list[ProxySetup]:
         setups: dict[tuple[str, str], ProxySetup] = {}
         for fault in self.scenario.faults.values():
             spec = fault.toxiproxy
-            if spec.listen and spec.upstream:
+            if spec is not None and spec.listen and spec.upstream:
                 url = self.scenario.toxiproxy[spec.server].url
                 setups[(url, spec.proxy)] = ProxySetup(url, spec.proxy, spec.listen,
                                                        spec.upstream)
@@ -130,8 +138,10 @@ class Runner:
         action = injector.prepare()
         entry = journal.intent(name, injector.describe(), action)  # before the change
         self.journal_ids[name] = entry
-        spec = self.scenario.faults[name].toxiproxy
-        result = FaultResult(name=name, backend=injector.backend, kind=spec.toxic,
+        fault = self.scenario.faults[name]
+        spec = fault.spec
+        kind = str(getattr(spec, "toxic", fault.backend))
+        result = FaultResult(name=name, backend=fault.backend, kind=kind,
                              params=spec.model_dump(mode="json", exclude={"toxic"}))
         self.fault_results[name] = result
         try:
@@ -150,6 +160,9 @@ class Runner:
         entry = self.journal_ids.pop(name, None)
         if entry is None:
             return
+        injector = self.injectors.get(name)
+        if injector is not None:
+            injector.stop()  # live activity first (a storm), then the recorded change
         action = next((o.action for o in journal.outstanding() if o.id == entry), None)
         result = self.fault_results[name]
         try:
@@ -188,7 +201,7 @@ class Runner:
             base_url=target.base_url, model=target.model, samples_path=str(samples),
             shapes=[RequestShapeConfig(api=s.api, stream=s.stream, prompt_tokens=s.prompt_tokens,
                                        max_tokens=s.max_tokens, ignore_eos=s.ignore_eos,
-                                       weight=s.weight) for s in load.requests],
+                                       weight=s.weight, name=s.name) for s in load.requests],
             connect_timeout=load.timeouts.connect, read_timeout=load.timeouts.read,
             total_timeout=load.timeouts.total, max_attempts=load.retries.max_attempts,
             backoff=load.retries.backoff, max_backoff=load.retries.max_backoff,
@@ -209,6 +222,8 @@ class Runner:
         engine: str | None = None
         try:
             headers = auth_headers(self.scenario.target)
+            self.ctx = RunContext(self.run_id, self.scenario, store, headers, self.progress,
+                                  self.run_dir)
             for setup in self._proxy_setups():
                 if not setup.exists():
                     entry = journal.intent(f"proxy:{setup.name}", setup.describe(),
@@ -224,15 +239,17 @@ class Runner:
                 scraper = MetricsScraper(
                     self.scenario.target.metrics_url, store.add_metrics,
                     lambda msg: store.add_event(time.time(), "scrape_failed", {"error": msg}),
-                    interval=self.options.scrape_interval,
+                    interval=self.scenario.telemetry.scrape_interval,
                 )
                 scraper.start()
-            locust = LocustProcess(
-                self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
-                self.scenario.load.spawn_rate, self.plan.total, self.run_dir,
-            )
+            if self.scenario.load.users > 0:
+                locust = LocustProcess(
+                    self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
+                    self.scenario.load.spawn_rate, self.plan.total, self.run_dir,
+                )
             t0 = time.time()
-            locust.start()
+            if locust is not None:
+                locust.start()
             self._run_phases(t0, locust, scraper, journal, store)
         except Aborted as exc:
             self.abort_reason = str(exc)
@@ -273,37 +290,62 @@ class Runner:
                                 f" result.json is complete")
             return {"json": str(self.run_dir / "result.json")}
 
-    def _run_phases(self, t0: float, locust: LocustProcess, scraper: MetricsScraper | None,
-                    journal: Journal, store: EvidenceStore) -> None:
-        guard = self.scenario.guardrails
+    def _start_probes(self, phase: str) -> list[RunningProbe]:
+        probes = []
+        for i, check in enumerate(self.scenario.checks):
+            probe = probe_for(check.kind) if check.phase == phase else None
+            if probe is not None:
+                running = RunningProbe(self.ctx, check.display_name(i), check.kind, check.spec,
+                                       probe)
+                running.start()
+                probes.append(running)
+        return probes
+
+    def _run_phases(self, t0: float, locust: LocustProcess | None,
+                    scraper: MetricsScraper | None, journal: Journal,
+                    store: EvidenceStore) -> None:
         for index, planned in enumerate(self.plan.phases):
-            phase = PhaseResult(name=planned.name, planned_start=t0 + planned.start,
-                                planned_end=t0 + planned.end, start=time.time(),
-                                faults=list(planned.faults))
-            self.phase_results.append(phase)
-            store.add_event(phase.start or 0.0, "phase_start", {"phase": planned.name})
-            for name in self.plan.faults_entering(index):
-                self._apply(name, journal, store)
-            deadline = t0 + planned.end
-            while (now := time.time()) < deadline:
+            probes = self._start_probes(planned.name)
+            self.live_probes = probes
+            try:
+                self._run_phase(index, planned, t0, locust, scraper, journal, store)
+            finally:
+                for probe in probes:
+                    probe.stop()
+                self.live_probes = []
+
+    def _run_phase(self, index: int, planned: PlannedPhase, t0: float,
+                   locust: LocustProcess | None, scraper: MetricsScraper | None,
+                   journal: Journal, store: EvidenceStore) -> None:
+        guard = self.scenario.guardrails
+        phase = PhaseResult(name=planned.name, planned_start=t0 + planned.start,
+                            planned_end=t0 + planned.end, start=time.time(),
+                            faults=list(planned.faults))
+        self.phase_results.append(phase)
+        store.add_event(phase.start or 0.0, "phase_start", {"phase": planned.name})
+        for name in self.plan.faults_entering(index):
+            self._apply(name, journal, store)
+        deadline = t0 + planned.end
+        while (now := time.time()) < deadline:
+            if locust is not None:
                 new = locust.read_new()
                 if new:
                     store.add_requests(new)
                     self.live.add(new)
                 if not locust.alive():
                     raise Aborted("the load generator exited early (see locust.log)")
-                reason = self.live.guardrail_breach(guard, now)
-                if reason:
-                    raise Aborted(f"guardrail: {reason}")
-                self.progress.tick(planned.name, deadline - now, self.live, now,
-                                   list(self.journal_ids),
-                                   scraper.latest if scraper else {})
-                time.sleep(min(self.options.tick, max(0.0, deadline - now)))
-            for name in self.plan.faults_leaving(index):
-                self._revert(name, journal, store)
-            phase.end = time.time()
-            phase.completed = True
-            store.add_event(phase.end, "phase_end", {"phase": planned.name})
+            reason = self.live.guardrail_breach(guard, now)
+            if reason:
+                raise Aborted(f"guardrail: {reason}")
+            self.progress.tick(planned.name, deadline - now, self.live, now,
+                               list(self.journal_ids),
+                               scraper.latest if scraper else {})
+            time.sleep(min(self.options.tick, max(0.0, deadline - now)))
+        for name in self.plan.faults_leaving(index):
+            self._revert(name, journal, store)
+        phase.end = time.time()
+        phase.completed = True
+        store.add_event(phase.end, "phase_end", {"phase": planned.name})
 
     # -- result ---------------------------------------------------------------------------
 

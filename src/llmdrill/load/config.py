@@ -19,6 +19,7 @@ class RequestShapeConfig:
     max_tokens: int = 32
     ignore_eos: bool = True
     weight: int = 1
+    name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def classify_exception(exc: BaseException, got_response: bool) -> tuple[str, str
 class _Attempt:
     """The outcome of one HTTP attempt."""
 
-    __slots__ = ("error_class", "error_type", "request_id", "status", "tally", "tokens_seen")
+    __slots__ = ("error_class", "error_type", "request_id", "retry_after", "status", "tally",
+                 "tokens_seen")
 
     def __init__(self) -> None:
         self.status: int | None = None
@@ -75,6 +76,7 @@ class _Attempt:
         self.tally = StreamTally()
         self.request_id: str | None = None
         self.tokens_seen = False
+        self.retry_after = False
 
 
 class _Sink:
@@ -175,6 +177,8 @@ class OpenAIUser(FastHttpUser):
                 "itl_mean": tally.gap_mean,
                 "request_id": outcome.request_id or tally.response_id,
                 "finished": not interrupted,
+                "shape": shape.name,
+                "retry_after": outcome.retry_after,
             }
         )
 
@@ -216,6 +220,7 @@ class OpenAIUser(FastHttpUser):
                 rid = resp.headers.get("x-request-id") if resp.headers else None
                 outcome.request_id = str(rid)[:128] if rid else None
                 if outcome.status != 200:
+                    outcome.retry_after = bool(resp.headers and resp.headers.get("retry-after"))
                     self._read_error(resp, outcome)
                     resp.failure(f"{outcome.error_class}:{outcome.error_type}")
                     return outcome

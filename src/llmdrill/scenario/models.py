@@ -156,7 +156,78 @@ ToxiproxyFault = Annotated[
 ]
 
 
-FAULT_BACKENDS = ("toxiproxy",)
+class Timeouts(Strict):
+    connect: Duration = Field(default=5.0, description="Longest wait to open a connection.")
+    read: Duration = Field(
+        default=30.0, description="Longest wait for response headers or any next chunk."
+    )
+    total: Duration = Field(default=60.0, description="Deadline for one attempt, end to end.")
+
+
+RetryOn = Literal["429", "5xx", "timeout", "connect", "reset"]
+RETRY_ON: tuple[RetryOn, ...] = ("429", "5xx", "timeout", "connect", "reset")
+
+
+Api = Literal["chat", "completions"]
+APIS: tuple[Api, ...] = ("chat", "completions")
+
+
+class AbortAfter(Strict):
+    """When a cancel-storm client drops its stream: after some chunks, or after a delay."""
+
+    chunks: int | None = Field(
+        default=None, ge=0,
+        description="Drop after this many SSE data events; 0 drops before any token "
+        "(during prefill).",
+    )
+    delay: Duration | None = Field(default=None, description="Drop this long after sending.")
+
+    @model_validator(mode="after")
+    def _one(self) -> AbortAfter:
+        if (self.chunks is None) == (self.delay is None):
+            raise ValueError("give exactly one of chunks or delay")
+        return self
+
+
+class CancelStormFault(Strict):
+    """Client-side: waves of streaming requests that are abandoned mid-flight."""
+
+    streams: PositiveInt = Field(default=30, description="Concurrent streams per wave.")
+    apis: list[Api] = Field(
+        default_factory=lambda: list(APIS), min_length=1,
+        description="APIs the streams use, in turn.",
+    )
+    prompt_tokens: PositiveInt = 64
+    max_tokens: PositiveInt = 256
+    abort_after: AbortAfter = Field(default_factory=lambda: AbortAfter(chunks=3))
+    close: Literal["graceful", "reset", "stop_reading"] = Field(
+        default="reset",
+        description="graceful: FIN; reset: TCP RST; stop_reading: stop reading and hold the "
+        "connection open for `hold`, then close.",
+    )
+    hold: Duration = Field(default=5.0, description="How long stop_reading holds a connection.")
+    waves: PositiveInt = 1
+    interval: Duration = Field(default=5.0, description="Time between the starts of waves.")
+    base_url: str | None = Field(
+        default=None, description="Where the storm goes (default: target.base_url)."
+    )
+
+
+class RequestFloodFault(Strict):
+    """Client-side: a flood of long requests (long prompts, long outputs) while it lasts."""
+
+    concurrency: PositiveInt = 16
+    api: Literal["chat", "completions"] = "completions"
+    prompt_tokens: PositiveInt = 400
+    max_tokens: PositiveInt = 100
+    stream: bool = True
+    ignore_eos: bool = True
+    name: Name = Field(default="flood", description="Request shape name in the evidence.")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    base_url: str | None = None
+
+
+FAULT_BACKENDS = ("toxiproxy", "cancel_storm", "request_flood")
 
 
 class Fault(Strict):
@@ -175,25 +246,37 @@ class Fault(Strict):
                 )
         return data
 
-    toxiproxy: ToxiproxyFault = Field(description="A Toxiproxy toxic; `toxic` picks the kind.")
+    toxiproxy: ToxiproxyFault | None = Field(
+        default=None, description="A Toxiproxy toxic; `toxic` picks the kind."
+    )
+    cancel_storm: CancelStormFault | None = Field(
+        default=None, description="Waves of client streams abandoned mid-flight."
+    )
+    request_flood: RequestFloodFault | None = Field(
+        default=None, description="Extra long requests from the harness while applied."
+    )
     max_lifetime: Duration | None = Field(
         default=None, description="Upper bound on how long the fault may stay applied."
     )
 
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Fault:
+        if len([b for b in FAULT_BACKENDS if getattr(self, b) is not None]) != 1:
+            raise ValueError(f"a fault has exactly one type ({', '.join(FAULT_BACKENDS)})")
+        return self
+
+    @property
+    def backend(self) -> str:
+        return next(b for b in FAULT_BACKENDS if getattr(self, b) is not None)
+
+    @property
+    def spec(self) -> BaseModel:
+        spec = getattr(self, self.backend)
+        assert isinstance(spec, BaseModel)
+        return spec
+
 
 # --- load -----------------------------------------------------------------------------
-
-
-class Timeouts(Strict):
-    connect: Duration = Field(default=5.0, description="Longest wait to open a connection.")
-    read: Duration = Field(
-        default=30.0, description="Longest wait for response headers or any next chunk."
-    )
-    total: Duration = Field(default=60.0, description="Deadline for one attempt, end to end.")
-
-
-RetryOn = Literal["429", "5xx", "timeout", "connect", "reset"]
-RETRY_ON: tuple[RetryOn, ...] = ("429", "5xx", "timeout", "connect", "reset")
 
 
 class Retries(Strict):
@@ -224,14 +307,19 @@ class RequestShape(Strict):
     ignore_eos: bool = Field(
         default=True, description="vLLM extension: generate exactly max_tokens tokens."
     )
+    name: Name | None = Field(
+        default=None, description="Shape name; checks can look at one shape's requests."
+    )
     weight: PositiveInt = Field(
         default=1, description="How often this shape is picked, relative to the others."
     )
 
 
 class Load(Strict):
-    users: PositiveInt = Field(
-        default=4, description="Concurrent simulated users, each with one request at a time."
+    users: int = Field(
+        default=4, ge=0,
+        description="Concurrent simulated users, each with one request at a time; 0 for no "
+        "background load (faults like cancel_storm bring their own).",
     )
     spawn_rate: Annotated[float, Field(gt=0)] = Field(
         default=4.0, description="Users started per second until all are running."
@@ -332,6 +420,11 @@ ErrorClass = Literal[
 class SloCheck(Strict):
     """Client-side service levels over the requests that started in the window."""
 
+    shapes: list[str] | None = Field(
+        default=None,
+        description="Only requests of these shape names (load.requests[].name, or a "
+        "request_flood's name); default all.",
+    )
     ttft_p50: DurationBound | None = Field(
         default=None, description="Median time to first token of successful requests."
     )
@@ -408,7 +501,120 @@ class MetricCheck(Strict):
         return self
 
 
-CHECK_KINDS = ("slo", "no_hung_requests", "recovers", "metric")
+class KvCacheCleanupCheck(Strict):
+    """After each cancel-storm wave (or the phase start), the engine's running requests
+    and KV-cache usage return to their pre-storm baseline within `within`."""
+
+    within: Duration = Field(default=2.0, description="Deadline for each wave's cleanup.")
+    running_tolerance: float = Field(
+        default=0.0, ge=0, description="Running requests allowed above the baseline."
+    )
+    kv_tolerance: Fraction = Field(
+        default=0.02, description="KV-cache usage (0-1) allowed above the baseline."
+    )
+    baseline_window: Duration = Field(
+        default=2.0, description="Samples before each wave that make its baseline."
+    )
+    after: Literal["waves", "phase_start"] = Field(
+        default="waves",
+        description="waves: every cancel-storm wave in the window; phase_start: once, from "
+        "the start of the phase (e.g. after a flood phase), baseline = `baseline_phase`.",
+    )
+    baseline_phase: str | None = Field(
+        default=None, description="With after: phase_start, the phase whose level is normal."
+    )
+
+
+class CapCase(Strict):
+    """One request that must be refused with a helpful 4xx."""
+
+    name: Name
+    kind: Literal[
+        "prompt_over_context",
+        "max_tokens_over_cap",
+        "max_tokens_zero",
+        "max_tokens_negative",
+        "unknown_model",
+        "malformed_json",
+        "custom",
+    ]
+    api: Literal["chat", "completions"] = "chat"
+    path: str | None = Field(default=None, description="Route for custom cases, e.g. /v1/x.")
+    body: str | None = Field(default=None, description="Raw request body for custom cases.")
+    max_tokens: int | None = Field(default=None, description="Override the case's max_tokens.")
+    expect_status: list[int] = Field(
+        default_factory=list, description="Accepted statuses; default per kind (400, 404...)."
+    )
+    message_matches: str | None = Field(
+        default=None,
+        description="Regex the error message must match (default per kind: it names the "
+        "limit, e.g. the context length).",
+    )
+
+
+class ErrorSchema(Strict):
+    """What an error body must look like (gateways differ, so it is declared)."""
+
+    error_fields: list[str] = Field(
+        default_factory=lambda: ["type", "code", "message"],
+        description="Fields the `error` object must have (OpenAI style).",
+    )
+    request_id: Literal["none", "header", "body", "either"] = Field(
+        default="none", description="Where a request id must appear, if anywhere."
+    )
+    request_id_header: str = "x-request-id"
+
+
+class CapsEnforcedCheck(Strict):
+    """Requests over the limits are refused with a helpful 4xx, never a 5xx or a hang, and
+    the server still serves afterwards. The probes run while the phase runs."""
+
+    context_length: PositiveInt = Field(description="The engine's max context, in tokens.")
+    max_output_tokens: PositiveInt | None = Field(
+        default=None, description="Output cap per request, if lower than context_length."
+    )
+    cases: list[CapCase] | None = Field(
+        default=None, description="Cases to probe; default every built-in kind."
+    )
+    error_schema: ErrorSchema = Field(default_factory=ErrorSchema)
+    deadline: Duration = Field(default=10.0, description="Each probe must answer within this.")
+    rounds: PositiveInt = Field(default=1, description="Times the cases run over the phase.")
+
+
+class QueueBoundedCheck(Strict):
+    """The engine's waiting queue stays within a bound, or excess requests are refused
+    with 429/503 (and Retry-After where declared) instead of waiting without bound."""
+
+    max_waiting: float = Field(ge=0, description="Bound on the engine's waiting requests.")
+    series: list[str] = Field(
+        default_factory=lambda: ["vllm:num_requests_waiting"], min_length=1
+    )
+    refusal_statuses: list[int] = Field(default_factory=lambda: [429, 503])
+    require_retry_after: bool = Field(
+        default=False, description="Refusals must carry a Retry-After header."
+    )
+
+
+class EngineHealthyCheck(Strict):
+    """The engine answers its health endpoint all through the phase (polled)."""
+
+    url: str | None = Field(
+        default=None, description="Health URL; default <metrics_url host>/health."
+    )
+    interval: Duration = 1.0
+    max_failures: int = Field(default=0, ge=0)
+
+
+CHECK_KINDS = (
+    "slo",
+    "no_hung_requests",
+    "recovers",
+    "metric",
+    "kv_cache_cleanup",
+    "caps_enforced",
+    "queue_bounded",
+    "engine_healthy",
+)
 
 
 class Check(Strict):
@@ -427,6 +633,18 @@ class Check(Strict):
     )
     metric: MetricCheck | None = Field(
         default=None, description="A condition on a scraped engine metric."
+    )
+    kv_cache_cleanup: KvCacheCleanupCheck | None = Field(
+        default=None, description="Running requests and KV cache back to baseline in time."
+    )
+    caps_enforced: CapsEnforcedCheck | None = Field(
+        default=None, description="Over-limit requests get a helpful 4xx; server stays up."
+    )
+    queue_bounded: QueueBoundedCheck | None = Field(
+        default=None, description="The waiting queue stays bounded or excess is refused."
+    )
+    engine_healthy: EngineHealthyCheck | None = Field(
+        default=None, description="The engine's health endpoint answers all through."
     )
 
     @model_validator(mode="after")
@@ -479,6 +697,13 @@ class Guardrail(Strict):
 # --- scenario -------------------------------------------------------------------------
 
 
+class Telemetry(Strict):
+    scrape_interval: Duration = Field(
+        default=1.0,
+        description="How often the engine's /metrics is scraped. Cleanup drills want 200ms.",
+    )
+
+
 class Scenario(Strict):
     apiVersion: Literal["llmdrill/v1"] = Field(description="Version of the scenario format.")
     kind: Literal["Scenario"]
@@ -492,6 +717,9 @@ class Scenario(Strict):
         default_factory=dict, description="Named faults; phases apply them by name."
     )
     load: Load = Field(default_factory=Load, description="Traffic sent for the whole run.")
+    telemetry: Telemetry = Field(
+        default_factory=lambda: Telemetry(), description="How the engine is watched."
+    )
     phases: list[Phase] = Field(
         min_length=1, description="Run one after the other; each may apply faults."
     )
@@ -530,6 +758,8 @@ class Scenario(Strict):
                         (("phases", i, "faults", j), f"unknown fault '{ref}' ({hint})")
                     )
         for name, fault in self.faults.items():
+            if fault.toxiproxy is None:
+                continue
             server = fault.toxiproxy.server
             if server not in self.toxiproxy:
                 problems.append(
@@ -556,6 +786,24 @@ class Scenario(Strict):
                         f"(phases: {', '.join(phase_names)})",
                     )
                 )
+            kv = check.kv_cache_cleanup
+            if kv and kv.baseline_phase and kv.baseline_phase not in phase_names:
+                problems.append(
+                    (
+                        ("checks", i, "kv_cache_cleanup", "baseline_phase"),
+                        f"unknown phase '{kv.baseline_phase}' (phases: {', '.join(phase_names)})",
+                    )
+                )
+            if kv and kv.after == "phase_start" and not kv.baseline_phase:
+                problems.append(
+                    (("checks", i, "kv_cache_cleanup", "baseline_phase"),
+                     "after: phase_start needs a baseline_phase")
+                )
+            for kind in ("kv_cache_cleanup", "queue_bounded"):
+                if getattr(check, kind) is not None and not self.target.metrics_url:
+                    problems.append(
+                        (("checks", i, kind), f"a {kind} check needs target.metrics_url")
+                    )
             if check.metric and not self.target.metrics_url:
                 problems.append(
                     (("checks", i, "metric"), "a metric check needs target.metrics_url")

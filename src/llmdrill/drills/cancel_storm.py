@@ -1,0 +1,3 @@
+"""Client-side fault: cancel_storm (being implemented)."""
+
+from __future__ import annotations

@@ -1,0 +1,60 @@
+"""Client-side faults: activity the harness itself runs while the fault is applied
+(cancel storms, request floods). Nothing outside the harness changes, so reverting means
+stopping that activity; after a crash there is nothing left to revert (the threads died
+with the harness), which is what the reverter records."""
+
+from __future__ import annotations
+
+import threading
+
+from llmdrill.drills.base import RevertAction, register_reverter
+
+BACKEND = "client"
+
+
+class ClientActivity:
+    """Base for client-side faults: `run(stop)` in a thread from apply() until stop()."""
+
+    backend = BACKEND
+
+    def __init__(self, fault_name: str) -> None:
+        self.fault_name = fault_name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def preflight(self) -> list[str]:
+        return [self.describe()]
+
+    def prepare(self) -> RevertAction:
+        return {"backend": BACKEND, "op": "stop", "fault": self.fault_name}
+
+    def apply(self) -> None:
+        self._thread = threading.Thread(target=self._guarded, name=f"fault-{self.fault_name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _guarded(self) -> None:
+        try:
+            self.run(self._stop)
+        except Exception as exc:  # recorded; a broken storm must not kill the run
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def run(self, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+@register_reverter(BACKEND)
+def revert_client(action: RevertAction) -> None:
+    """A client-side fault lives in the harness process: if the journal still lists it,
+    that process is gone and so is the fault."""
+    del action
+
