@@ -3,7 +3,7 @@
 Importing this package registers the built-in kinds; `evaluate_check` is the entry point.
 """
 
-from llmdrill.checks import hung, metric, recovers, slo
+from llmdrill.checks import caps, health, hung, kv_cleanup, metric, queue, recovers, slo
 from llmdrill.checks.base import (
     BoundCheck,
     Evaluator,
@@ -18,10 +18,14 @@ __all__ = [
     "BoundCheck",
     "Evaluator",
     "WindowCheck",
+    "caps",
     "evaluate_check",
     "evaluator_for",
+    "health",
     "hung",
+    "kv_cleanup",
     "metric",
+    "queue",
     "recovers",
     "register",
     "registered_kinds",

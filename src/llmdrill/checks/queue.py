@@ -1,0 +1,3 @@
+"""Check kind module (being implemented)."""
+
+from __future__ import annotations
