@@ -118,6 +118,8 @@ def run(
     junit: Annotated[Path | None, typer.Option(help="Also write one JUnit file for all.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only scenarios with this tag.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+    allow_production: Annotated[bool, typer.Option(
+        help="Allow targets marked production (the scenario must allow it too).")] = False,
 ) -> None:
     """Run scenarios: load, faults, checks, reports. Exit code says how it went."""
     from llmdrill.harness.progress import Progress
@@ -141,7 +143,8 @@ def run(
         progress = Progress(console=err, quiet=quiet)
         progress.start(f"{scenario.metadata.name} ({path})")
         try:
-            result = run_scenario(path, scenario, RunOptions(out_dir=out_dir), progress)
+            result = run_scenario(path, scenario, RunOptions(
+                out_dir=out_dir, allow_production=allow_production), progress)
         finally:
             progress.stop()
         results.append((result, Path(result.files.get("html", out_dir)).parent))

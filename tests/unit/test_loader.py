@@ -244,7 +244,7 @@ def test_every_toxic_kind(
 
 VALID_KEYS_TOP = (
     "valid keys: apiVersion, kind, metadata, target, toxiproxy, faults, load, telemetry, "
-    "phases, checks, guardrails"
+    "phases, checks, guardrails, safety"
 )
 TOXIC_KINDS = "latency, timeout, bandwidth, slow_close, reset_peer, slicer, limit_data, down"
 CHECK_KINDS = (

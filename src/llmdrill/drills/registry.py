@@ -36,3 +36,13 @@ def make_injector(ctx: RunContext, name: str, fault: Fault) -> Injector:
 def load_backends() -> None:
     # Importing a backend module registers its factory and reverter.
     from llmdrill.drills import cancel_storm, client, request_flood, toxiproxy  # noqa: F401
+
+
+def blast_radius(fault: Fault) -> int:
+    """How many things one fault touches, for safety.max_blast_radius."""
+    spec = fault.spec
+    for attr in ("streams", "concurrency"):
+        value = getattr(spec, attr, None)
+        if isinstance(value, int):
+            return value
+    return 1  # one proxy

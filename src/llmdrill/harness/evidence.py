@@ -35,8 +35,10 @@ def record_from_dict(raw: dict[str, Any]) -> RequestRecord:
 
 
 class EvidenceStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, secrets: list[str] | None = None) -> None:
         self.path = path
+        # Evidence holds what targets answered; a hostile one may echo our API key.
+        self.secrets = [s for s in (secrets or []) if s]
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -47,7 +49,7 @@ class EvidenceStore:
             self._db.close()
 
     def add_requests(self, raws: list[dict[str, Any]]) -> None:
-        rows = [(r.get("start"), r.get("end"), json.dumps(r)) for r in raws]
+        rows = [(r.get("start"), r.get("end"), self._clean(json.dumps(r))) for r in raws]
         with self._lock:
             self._db.executemany("INSERT INTO requests VALUES (?, ?, ?)", rows)
 
@@ -60,7 +62,13 @@ class EvidenceStore:
 
     def add_event(self, ts: float, kind: str, detail: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO events VALUES (?, ?, ?)", (ts, kind, json.dumps(detail)))
+            self._db.execute("INSERT INTO events VALUES (?, ?, ?)",
+                             (ts, kind, self._clean(json.dumps(detail))))
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def events(self, kind: str | None = None) -> list[tuple[float, str, dict[str, Any]]]:
         query = "SELECT ts, kind, detail FROM events"

@@ -47,7 +47,10 @@ class Journal:
         self._next_id = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            self._seq = sum(1 for _ in path.open(encoding="utf-8"))
+            events = list(_events(path))
+            self._seq = len(events)
+            ids = [int(e["id"]) for e in events if str(e.get("id", "")).isdigit()]
+            self._next_id = max(ids, default=0)
         self._pointer = state_dir() / "active" / f"{run_id}.json"
 
     def _write(self, event: dict[str, Any]) -> None:
@@ -66,12 +69,18 @@ class Journal:
                             "pid": os.getpid()})
             )
 
-    def intent(self, fault: str, description: str, action: RevertAction) -> str:
+    def intent(self, fault: str, description: str, action: RevertAction,
+               deadline: float | None = None) -> str:
+        """Record a change before making it. `deadline` (epoch) is when the watchdog
+        reverts it even if the harness is frozen."""
         self._register()
         self._next_id += 1
         entry_id = f"{self._next_id}"
-        self._write({"event": "intent", "id": entry_id, "fault": fault,
-                     "description": description, "action": action})
+        event: dict[str, Any] = {"event": "intent", "id": entry_id, "fault": fault,
+                                 "description": description, "action": action}
+        if deadline is not None:
+            event["deadline"] = deadline
+        self._write(event)
         return entry_id
 
     def applied(self, entry_id: str) -> None:
@@ -80,8 +89,23 @@ class Journal:
     def apply_failed(self, entry_id: str, error: str) -> None:
         self._write({"event": "apply_failed", "id": entry_id, "error": error})
 
-    def reverted(self, entry_id: str) -> None:
-        self._write({"event": "reverted", "id": entry_id})
+    def reverted(self, entry_id: str, by: str = "harness", reason: str = "") -> None:
+        event: dict[str, Any] = {"event": "reverted", "id": entry_id, "by": by}
+        if reason:
+            event["reason"] = reason
+        self._write(event)
+
+    def run_finished(self) -> None:
+        """Tells the watchdog it can go: the harness has reverted what it could."""
+        self._write({"event": "run_finished"})
+
+    def reverted_by(self, entry_id: str) -> dict[str, Any] | None:
+        """The "reverted" event of an entry, if any (the watchdog may have written it)."""
+        found = None
+        for event in _events(self.path):
+            if event.get("event") == "reverted" and event.get("id") == entry_id:
+                found = event
+        return found
 
     def revert_failed(self, entry_id: str, error: str) -> None:
         self._write({"event": "revert_failed", "id": entry_id, "error": error})

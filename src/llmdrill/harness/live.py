@@ -17,7 +17,7 @@ class LiveStats:
         self.errors_by_class: dict[str, int] = {}
         # (end time, ok, ttft) of recent requests, for rates and TTFT p95 "now".
         self.recent: deque[tuple[float, bool, float | None]] = deque()
-        self._error_since: float | None = None
+        self._since: dict[str, float] = {}
 
     def add(self, raws: list[dict[str, Any]]) -> None:
         for r in raws:
@@ -49,19 +49,35 @@ class LiveStats:
             return None
         return sum(1 for _, ok, _ in self.recent if not ok) / len(self.recent)
 
-    def guardrail_breach(self, guardrails: list[Guardrail], now: float) -> str | None:
+    def _held(self, key: str, breached: bool, now: float, for_s: float) -> float | None:
+        """Seconds a condition has held, once it has held for `for_s`; else None."""
+        if not breached:
+            self._since.pop(key, None)
+            return None
+        since = self._since.setdefault(key, now)
+        return now - since if now - since >= for_s else None
+
+    def guardrail_breach(self, guardrails: list[Guardrail], now: float,
+                         last_scrape_ok: float | None = None) -> str | None:
         """The first guardrail breached for its whole `for` duration, as a sentence."""
-        for guard in guardrails:
-            rule = guard.abort_if.error_rate
-            if rule is None:
-                continue
-            rate = self.error_rate(now)
-            if rate is not None and rate > rule.above:
-                if self._error_since is None:
-                    self._error_since = now
-                if now - self._error_since >= rule.for_:
-                    return (f"error rate {rate:.2f} above {rule.above:.2f} "
-                            f"for {now - self._error_since:.0f}s")
-            else:
-                self._error_since = None
+        for i, guard in enumerate(guardrails):
+            rules = guard.abort_if
+            if rules.error_rate is not None:
+                rate = self.error_rate(now)
+                held = self._held(f"{i}.error_rate", rate is not None
+                                  and rate > rules.error_rate.above, now, rules.error_rate.for_)
+                if held is not None and rate is not None:
+                    return (f"error rate {rate:.2f} above {rules.error_rate.above:.2f} "
+                            f"for {held:.0f}s")
+            if rules.ttft_p95 is not None:
+                p95 = self.ttft_p95(now)
+                held = self._held(f"{i}.ttft", p95 is not None and p95 > rules.ttft_p95.above,
+                                  now, rules.ttft_p95.for_)
+                if held is not None and p95 is not None:
+                    return (f"TTFT p95 {p95 * 1000:.0f}ms above "
+                            f"{rules.ttft_p95.above * 1000:.0f}ms for {held:.0f}s")
+            if rules.engine_down is not None and last_scrape_ok is not None:
+                down = now - last_scrape_ok
+                if down >= rules.engine_down.for_:
+                    return f"the engine's metrics endpoint has not answered for {down:.0f}s"
         return None

@@ -47,6 +47,15 @@ class Plan:
         before = set(self.phases[index - 1].faults) if index > 0 else set()
         return [f for f in self.phases[index].faults if f not in before]
 
+    def planned_revert(self, index: int, fault: str) -> float:
+        """Offset at which a fault applied in phase `index` is planned to be reverted."""
+        end = self.phases[index].end
+        for phase in self.phases[index + 1:]:
+            if fault not in phase.faults:
+                break
+            end = phase.end
+        return end
+
     def faults_leaving(self, index: int) -> list[str]:
         """Faults to revert at the end of phase `index` (not kept by the next phase)."""
         after = set(self.phases[index + 1].faults) if index + 1 < len(self.phases) else set()

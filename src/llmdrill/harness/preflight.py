@@ -5,17 +5,18 @@ from __future__ import annotations
 import httpx
 
 from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.probes.engine_metrics import parse_metrics
+from llmdrill.probes.engine_metrics import MAX_SCRAPE_BYTES, parse_metrics
+from llmdrill.probes.http import bounded_get
 from llmdrill.scenario.models import Target
 
-TIMEOUT = httpx.Timeout(5.0)
+DEADLINE_S = 5.0
 
 
 def check_target(target: Target, headers: dict[str, str]) -> str:
     """The target answers /v1/models as an OpenAI API and serves the scenario's model."""
     url = f"{target.base_url.rstrip('/')}/v1/models"
     try:
-        resp = httpx.get(url, headers=headers, timeout=TIMEOUT)
+        resp = bounded_get(url, headers=headers, deadline=DEADLINE_S)
     except httpx.TimeoutException:
         raise EnvironmentProblem(f"target {url} did not answer within 5s") from None
     except httpx.HTTPError as exc:
@@ -45,7 +46,7 @@ def check_target(target: Target, headers: dict[str, str]) -> str:
 
 def check_metrics(url: str, headers: dict[str, str]) -> str:
     try:
-        resp = httpx.get(url, headers=headers, timeout=TIMEOUT)
+        resp = bounded_get(url, headers=headers, deadline=DEADLINE_S, max_bytes=MAX_SCRAPE_BYTES)
     except httpx.TimeoutException:
         raise EnvironmentProblem(f"metrics endpoint {url} did not answer within 5s") from None
     except httpx.HTTPError as exc:
@@ -54,6 +55,9 @@ def check_metrics(url: str, headers: dict[str, str]) -> str:
         ) from None
     if resp.status_code != 200:
         raise EnvironmentProblem(f"metrics endpoint {url} answered HTTP {resp.status_code}")
+    if resp.truncated:
+        raise EnvironmentProblem(f"metrics endpoint {url} sent more than {MAX_SCRAPE_BYTES} "
+                                 "bytes")
     try:
         samples = parse_metrics(resp.text, 0.0)
     except Exception as exc:

@@ -48,6 +48,7 @@ class FaultResult(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     applied_at: float | None = None
     reverted_at: float | None = None
+    reverted_by: str = "harness"
     revert_error: str | None = None
 
 

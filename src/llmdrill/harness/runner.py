@@ -7,7 +7,10 @@ Whatever happens (a check failing, an exception, Ctrl-C, SIGTERM, a guardrail), 
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -21,7 +24,7 @@ from llmdrill.checks import evaluate_check
 from llmdrill.checks.probes import RunningProbe, probe_for
 from llmdrill.checks.stats import client_series, request_stats
 from llmdrill.drills.base import EnvironmentProblem, Injector
-from llmdrill.drills.registry import make_injector
+from llmdrill.drills.registry import blast_radius, make_injector
 from llmdrill.drills.toxiproxy import ProxySetup
 from llmdrill.harness.context import RunContext
 from llmdrill.harness.evidence import EvidenceStore
@@ -41,7 +44,7 @@ from llmdrill.harness.result import (
     Series,
     TargetInfo,
 )
-from llmdrill.harness.secrets import auth_headers
+from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redact
 from llmdrill.harness.versions import engine_version, harness_versions
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
 from llmdrill.load.runner import LocustProcess
@@ -54,7 +57,12 @@ ENGINE_GAUGES = {
     "running": ("vllm:num_requests_running",),
     "waiting": ("vllm:num_requests_waiting",),
     "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "preemptions": ("vllm:num_preemptions_total",),  # a counter: charted as its running total
 }
+
+
+# How long past its planned revert a fault may stay before the watchdog reverts it.
+LIFETIME_GRACE_S = 30.0
 
 
 class Aborted(Exception):
@@ -65,6 +73,7 @@ class Aborted(Exception):
 class RunOptions:
     out_dir: Path = Path("reports")
     tick: float = 0.5
+    allow_production: bool = False  # --allow-production on the command line
 
 
 class _Signals:
@@ -133,10 +142,20 @@ class Runner:
                                                        spec.upstream)
         return list(setups.values())
 
-    def _apply(self, name: str, journal: Journal, store: EvidenceStore) -> None:
+    def _deadline(self, name: str, index: int, t0: float) -> float:
+        """When the watchdog reverts this fault whatever the harness is doing: its planned
+        revert plus a grace period, or sooner if the scenario sets max_lifetime."""
+        deadline = t0 + self.plan.planned_revert(index, name) + LIFETIME_GRACE_S
+        lifetime = self.scenario.faults[name].max_lifetime
+        if lifetime is not None:
+            deadline = min(deadline, time.time() + lifetime)
+        return deadline
+
+    def _apply(self, name: str, journal: Journal, store: EvidenceStore,
+               deadline: float | None = None) -> None:
         injector = self._injector(name)
         action = injector.prepare()
-        entry = journal.intent(name, injector.describe(), action)  # before the change
+        entry = journal.intent(name, injector.describe(), action, deadline)  # before the change
         self.journal_ids[name] = entry
         fault = self.scenario.faults[name]
         spec = fault.spec
@@ -165,6 +184,13 @@ class Runner:
             injector.stop()  # live activity first (a storm), then the recorded change
         action = next((o.action for o in journal.outstanding() if o.id == entry), None)
         result = self.fault_results[name]
+        if action is None:  # the watchdog got there first (lifetime exceeded)
+            done = journal.reverted_by(entry) or {}
+            result.reverted_at = float(done.get("ts", time.time()))
+            result.reverted_by = str(done.get("by", "watchdog"))
+            self.progress.event(f"{name} was already reverted by the watchdog "
+                                f"({done.get('reason', 'lifetime exceeded')})")
+            return
         try:
             if action is not None:
                 revert(action)
@@ -213,21 +239,30 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         signals = _Signals()
         signals.install()
-        store = EvidenceStore(self.run_dir / "evidence.db")
+        try:
+            key = api_key(self.scenario.target)
+        except SecretMissing:
+            key = None  # reported below, where every failure becomes a report
+        self.secrets = [key] if key else []
+        store = EvidenceStore(self.run_dir / "evidence.db", self.secrets)
         journal = Journal(self.run_dir / "journal.jsonl", self.run_id)
         started_at = time.time()
         t0 = started_at
         locust: LocustProcess | None = None
         scraper: MetricsScraper | None = None
+        watchdog: subprocess.Popen[bytes] | None = None
         engine: str | None = None
         try:
             headers = auth_headers(self.scenario.target)
             self.ctx = RunContext(self.run_id, self.scenario, store, headers, self.progress,
                                   self.run_dir)
+            check_safety(self.scenario, self.options.allow_production)
+            watchdog = start_watchdog(journal.path)
             for setup in self._proxy_setups():
                 if not setup.exists():
                     entry = journal.intent(f"proxy:{setup.name}", setup.describe(),
-                                           setup.prepare())
+                                           setup.prepare(),
+                                           time.time() + self.plan.total + 120)
                     setup.apply()
                     journal.applied(entry)
             for name in self.scenario.faults:
@@ -255,7 +290,7 @@ class Runner:
             self.abort_reason = str(exc)
         except KeyboardInterrupt:
             self.abort_reason = "interrupted by SIGINT"
-        except EnvironmentProblem as exc:
+        except (EnvironmentProblem, SecretMissing) as exc:
             self.error = str(exc)
         except Exception as exc:  # the report must still be written, with the reason
             trace = self.run_dir / "error.log"
@@ -271,8 +306,12 @@ class Runner:
                 locust.close()
             if scraper is not None:
                 scraper.stop()
+            journal.run_finished()
+            stop_watchdog(watchdog)
             journal.finish()
             result = self._result(store, started_at, t0, run_end, engine)
+            if self.secrets:  # a target may have echoed the key into an error we kept
+                result = RunResult.model_validate_json(redact(result.to_json(), self.secrets))
             store.close()
             result.files = self._write_reports(result)
             signals.restore()
@@ -324,7 +363,7 @@ class Runner:
         self.phase_results.append(phase)
         store.add_event(phase.start or 0.0, "phase_start", {"phase": planned.name})
         for name in self.plan.faults_entering(index):
-            self._apply(name, journal, store)
+            self._apply(name, journal, store, self._deadline(name, index, t0))
         deadline = t0 + planned.end
         while (now := time.time()) < deadline:
             if locust is not None:
@@ -334,7 +373,8 @@ class Runner:
                     self.live.add(new)
                 if not locust.alive():
                     raise Aborted("the load generator exited early (see locust.log)")
-            reason = self.live.guardrail_breach(guard, now)
+            reason = self.live.guardrail_breach(guard, now,
+                                                scraper.last_ok if scraper else None)
             if reason:
                 raise Aborted(f"guardrail: {reason}")
             self.progress.tick(planned.name, deadline - now, self.live, now,
@@ -424,6 +464,48 @@ class Runner:
                     per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
             out[short] = [(round(ts - t0, 3), v) for ts, v in sorted(per_ts.items())]
         return out
+
+
+def check_safety(scenario: Scenario, allow_production: bool) -> None:
+    """Refuse, before anything changes, what the scenario's safety limits forbid."""
+    if scenario.target.production and not (allow_production
+                                           and scenario.safety.allow_production):
+        missing = [what for what, ok in (("the scenario (safety.allow_production: true)",
+                                          scenario.safety.allow_production),
+                                         ("the command line (--allow-production)",
+                                          allow_production)) if not ok]
+        raise EnvironmentProblem(
+            f"target {scenario.target.base_url} is marked production; refusing to drill it "
+            f"unless {' and '.join(missing)} allow it"
+        )
+    limit = scenario.safety.max_blast_radius
+    if limit is not None:
+        for name, fault in scenario.faults.items():
+            radius = blast_radius(fault)
+            if radius > limit:
+                raise EnvironmentProblem(
+                    f"fault '{name}' would touch {radius} things (streams, requests or "
+                    f"targets), over safety.max_blast_radius {limit}"
+                )
+
+
+def start_watchdog(journal: Path) -> subprocess.Popen[bytes]:
+    # Its own session: a Ctrl-C or SIGTERM aimed at the harness's group must not stop it.
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.harness.watchdog", str(journal), str(os.getpid())],
+        stdout=subprocess.DEVNULL, stderr=(journal.parent / "watchdog.log").open("ab"),
+        start_new_session=True,
+    )
+
+
+def stop_watchdog(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=5)  # it exits by itself once it reads run_finished
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(timeout=5)
 
 
 def run_scenario(path: Path, scenario: Scenario, options: RunOptions,

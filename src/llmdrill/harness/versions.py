@@ -7,6 +7,8 @@ import platform
 
 import httpx
 
+from llmdrill.probes.http import bounded_get
+
 PACKAGES = ("llmdrill", "locust", "pydantic", "httpx", "prometheus-client", "jinja2", "typer",
             "rich", "pyyaml")
 
@@ -24,7 +26,8 @@ def harness_versions() -> dict[str, str]:
 def engine_version(base_url: str, headers: dict[str, str], timeout: float = 5.0) -> str | None:
     """vLLM answers GET /version; other servers may not, which is fine."""
     try:
-        resp = httpx.get(f"{base_url.rstrip('/')}/version", headers=headers, timeout=timeout)
+        resp = bounded_get(f"{base_url.rstrip('/')}/version", headers=headers,
+                           deadline=timeout, max_bytes=4096)
         if resp.status_code == 200:
             value = resp.json().get("version")
             return str(value)[:64] if value else None

@@ -63,6 +63,46 @@ def classify_exception(exc: BaseException, got_response: bool) -> tuple[str, str
     return "protocol", name
 
 
+class LineTooLong(Exception):
+    pass
+
+
+def read_line(raw: Any, limit: int) -> bytes:
+    """The next line of a streamed body, or b"" at its end; at most `limit` bytes.
+
+    geventhttpclient's own readline has no size cap and rescans its whole buffer after
+    every read: a body without newlines turns it into an unbounded, CPU-bound loop that no
+    timeout can interrupt. This reads the same parser buffer with a cap, and yields to
+    gevent after each network read so the attempt's deadline can fire.
+    """
+    buf = raw._body_buffer
+    scanned = 0
+    while True:
+        idx = buf.find(b"\n", scanned)
+        if idx >= 0:
+            line = bytes(buf[: idx + 1])
+            del buf[: idx + 1]
+            return line
+        scanned = len(buf)
+        if scanned > limit:
+            raise LineTooLong
+        if raw.message_complete:
+            rest = bytes(buf)
+            del buf[:]
+            return rest
+        sock = raw._sock
+        if sock is None:
+            raise ConnectionResetError("connection closed mid-stream")
+        data = sock.recv(raw.block_size)
+        if not data:
+            raw.feed(data)  # lets the parser notice a truncated body, then report EOF
+            if not raw.message_complete:
+                raise ConnectionResetError("connection closed mid-stream")
+        else:
+            raw.feed(data)
+        gevent.sleep(0)
+
+
 class _Attempt:
     """The outcome of one HTTP attempt."""
 
@@ -83,12 +123,16 @@ class _Sink:
     """Appends one JSON line per finished request; flushed per line so a crash loses
     at most the request in flight."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, secret: str | None = None) -> None:
+        self._secret = secret
         # Line-buffered and open for the process's life: one write per request.
         self._fh: IO[str] = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        line = json.dumps(record, separators=(",", ":"))
+        if self._secret and self._secret in line:  # a target echoed our key back
+            line = line.replace(self._secret, "***")
+        self._fh.write(line + "\n")
 
 
 _CONFIG: LoadConfig | None = None
@@ -99,7 +143,7 @@ def _config() -> tuple[LoadConfig, _Sink]:
     global _CONFIG, _SINK
     if _CONFIG is None or _SINK is None:
         _CONFIG = LoadConfig.load(__import__("pathlib").Path(os.environ["LLMDRILL_LOAD_CONFIG"]))
-        _SINK = _Sink(_CONFIG.samples_path)
+        _SINK = _Sink(_CONFIG.samples_path, read_api_key(_CONFIG))
     return _CONFIG, _SINK
 
 
@@ -260,12 +304,13 @@ class OpenAIUser(FastHttpUser):
         tally = outcome.tally
         limit = self.cfg.max_line_bytes
         while True:
-            line = raw.readline(b"\n")
-            if not line:
-                break
-            if len(line) > limit:
+            try:
+                line = read_line(raw, limit)
+            except LineTooLong:
                 outcome.error_class, outcome.error_type = "protocol", "line_too_long"
                 return
+            if not line:
+                break
             tally.feed_line(line, time.time())
             if tally.first_token_at is not None:
                 outcome.tokens_seen = True

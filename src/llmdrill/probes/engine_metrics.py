@@ -26,16 +26,16 @@ def parse_metrics(text: str, ts: float) -> list[MetricSample]:
     return samples
 
 
-def scrape_once(client: httpx.Client, url: str) -> list[MetricSample]:
+def scrape_once(client: httpx.Client, url: str, deadline: float = 5.0) -> list[MetricSample]:
+    from llmdrill.probes.http import bounded_get
+
     ts = time.time()
-    with client.stream("GET", url) as resp:
-        resp.raise_for_status()
-        body = b""
-        for chunk in resp.iter_bytes():
-            body += chunk
-            if len(body) > MAX_SCRAPE_BYTES:
-                raise ValueError(f"metrics body over {MAX_SCRAPE_BYTES} bytes")
-    return parse_metrics(body.decode("utf-8", errors="replace"), ts)
+    resp = bounded_get(url, client=client, deadline=deadline, max_bytes=MAX_SCRAPE_BYTES)
+    if resp.status_code != 200:
+        raise ValueError(f"HTTP {resp.status_code}")
+    if resp.truncated:
+        raise ValueError(f"metrics body over {MAX_SCRAPE_BYTES} bytes")
+    return parse_metrics(resp.text, ts)
 
 
 class MetricsScraper:
@@ -57,6 +57,7 @@ class MetricsScraper:
         self.scrapes = 0
         self.failures = 0
         self.latest: dict[str, float] = {}
+        self.last_ok = time.time()  # the preflight scrape just succeeded
 
     def start(self) -> None:
         self._thread.start()
@@ -76,6 +77,7 @@ class MetricsScraper:
                 self._on_error(f"scrape of {self.url} failed: {type(exc).__name__}: {exc}")
             else:
                 self.scrapes += 1
+                self.last_ok = time.time()
                 self._sink(samples)
                 latest: dict[str, float] = {}
                 for s in samples:

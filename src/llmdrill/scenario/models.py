@@ -177,8 +177,8 @@ class AbortAfter(Strict):
 
     chunks: int | None = Field(
         default=None, ge=0,
-        description="Drop after this many SSE data events; 0 drops before any token "
-        "(during prefill).",
+        description="Drop after this many SSE data events that carry a token; 0 drops as "
+        "soon as the response headers arrive, before any token (during prefill).",
     )
     delay: Duration | None = Field(default=None, description="Drop this long after sending.")
 
@@ -197,17 +197,34 @@ class CancelStormFault(Strict):
         default_factory=lambda: list(APIS), min_length=1,
         description="APIs the streams use, in turn.",
     )
-    prompt_tokens: PositiveInt = 64
-    max_tokens: PositiveInt = 256
-    abort_after: AbortAfter = Field(default_factory=lambda: AbortAfter(chunks=3))
+    prompt_tokens: PositiveInt = Field(default=64, description="Prompt length, in tokens.")
+    max_tokens: PositiveInt = Field(
+        default=256,
+        description="Output tokens asked for (with ignore_eos): what an engine that misses "
+        "the disconnect keeps generating for nobody.",
+    )
+    abort_after: AbortAfter = Field(
+        default_factory=lambda: AbortAfter(chunks=3),
+        description="When each stream is dropped: after `chunks` token events or a `delay`.",
+    )
     close: Literal["graceful", "reset", "stop_reading"] = Field(
         default="reset",
-        description="graceful: FIN; reset: TCP RST; stop_reading: stop reading and hold the "
-        "connection open for `hold`, then close.",
+        description="graceful: FIN, then read on until the server closes too (at most "
+        "`hold`); reset: TCP RST; stop_reading: stop reading and hold the connection open "
+        "for `hold`, then reset it.",
     )
-    hold: Duration = Field(default=5.0, description="How long stop_reading holds a connection.")
-    waves: PositiveInt = 1
+    hold: Duration = Field(
+        default=5.0,
+        description="How long stop_reading holds a connection, and the longest a graceful "
+        "close waits for the server's side to close.",
+    )
+    waves: PositiveInt = Field(default=1, description="How many waves the storm sends.")
     interval: Duration = Field(default=5.0, description="Time between the starts of waves.")
+    start_after: Duration = Field(
+        default=0.0,
+        description="Delay from the fault's apply to its first wave; lets two storms in one "
+        "phase take turns.",
+    )
     base_url: str | None = Field(
         default=None, description="Where the storm goes (default: target.base_url)."
     )
@@ -216,15 +233,27 @@ class CancelStormFault(Strict):
 class RequestFloodFault(Strict):
     """Client-side: a flood of long requests (long prompts, long outputs) while it lasts."""
 
-    concurrency: PositiveInt = 16
-    api: Literal["chat", "completions"] = "completions"
-    prompt_tokens: PositiveInt = 400
-    max_tokens: PositiveInt = 100
-    stream: bool = True
-    ignore_eos: bool = True
+    concurrency: PositiveInt = Field(
+        default=16, description="Requests kept in flight, each sent again as soon as it ends."
+    )
+    api: Literal["chat", "completions"] = Field(
+        default="completions", description="Endpoint: /v1/chat/completions or /v1/completions."
+    )
+    prompt_tokens: PositiveInt = Field(default=400, description="Prompt length, in tokens.")
+    max_tokens: PositiveInt = Field(default=100, description="Output tokens asked for.")
+    stream: bool = Field(default=True, description="Ask for streamed (SSE) responses.")
+    ignore_eos: bool = Field(
+        default=True, description="vLLM extension: generate exactly max_tokens tokens."
+    )
     name: Name = Field(default="flood", description="Request shape name in the evidence.")
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    base_url: str | None = None
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts,
+        description="Deadlines of each flood request (never retried); on stop, requests in "
+        "flight are cut and recorded as interrupted.",
+    )
+    base_url: str | None = Field(
+        default=None, description="Where the flood goes (default: target.base_url)."
+    )
 
 
 FAULT_BACKENDS = ("toxiproxy", "cancel_storm", "request_flood")
@@ -513,7 +542,8 @@ class KvCacheCleanupCheck(Strict):
         default=0.02, description="KV-cache usage (0-1) allowed above the baseline."
     )
     baseline_window: Duration = Field(
-        default=2.0, description="Samples before each wave that make its baseline."
+        default=2.0,
+        description="Samples before each wave that make its baseline (the highest of them).",
     )
     after: Literal["waves", "phase_start"] = Field(
         default="waves",
@@ -528,7 +558,7 @@ class KvCacheCleanupCheck(Strict):
 class CapCase(Strict):
     """One request that must be refused with a helpful 4xx."""
 
-    name: Name
+    name: Name = Field(description="Case name in the report (the built-in cases use their kind).")
     kind: Literal[
         "prompt_over_context",
         "max_tokens_over_cap",
@@ -538,7 +568,9 @@ class CapCase(Strict):
         "malformed_json",
         "custom",
     ]
-    api: Literal["chat", "completions"] = "chat"
+    api: Literal["chat", "completions"] = Field(
+        default="chat", description="Endpoint the case is sent to (unless `path` is set)."
+    )
     path: str | None = Field(default=None, description="Route for custom cases, e.g. /v1/x.")
     body: str | None = Field(default=None, description="Raw request body for custom cases.")
     max_tokens: int | None = Field(default=None, description="Override the case's max_tokens.")
@@ -562,7 +594,9 @@ class ErrorSchema(Strict):
     request_id: Literal["none", "header", "body", "either"] = Field(
         default="none", description="Where a request id must appear, if anywhere."
     )
-    request_id_header: str = "x-request-id"
+    request_id_header: str = Field(
+        default="x-request-id", description="Header that carries the request id, if any."
+    )
 
 
 class CapsEnforcedCheck(Strict):
@@ -587,9 +621,14 @@ class QueueBoundedCheck(Strict):
 
     max_waiting: float = Field(ge=0, description="Bound on the engine's waiting requests.")
     series: list[str] = Field(
-        default_factory=lambda: ["vllm:num_requests_waiting"], min_length=1
+        default_factory=lambda: ["vllm:num_requests_waiting"], min_length=1,
+        description="Waiting-queue metric names, first one the target exposes is used; "
+        "none exposed fails the check.",
     )
-    refusal_statuses: list[int] = Field(default_factory=lambda: [429, 503])
+    refusal_statuses: list[int] = Field(
+        default_factory=lambda: [429, 503],
+        description="Statuses that count as a request refused under load.",
+    )
     require_retry_after: bool = Field(
         default=False, description="Refusals must carry a Retry-After header."
     )
@@ -601,8 +640,15 @@ class EngineHealthyCheck(Strict):
     url: str | None = Field(
         default=None, description="Health URL; default <metrics_url host>/health."
     )
-    interval: Duration = 1.0
-    max_failures: int = Field(default=0, ge=0)
+    interval: Duration = Field(default=1.0, description="Time between two polls.")
+    timeout: Duration = Field(
+        default=2.0, description="A poll without an answer this soon has failed."
+    )
+    max_failures: int = Field(
+        default=0, ge=0,
+        description="Failed polls (no 2xx within `timeout`) plus failed metric scrapes "
+        "allowed.",
+    )
 
 
 CHECK_KINDS = (
@@ -684,9 +730,57 @@ class ErrorRateGuard(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class LatencyGuard(Strict):
+    above: Duration = Field(description="TTFT p95 of the last 10s of requests that trips it.")
+    for_: Duration = Field(
+        alias="for", default=10.0, description="How long it must stay above to abort."
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class EngineDownGuard(Strict):
+    for_: Duration = Field(
+        alias="for", default=15.0,
+        description="Abort when every scrape of target.metrics_url fails for this long.",
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class AbortIf(Strict):
+    """One or more conditions; any of them aborts the run (faults are reverted, exit 3)."""
+
     error_rate: ErrorRateGuard | None = Field(
         default=None, description="Abort when the client-side error rate stays high."
+    )
+    ttft_p95: LatencyGuard | None = Field(
+        default=None, description="Abort when client-side TTFT p95 stays high."
+    )
+    engine_down: EngineDownGuard | None = Field(
+        default=None, description="Abort when the engine's metrics endpoint stops answering."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> AbortIf:
+        if self.error_rate is None and self.ttft_p95 is None and self.engine_down is None:
+            raise ValueError("give at least one of error_rate, ttft_p95, engine_down")
+        return self
+
+
+class Safety(Strict):
+    """Limits on what a run may do, checked before anything is changed."""
+
+    allow_production: bool = Field(
+        default=False,
+        description="This scenario may run against a target marked production (the command "
+        "line must allow it too: --allow-production).",
+    )
+    max_run_duration: Duration = Field(
+        default=3600.0, description="A run longer than this (phases in total) is refused."
+    )
+    max_blast_radius: int | None = Field(
+        default=None, ge=1,
+        description="Most things one fault may touch (proxies, streams, requests in flight, "
+        "containers); a fault over it is refused.",
     )
 
 
@@ -729,6 +823,7 @@ class Scenario(Strict):
     guardrails: list[Guardrail] = Field(
         default_factory=list, description="Conditions that abort the run early."
     )
+    safety: Safety = Field(default_factory=lambda: Safety(), description="Limits on the run.")
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Scenario:
@@ -768,6 +863,17 @@ class Scenario(Strict):
                         f"unknown Toxiproxy server '{server}' "
                         f"(defined: {', '.join(sorted(self.toxiproxy))})",
                     )
+                )
+        if self.total_duration > self.safety.max_run_duration:
+            problems.append(
+                (("phases",), f"the phases last {self.total_duration:g}s in total, over "
+                 f"safety.max_run_duration ({self.safety.max_run_duration:g}s)")
+            )
+        for i, guard in enumerate(self.guardrails):
+            if guard.abort_if.engine_down and not self.target.metrics_url:
+                problems.append(
+                    (("guardrails", i, "abort_if", "engine_down"),
+                     "engine_down watches target.metrics_url, which is not set")
                 )
         names: set[str] = set()
         for i, check in enumerate(self.checks):

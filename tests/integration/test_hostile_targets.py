@@ -1,0 +1,69 @@
+"""A hostile or broken target never hangs or crashes the harness: every request gets a
+class, every wait ends, and the run finishes with its reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import llmdrill
+from tests.integration.hostile import MODES, hostile_server
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = """
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {name: hostile-target}
+target: {base_url: "http://127.0.0.1:PORT", model: tiny}
+load:
+  users: 2
+  requests:
+    - {api: completions, stream: true, max_tokens: 8}
+    - {api: chat, stream: false, max_tokens: 8}
+  timeouts: {connect: 2s, read: 2s, total: 4s}
+  retries: {max_attempts: 1}
+phases: [{name: p, duration: 5s}]
+checks:
+  - {name: nothing-hangs, phase: p, no_hung_requests: {deadline: 10s}}
+  - {name: all-fine, phase: p, slo: {error_rate: {max: 0}}}
+"""
+
+# Which classes each behaviour may produce: never "interrupted" (a hang cut by the stop),
+# never a crash.
+EXPECTED = {
+    "malformed_sse": {"incomplete_stream", "protocol"},
+    "endless_stream": {"timeout", "protocol"},
+    "huge_headers": {"protocol", "incomplete_stream", "connect", "reset"},
+    "huge_body": {"protocol", "timeout", "incomplete_stream"},
+    "silent": {"timeout"},
+    "trickle": {"timeout", "incomplete_stream", "protocol"},
+    "garbage_status": {"protocol", "connect", "reset", "incomplete_stream"},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hostile_target_is_classified_without_hanging(mode: str, tmp_path: Path) -> None:
+    with hostile_server(mode) as port:
+        path = tmp_path / "hostile.yaml"
+        path.write_text(SCENARIO.replace("PORT", str(port)))
+        started = time.time()
+        proc = llmdrill("run", str(path), "--out", str(tmp_path / "reports"),
+                        env=dict(os.environ), timeout=120)
+        took = time.time() - started
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert proc.returncode == 1, output
+    assert took < 60
+    result = json.loads(next((tmp_path / "reports").glob("*/result.json")).read_text())
+    checks = {c["name"]: c["status"] for c in result["checks"]}
+    assert checks == {"nothing-hangs": "passed", "all-fine": "failed"}, output
+    # Requests still in flight when the load stopped are "interrupted"; that they did not
+    # hang is what nothing-hangs proved.
+    classes = set(result["stats"]["p"]["errors_by_class"]) - {"interrupted"}
+    assert classes and classes <= EXPECTED[mode], classes
+    print(f"\n{mode}: {result['stats']['p']['requests']} requests, classes {sorted(classes)}")

@@ -1,0 +1,146 @@
+"""The harness killed with SIGKILL at random moments: after `llmdrill cleanup` nothing it
+injected is left behind. Also: a frozen harness (SIGSTOP) has its faults reverted by the
+watchdog when their lifetime runs out; a killed harness has them reverted by the watchdog
+at once; and cleanup handles the case where the watchdog died too."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, Stack, llmdrill
+
+pytestmark = pytest.mark.integration
+
+TRIALS = int(os.environ.get("LLMDRILL_KILL_TRIALS", "20"))
+
+SCENARIO = """
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {name: kill-trial}
+target:
+  base_url: ${LLMDRILL_TARGET_URL}
+  model: tiny
+toxiproxy: {default: {url: "${LLMDRILL_TOXIPROXY_URL}"}}
+faults:
+  slow: {toxiproxy: {proxy: vllm, toxic: latency, stream: upstream, latency: 300ms}}
+  down: {toxiproxy: {proxy: vllm, toxic: down}}
+  cut:
+    toxiproxy: {proxy: vllm, toxic: limit_data, bytes: 64KiB}
+    max_lifetime: ${LIFETIME:-1h}
+load:
+  users: ${USERS:-2}
+  spawn_rate: 10
+  requests: [{api: completions, prompt_tokens: 16, max_tokens: 8}]
+  timeouts: {read: 5s, total: 10s}
+phases:
+  - {name: a, duration: 1500ms, faults: [slow]}
+  - {name: b, duration: 1500ms, faults: [slow, down]}
+  - {name: c, duration: "${C_DURATION:-1500ms}", faults: [cut]}
+  - {name: d, duration: 1s}
+"""
+
+
+def _start(stack: Stack, tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    path = tmp_path / "trial.yaml"
+    path.write_text(SCENARIO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
+         "--out", str(tmp_path / "reports")],
+        env=stack.env(**env), cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def _watchdog_pids(run_root: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"llmdrill.harness.watchdog {run_root}"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _residue(stack: Stack) -> list[str]:
+    left = [str(t["name"]) for t in stack.toxics()]
+    if not stack.proxy_enabled():
+        left.append("proxy disabled")
+    return left
+
+
+def test_sigkill_at_random_moments_then_cleanup_leaves_nothing(
+    clean_proxy: Stack, tmp_path: Path
+) -> None:
+    rng = random.Random(int(os.environ.get("LLMDRILL_KILL_SEED", "0")) or None)
+    residues_before_cleanup = 0
+    for trial in range(TRIALS):
+        trial_dir = tmp_path / f"trial-{trial}"
+        trial_dir.mkdir()
+        proc = _start(clean_proxy, trial_dir, USERS=str(rng.choice([0, 2])))
+        time.sleep(rng.uniform(0.2, 6.0))
+        # Kill the harness and its watchdog together: the worst case, a whole machine's
+        # processes gone. Only the journal on disk remains.
+        for pid in _watchdog_pids(trial_dir / "reports"):
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if _residue(clean_proxy):
+            residues_before_cleanup += 1
+        done = llmdrill("cleanup", env=clean_proxy.env())
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _residue(clean_proxy) == [], f"trial {trial}: left behind after cleanup"
+    print(f"\nkill -9 trials: {TRIALS}, with faults in place at the kill: "
+          f"{residues_before_cleanup}, left after cleanup: 0")
+    # The trials prove something only if the kills landed while faults were in place.
+    assert residues_before_cleanup >= TRIALS // 4
+
+
+def test_watchdog_reverts_at_once_when_the_harness_is_killed(
+    clean_proxy: Stack, tmp_path: Path
+) -> None:
+    proc = _start(clean_proxy, tmp_path, USERS="0", C_DURATION="30s")
+    deadline = time.time() + 30
+    while time.time() < deadline and "limit_data" not in json.dumps(clean_proxy.toxics()):
+        time.sleep(0.1)
+    assert clean_proxy.toxics(), "the fault was never applied"
+    os.kill(proc.pid, signal.SIGKILL)  # the harness only; its watchdog lives on
+    proc.wait(timeout=30)
+    deadline = time.time() + 15
+    while time.time() < deadline and _residue(clean_proxy):
+        time.sleep(0.2)
+    assert _residue(clean_proxy) == []
+    journal = next((tmp_path / "reports").glob("*/journal.jsonl")).read_text()
+    assert '"harness is gone"' in journal
+
+
+def test_watchdog_reverts_a_frozen_harness_fault_when_its_lifetime_ends(
+    clean_proxy: Stack, tmp_path: Path
+) -> None:
+    proc = _start(clean_proxy, tmp_path, USERS="0", C_DURATION="30s", LIFETIME="4s")
+    deadline = time.time() + 30
+    while time.time() < deadline and "limit_data" not in json.dumps(clean_proxy.toxics()):
+        time.sleep(0.1)
+    assert clean_proxy.toxics(), "the fault was never applied"
+    applied = time.time()
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and _residue(clean_proxy):
+            time.sleep(0.2)
+        assert _residue(clean_proxy) == [], "the watchdog did not revert the frozen fault"
+        assert time.time() - applied < 20
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    os.killpg(proc.pid, signal.SIGTERM)  # no need to wait out the 30s phase
+    proc.wait(timeout=60)
+    run = next((tmp_path / "reports").iterdir())
+    journal = (run / "journal.jsonl").read_text()
+    assert '"lifetime exceeded"' in journal
+    result = json.loads((run / "result.json").read_text())
+    cut = next(f for f in result["faults"] if f["name"] == "cut")
+    assert cut["reverted_by"] == "watchdog"
