@@ -17,3 +17,19 @@ def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("LLMDRILL_STACK_DIR", str(REPO / ".stack"))
+
+
+# Counts the safety tests report at the end of a run (fuzz examples, kill trials, hostile
+# targets), so CI logs show how much was tried, not only that it passed.
+COUNTS: dict[str, int] = {}
+
+
+def count(what: str, n: int = 1) -> None:
+    COUNTS[what] = COUNTS.get(what, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if COUNTS:
+        terminalreporter.section("llmdrill safety counts")
+        for what, n in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"{what}: {n}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import count
 from tests.integration.conftest import llmdrill
 from tests.integration.hostile import MODES, hostile_server
 
@@ -67,3 +68,5 @@ def test_hostile_target_is_classified_without_hanging(mode: str, tmp_path: Path)
     classes = set(result["stats"]["p"]["errors_by_class"]) - {"interrupted"}
     assert classes and classes <= EXPECTED[mode], classes
     print(f"\n{mode}: {result['stats']['p']['requests']} requests, classes {sorted(classes)}")
+    count("hostile target behaviours survived")
+    count("hostile target requests classified", result["stats"]["p"]["requests"])

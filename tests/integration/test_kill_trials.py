@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import count
 from tests.integration.conftest import REPO, Stack, llmdrill
 
 pytestmark = pytest.mark.integration
@@ -94,6 +95,7 @@ def test_sigkill_at_random_moments_then_cleanup_leaves_nothing(
         done = llmdrill("cleanup", env=clean_proxy.env())
         assert done.returncode == 0, done.stdout + done.stderr
         assert _residue(clean_proxy) == [], f"trial {trial}: left behind after cleanup"
+        count("kill -9 trials")
     print(f"\nkill -9 trials: {TRIALS}, with faults in place at the kill: "
           f"{residues_before_cleanup}, left after cleanup: 0")
     # The trials prove something only if the kills landed while faults were in place.

@@ -30,6 +30,7 @@ from llmdrill.scenario.models import (
     TimeoutToxic,
 )
 from llmdrill.scenario.units import parse_duration, parse_size
+from tests.conftest import count
 
 pytestmark = pytest.mark.unit
 
@@ -693,6 +694,7 @@ def scratch() -> Iterator[Path]:
 
 
 def check_never_crashes(path: Path, content: str | bytes) -> None:
+    count("loader fuzz examples")
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
