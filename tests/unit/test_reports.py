@@ -498,3 +498,23 @@ def test_fault_windows_extend_unreverted_faults_to_the_end() -> None:
     result = aborted()
     assert fault_windows(result) == [(11.0, 25.0, "partition"), (12.0, 14.0, "kill-engine")]
     assert x_range(result) == (0.0, 30.0)  # the series runs past ended_at: keep it visible
+
+
+def test_engine_charts_mark_events_and_zoom_around_them() -> None:
+    from llmdrill.harness.result import RunResult, ScenarioInfo, Series, TargetInfo
+    from llmdrill.report.html import render_html
+
+    series = Series(
+        t0=1000.0,
+        engine={"running": [(i / 5, 30.0 if 9.5 < i / 5 < 10.2 else 0.0) for i in range(100)],
+                "kv_cache_usage": [(i / 5, 0.4 if 9.5 < i / 5 < 10.2 else 0.0)
+                                   for i in range(100)]},
+        markers=[(10.0, "storm wave 1")],
+    )
+    result = RunResult(run_id="r", scenario=ScenarioInfo(name="s", file="f"), status="passed",
+                       started_at=1000.0, ended_at=1020.0,
+                       target=TargetInfo(base_url="http://127.0.0.1:1", model="m"),
+                       series=series)
+    html = render_html(result)
+    assert "Around storm wave 1" in html
+    assert html.count("storm wave 1") >= 3  # on both engine charts and its own zoom

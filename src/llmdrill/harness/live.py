@@ -58,7 +58,8 @@ class LiveStats:
         return now - since if now - since >= for_s else None
 
     def guardrail_breach(self, guardrails: list[Guardrail], now: float,
-                         last_scrape_ok: float | None = None) -> str | None:
+                         last_scrape_ok: float | None = None,
+                         polled: dict[str, tuple[bool, str]] | None = None) -> str | None:
         """The first guardrail breached for its whole `for` duration, as a sentence."""
         for i, guard in enumerate(guardrails):
             rules = guard.abort_if
@@ -76,6 +77,13 @@ class LiveStats:
                 if held is not None and p95 is not None:
                     return (f"TTFT p95 {p95 * 1000:.0f}ms above "
                             f"{rules.ttft_p95.above * 1000:.0f}ms for {held:.0f}s")
+            for key, rule_for in ((f"{i}.promql", rules.promql), (f"{i}.alert", rules.alert)):
+                if rule_for is None or polled is None or key not in polled:
+                    continue
+                breached, seen = polled[key]
+                held = self._held(key, breached, now, rule_for.for_)
+                if held is not None:
+                    return f"{seen} for {held:.0f}s"
             if rules.engine_down is not None and last_scrape_ok is not None:
                 down = now - last_scrape_ok
                 if down >= rules.engine_down.for_:

@@ -105,6 +105,11 @@ class Series(BaseModel):
         default_factory=dict,
         description="Engine gauges by short name (running, waiting, kv_cache_usage): [t, v].",
     )
+    markers: list[tuple[float, str]] = Field(
+        default_factory=list,
+        description="Moments worth marking on the engine charts, e.g. when a cancel-storm "
+        "wave dropped its streams: [t, label].",
+    )
 
 
 class RunResult(BaseModel):

@@ -28,6 +28,7 @@ from llmdrill.drills.registry import blast_radius, make_injector
 from llmdrill.drills.toxiproxy import ProxySetup
 from llmdrill.harness.context import RunContext
 from llmdrill.harness.evidence import EvidenceStore
+from llmdrill.harness.guard_poller import GuardPoller
 from llmdrill.harness.journal import Journal, revert_outstanding
 from llmdrill.harness.live import LiveStats
 from llmdrill.harness.plan import Plan, PlannedPhase, compile_plan
@@ -120,6 +121,7 @@ class Runner:
         self.live = LiveStats()
         self.injectors: dict[str, Injector] = {}
         self.live_probes: list[RunningProbe] = []
+        self.guard_poller = GuardPoller(scenario, lambda msg: None)
         # Until the run starts there is no store: a plan-time context records nothing.
         self.ctx = RunContext(self.run_id, scenario, None, {}, self.progress, self.run_dir)
 
@@ -277,6 +279,11 @@ class Runner:
                     interval=self.scenario.telemetry.scrape_interval,
                 )
                 scraper.start()
+            self.guard_poller = GuardPoller(
+                self.scenario,
+                lambda msg: store.add_event(time.time(), "guard_poll_failed", {"error": msg}))
+            self.guard_poller.poll_once()  # a monitoring server that is down shows up now
+            self.guard_poller.start()
             if self.scenario.load.users > 0:
                 locust = LocustProcess(
                     self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
@@ -306,6 +313,7 @@ class Runner:
                 locust.close()
             if scraper is not None:
                 scraper.stop()
+            self.guard_poller.stop()
             journal.run_finished()
             stop_watchdog(watchdog)
             journal.finish()
@@ -374,7 +382,8 @@ class Runner:
                 if not locust.alive():
                     raise Aborted("the load generator exited early (see locust.log)")
             reason = self.live.guardrail_breach(guard, now,
-                                                scraper.last_ok if scraper else None)
+                                                scraper.last_ok if scraper else None,
+                                                self.guard_poller.latest)
             if reason:
                 raise Aborted(f"guardrail: {reason}")
             self.progress.tick(planned.name, deadline - now, self.live, now,
@@ -406,8 +415,13 @@ class Runner:
         for w in windows:
             stats[w.name] = request_stats(evidence.requests_started_in(w.start, w.end),
                                           w.end - w.start)
+        markers = [
+            (round(float(d.get("dropped_at", ts)) - t0, 3),
+             f"{d.get('fault', 'storm')} wave {int(d.get('wave', 0)) + 1}")
+            for ts, d in evidence.events_of("storm_wave")
+        ]
         series = Series(t0=t0, client=client_series(evidence.requests, t0, run_end),
-                        engine=self._engine_series(evidence.metrics, t0))
+                        engine=self._engine_series(evidence.metrics, t0), markers=markers)
         unreverted = [f"{f.name} ({f.revert_error})" for f in self.fault_results.values()
                       if f.revert_error and f.reverted_at is None]
         if unreverted and not self.error:

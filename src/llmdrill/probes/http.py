@@ -59,7 +59,7 @@ def bounded_request(
                          timeout=timeout) as resp:
             body = bytearray()
             truncated = False
-            for chunk in resp.iter_raw():
+            for chunk in resp.iter_bytes():  # decoded: the cap bounds what we keep
                 if time.monotonic() - started > deadline:
                     raise DeadlineExceeded(f"{url} took longer than {deadline:g}s")
                 body += chunk

@@ -6,6 +6,7 @@ left margin and one width, so a fault band sits at the same place in every chart
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmdrill.harness.result import RunResult, Series
@@ -156,6 +157,7 @@ def charts(result: RunResult) -> list[Figure]:
     shaded, markers = fault_windows(result), phase_markers(result)
     xr = x_range(result)
     figures = _client_charts(series, xr, shaded, markers)
+    engine_markers = markers + list(series.markers)
     for name in sorted(series.engine):
         points: list[Point] = [(t, v) for t, v in series.engine[name]]
         title = f"Engine: {name}"
@@ -167,7 +169,7 @@ def charts(result: RunResult) -> list[Figure]:
                     {name: points},
                     "",
                     shaded,
-                    markers,
+                    engine_markers,
                     WIDTH,
                     180,
                     x_range=xr,
@@ -175,4 +177,29 @@ def charts(result: RunResult) -> list[Figure]:
                 ),
             )
         )
+    figures.extend(_around_markers(series))
+    return figures
+
+
+# Cleanup after a cancel-storm wave takes a fraction of a second: each wave gets a chart
+# of its own, from a few seconds before the drop to a few after, so the return to baseline
+# is visible at all.
+ZOOM_BEFORE_S, ZOOM_AFTER_S = 3.0, 6.0
+ZOOM_SERIES = ("running", "kv_cache_usage", "waiting")
+
+
+def _around_markers(series: Series) -> list[Figure]:
+    figures = []
+    for at, label in series.markers:
+        lo, hi = at - ZOOM_BEFORE_S, at + ZOOM_AFTER_S
+        lines: dict[str, Sequence[Point]] = {
+            name: [(t, v) for t, v in series.engine[name] if lo <= t <= hi]
+            for name in ZOOM_SERIES
+            if name in series.engine
+        }
+        if not lines:
+            continue
+        title = f"Around {label} (t={at:.1f}s)"
+        figures.append(Figure(title, line_chart(title, lines, "", (), [(at, label)], WIDTH,
+                                                180, x_range=(lo, hi), left=LEFT)))
     return figures

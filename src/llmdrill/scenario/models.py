@@ -255,8 +255,95 @@ class RequestFloodFault(Strict):
         default=None, description="Where the flood goes (default: target.base_url)."
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got '{url}'")
+        return url
 
-FAULT_BACKENDS = ("toxiproxy", "cancel_storm", "request_flood")
+
+class DockerTarget(Strict):
+    """Which containers a Docker fault acts on: one by name, or every one with labels."""
+
+    name: str | None = Field(default=None, description="Container name (or id).")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels a container must all carry to be targeted; every match is.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> DockerTarget:
+        if (self.name is None) == (not self.labels):
+            raise ValueError("give exactly one of name or labels")
+        return self
+
+
+DockerAction = Literal["restart", "kill", "stop", "pause", "memory", "cpu", "hog"]
+
+
+class DockerFault(Strict):
+    """A change to containers through the Docker Engine API, journaled before it is made
+    and reverted after: unpause, start what was stopped or killed, restore limits, end
+    the hog."""
+
+    action: DockerAction = Field(
+        description="restart, kill (a signal), stop, pause, memory (squeeze the limit), "
+        "cpu (a CPU quota) or hog (a memory hog run inside the container).",
+    )
+    target: DockerTarget = Field(description="The container(s): by name or by labels.")
+    docker_host: str | None = Field(
+        default=None,
+        description="Docker Engine address (default: $DOCKER_HOST, else the local socket).",
+    )
+    signal: str = Field(default="SIGKILL", description="kill: the signal sent.")
+    via: Literal["process", "engine"] = Field(
+        default="process",
+        description="kill: `process` signals the container's main process from the host, "
+        "like a crash (its restart policy applies; needs a local engine); `engine` asks "
+        "Docker (`docker kill`), which Docker treats as a deliberate stop: no restart.",
+    )
+    grace: Duration = Field(
+        default=10.0, description="stop and restart: wait after SIGTERM before SIGKILL."
+    )
+    memory: Size | None = Field(
+        default=None,
+        description="memory: the squeezed limit; hog: how much memory the hog fills.",
+    )
+    cpus: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="cpu: the CPU quota, in CPUs (0.5: half a core)."
+    )
+    restore: Literal["exact", "host_memory"] = Field(
+        default="exact",
+        description="memory: Docker cannot remove a memory limit once set. `exact` refuses "
+        "to squeeze a container without one; `host_memory` restores it to the host's "
+        "total memory (no limit in practice, but `docker inspect` shows the number).",
+    )
+    hog_command: list[str] | None = Field(
+        default=None,
+        description="hog: the command run inside the container; {size} is replaced by the "
+        "byte count (default: python3 filling `memory` bytes, then sleeping).",
+    )
+    max_containers: PositiveInt = Field(
+        default=1,
+        description="Blast radius: the fault is refused if more containers match.",
+    )
+    timeout: Duration = Field(
+        default=30.0, description="Deadline of each Docker API call (stop/restart: + grace)."
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> DockerFault:
+        if self.action in ("memory", "hog") and self.memory is None:
+            raise ValueError(f"action {self.action} needs memory (e.g. '512MiB')")
+        if self.action == "cpu" and self.cpus is None:
+            raise ValueError("action cpu needs cpus (e.g. 0.5)")
+        if self.action == "memory" and self.memory is not None and self.memory < 6 * 1024**2:
+            raise ValueError("Docker refuses a memory limit under 6MiB")
+        return self
+
+
+FAULT_BACKENDS = ("toxiproxy", "cancel_storm", "request_flood", "docker")
 
 
 class Fault(Strict):
@@ -283,6 +370,9 @@ class Fault(Strict):
     )
     request_flood: RequestFloodFault | None = Field(
         default=None, description="Extra long requests from the harness while applied."
+    )
+    docker: DockerFault | None = Field(
+        default=None, description="A container restarted, killed, stopped, paused or squeezed."
     )
     max_lifetime: Duration | None = Field(
         default=None, description="Upper bound on how long the fault may stay applied."
@@ -650,6 +740,104 @@ class EngineHealthyCheck(Strict):
         "allowed.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got '{url}'")
+        return url
+
+
+# How a request cut by a kill may end: the connection broke, or a gateway said 5xx.
+CUT_CLASSES: tuple[ErrorClass, ...] = ("incomplete_stream", "reset", "connect", "http_5xx")
+
+
+class _AfterNodeFault(Strict):
+    """What the node-restart checks share: the fault that marks the kill, and the health
+    polls (their own probe, over the phase) that show the engine down and back."""
+
+    fault: Name | None = Field(
+        default=None,
+        description="The fault whose start is the moment of the kill (default: the first "
+        "fault applied in the phase).",
+    )
+    health_url: str | None = Field(
+        default=None, description="Health URL polled; default <metrics_url host>/health."
+    )
+    poll_interval: Duration = Field(default=0.5, description="Time between two polls.")
+    poll_timeout: Duration = Field(
+        default=2.0, description="A poll without a 2xx this soon counts as down."
+    )
+
+    @field_validator("health_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got '{url}'")
+        return url
+
+
+class StreamRecoveryCheck(_AfterNodeFault):
+    """The engine was killed or restarted under load: every request in flight ends with a
+    clear, classified error within `deadline` (no hang), requests a client could retry
+    (sent while the engine was down, or cut before their first token) succeed once the
+    engine is back, and the engine comes back at all."""
+
+    deadline: Duration = Field(
+        default=10.0,
+        description="A request in flight at the fault that fails must have ended this soon "
+        "after it.",
+    )
+    allowed_error_classes: list[ErrorClass] = Field(
+        default_factory=lambda: list(CUT_CLASSES),
+        description="Classes a request cut by the fault may end with; others (timeout: the "
+        "client had to give up on a silent stream) fail the check.",
+    )
+    min_in_flight: int = Field(
+        default=1, ge=0, description="Fewer requests in flight at the fault fails the check."
+    )
+    retry_success: Fraction = Field(
+        default=1.0,
+        description="Share of the retryable requests (sent while the engine was down, or "
+        "cut before their first token) that must end in success.",
+    )
+    min_retryable: int = Field(
+        default=1, ge=0, description="Fewer retryable requests fails the check (no evidence)."
+    )
+    back_within: Duration = Field(
+        default=300.0, description="The engine must answer its health URL again this soon."
+    )
+    after_error_rate: Fraction = Field(
+        default=0.0,
+        description="Highest share of failed requests among those sent once it is back.",
+    )
+
+
+class WarmUpCheck(_AfterNodeFault):
+    """How long the engine takes to come back after a kill: to healthy, to the first
+    token, and until client TTFT p95 is back within tolerance of the baseline."""
+
+    baseline_phase: str = Field(description="Healthy phase whose TTFT p95 is the baseline.")
+    healthy_within: Duration = Field(description="Bound on the time from the kill to healthy.")
+    first_token_within: Duration = Field(
+        description="Bound on the time from the kill to the first token of a probe request."
+    )
+    ttft_within: Duration = Field(
+        description="Bound on the time from the kill until TTFT p95 is back in the band."
+    )
+    tolerance: Fraction = Field(
+        default=0.5, description="Allowed distance of TTFT p95 from baseline, as a share."
+    )
+    slack: float = Field(
+        default=0.0, ge=0, description="Seconds added to the band (for tiny baselines)."
+    )
+    window: Duration = Field(
+        default=5.0, description="Sliding window TTFT p95 is taken over (0.5s steps)."
+    )
+    probe_timeout: Duration = Field(
+        default=10.0, description="Deadline of one token probe (a 1-token completion)."
+    )
+
 
 CHECK_KINDS = (
     "slo",
@@ -660,6 +848,8 @@ CHECK_KINDS = (
     "caps_enforced",
     "queue_bounded",
     "engine_healthy",
+    "stream_recovery",
+    "warm_up",
 )
 
 
@@ -691,6 +881,12 @@ class Check(Strict):
     )
     engine_healthy: EngineHealthyCheck | None = Field(
         default=None, description="The engine's health endpoint answers all through."
+    )
+    stream_recovery: StreamRecoveryCheck | None = Field(
+        default=None, description="Streams cut cleanly by a kill; retrying clients get back."
+    )
+    warm_up: WarmUpCheck | None = Field(
+        default=None, description="Kill to healthy, to first token, to TTFT back: bounded."
     )
 
     @model_validator(mode="after")
@@ -746,6 +942,34 @@ class EngineDownGuard(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class PromQLGuard(Strict):
+    query: str = Field(description="A PromQL expression; its first sample's value is tested.")
+    above: float | None = Field(default=None, description="Abort when the value is above.")
+    below: float | None = Field(default=None, description="Abort when the value is below.")
+    for_: Duration = Field(
+        alias="for", default=10.0, description="How long it must hold to abort."
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _bound(self) -> PromQLGuard:
+        if self.above is None and self.below is None:
+            raise ValueError("give above, below or both")
+        return self
+
+
+class AlertGuard(Strict):
+    name: str = Field(description="Alert name (the alertname label).")
+    source: Literal["alertmanager", "prometheus"] = Field(
+        default="alertmanager",
+        description="Where to look: Alertmanager's active alerts, or Prometheus' ALERTS.",
+    )
+    for_: Duration = Field(
+        alias="for", default=0.0, description="How long it must be firing to abort."
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class AbortIf(Strict):
     """One or more conditions; any of them aborts the run (faults are reverted, exit 3)."""
 
@@ -758,12 +982,24 @@ class AbortIf(Strict):
     engine_down: EngineDownGuard | None = Field(
         default=None, description="Abort when the engine's metrics endpoint stops answering."
     )
+    promql: PromQLGuard | None = Field(
+        default=None, description="Abort on a PromQL condition (needs `prometheus.url`)."
+    )
+    alert: AlertGuard | None = Field(
+        default=None, description="Abort while an alert fires (needs `alertmanager.url`)."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> AbortIf:
-        if self.error_rate is None and self.ttft_p95 is None and self.engine_down is None:
-            raise ValueError("give at least one of error_rate, ttft_p95, engine_down")
+        if all(getattr(self, k) is None
+               for k in ("error_rate", "ttft_p95", "engine_down", "promql", "alert")):
+            raise ValueError(
+                "give at least one of error_rate, ttft_p95, engine_down, promql, alert")
         return self
+
+
+class MonitoringEndpoint(Strict):
+    url: str = Field(description="Base URL, e.g. http://127.0.0.1:9090.")
 
 
 class Safety(Strict):
@@ -824,6 +1060,12 @@ class Scenario(Strict):
         default_factory=list, description="Conditions that abort the run early."
     )
     safety: Safety = Field(default_factory=lambda: Safety(), description="Limits on the run.")
+    prometheus: MonitoringEndpoint | None = Field(
+        default=None, description="A Prometheus server, for PromQL guardrails and checks."
+    )
+    alertmanager: MonitoringEndpoint | None = Field(
+        default=None, description="An Alertmanager, for alert guardrails and checks."
+    )
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Scenario:
@@ -870,6 +1112,23 @@ class Scenario(Strict):
                  f"safety.max_run_duration ({self.safety.max_run_duration:g}s)")
             )
         for i, guard in enumerate(self.guardrails):
+            if guard.abort_if.promql and not self.prometheus:
+                problems.append(
+                    (("guardrails", i, "abort_if", "promql"),
+                     "a promql guardrail needs `prometheus: {url: ...}`")
+                )
+            alert = guard.abort_if.alert
+            if alert and alert.source == "alertmanager" and not self.alertmanager:
+                problems.append(
+                    (("guardrails", i, "abort_if", "alert"),
+                     "an alert guardrail needs `alertmanager: {url: ...}` "
+                     "(or source: prometheus)")
+                )
+            if alert and alert.source == "prometheus" and not self.prometheus:
+                problems.append(
+                    (("guardrails", i, "abort_if", "alert"),
+                     "an alert guardrail with source: prometheus needs `prometheus: {url}`")
+                )
             if guard.abort_if.engine_down and not self.target.metrics_url:
                 problems.append(
                     (("guardrails", i, "abort_if", "engine_down"),
@@ -904,6 +1163,18 @@ class Scenario(Strict):
                 problems.append(
                     (("checks", i, "kv_cache_cleanup", "baseline_phase"),
                      "after: phase_start needs a baseline_phase")
+                )
+            warm = check.warm_up
+            if warm and warm.baseline_phase not in phase_names:
+                problems.append(
+                    (("checks", i, "warm_up", "baseline_phase"),
+                     f"unknown phase '{warm.baseline_phase}' (phases: {', '.join(phase_names)})")
+                )
+            node = check.warm_up or check.stream_recovery
+            if node and node.fault and node.fault not in self.faults:
+                problems.append(
+                    (("checks", i, check.kind, "fault"),
+                     f"unknown fault '{node.fault}' (defined: {', '.join(sorted(self.faults))})")
                 )
             for kind in ("kv_cache_cleanup", "queue_bounded"):
                 if getattr(check, kind) is not None and not self.target.metrics_url:
