@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
@@ -96,17 +96,19 @@ async def _serve(mode: str, reader: asyncio.StreamReader, writer: asyncio.Stream
         writer.close()
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Event], Awaitable[None]]
+
+
 @contextmanager
-def hostile_server(mode: str) -> Iterator[int]:
-    """Serve one hostile behaviour on a free 127.0.0.1 port; yield the port."""
+def _serve_in_thread(handler: Handler) -> Iterator[int]:
+    """Run an asyncio server with `handler` in a thread on a free 127.0.0.1 port."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     ready = threading.Event()
     port_box: list[int] = []
 
     async def main() -> None:
-        server = await asyncio.start_server(
-            lambda r, w: _serve(mode, r, w, stop), "127.0.0.1", 0)
+        server = await asyncio.start_server(lambda r, w: handler(r, w, stop), "127.0.0.1", 0)
         port_box.append(server.sockets[0].getsockname()[1])
         ready.set()
         async with server:
@@ -123,16 +125,18 @@ def hostile_server(mode: str) -> Iterator[int]:
 
 
 @contextmanager
+def hostile_server(mode: str) -> Iterator[int]:
+    """Serve one hostile behaviour on a free 127.0.0.1 port; yield the port."""
+    with _serve_in_thread(lambda r, w, stop: _serve(mode, r, w, stop)) as port:
+        yield port
+
+@contextmanager
 def echoing_server() -> Iterator[int]:
     """Answers every completion with a 400 whose error echoes the Authorization header
     (type, message and a header), like a careless gateway: our key must still not be
     written anywhere."""
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready = threading.Event()
-    port_box: list[int] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     stop: asyncio.Event) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -160,18 +164,5 @@ def echoing_server() -> Iterator[int]:
         finally:
             writer.close()
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port_box.append(server.sockets[0].getsockname()[1])
-        ready.set()
-        async with server:
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield port_box[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
+    with _serve_in_thread(handle) as port:
+        yield port
