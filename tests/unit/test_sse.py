@@ -43,7 +43,7 @@ def test_error_type_of_openai_error_bodies() -> None:
 def test_wrapped_transport_errors_are_classified_by_their_cause() -> None:
     from geventhttpclient.useragent import RetriesExceeded
 
-    from llmdrill.load.openai_user import classify_exception
+    from llmdrill.load.transport import classify_exception
 
     wrapped = RetriesExceeded("http://127.0.0.1:1/", 1, original=TimeoutError("timed out"))
     assert classify_exception(wrapped, got_response=False) == ("timeout", "TimeoutError")

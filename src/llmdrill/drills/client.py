@@ -33,6 +33,8 @@ class ClientActivity:
         return {"backend": BACKEND, "op": "stop", "fault": self.fault_name}
 
     def apply(self) -> None:
+        # A fault listed again in a later phase is applied again: start from a clear stop.
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._guarded, name=f"fault-{self.fault_name}",
                                         daemon=True)
         self._thread.start()

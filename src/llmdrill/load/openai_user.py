@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import time
 from typing import IO, Any
 
 import gevent
-from geventhttpclient.useragent import ConnectionError as GhcConnectionError
 from locust import FastHttpUser, task
 
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
 from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.load.transport import LineTooLong, classify_exception, read_line
 
 _WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
 
@@ -36,71 +35,6 @@ def read_api_key(config: LoadConfig) -> str | None:
         with open(config.api_key_file, encoding="utf-8") as fh:
             return fh.read().strip()
     return None
-
-
-def classify_exception(exc: BaseException, got_response: bool) -> tuple[str, str]:
-    """Error class and type of a transport failure; the type is the exception's name."""
-    # geventhttpclient wraps the real cause (a timeout, a refused connection) in
-    # RetriesExceeded(original=...): classify the cause, not the wrapper.
-    for _ in range(5):
-        inner = getattr(exc, "original", None)
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    name = type(exc).__name__
-    if isinstance(exc, (gevent.Timeout, TimeoutError, socket.timeout)):
-        return "timeout", name
-    if isinstance(exc, ConnectionRefusedError):
-        return "connect", name
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-        return ("incomplete_stream" if got_response else "reset"), name
-    if isinstance(exc, socket.gaierror):
-        return "connect", name
-    if got_response:
-        return "incomplete_stream", name
-    if isinstance(exc, (GhcConnectionError, OSError)):
-        return "connect", name
-    return "protocol", name
-
-
-class LineTooLong(Exception):
-    pass
-
-
-def read_line(raw: Any, limit: int) -> bytes:
-    """The next line of a streamed body, or b"" at its end; at most `limit` bytes.
-
-    geventhttpclient's own readline has no size cap and rescans its whole buffer after
-    every read: a body without newlines turns it into an unbounded, CPU-bound loop that no
-    timeout can interrupt. This reads the same parser buffer with a cap, and yields to
-    gevent after each network read so the attempt's deadline can fire.
-    """
-    buf = raw._body_buffer
-    scanned = 0
-    while True:
-        idx = buf.find(b"\n", scanned)
-        if idx >= 0:
-            line = bytes(buf[: idx + 1])
-            del buf[: idx + 1]
-            return line
-        scanned = len(buf)
-        if scanned > limit:
-            raise LineTooLong
-        if raw.message_complete:
-            rest = bytes(buf)
-            del buf[:]
-            return rest
-        sock = raw._sock
-        if sock is None:
-            raise ConnectionResetError("connection closed mid-stream")
-        data = sock.recv(raw.block_size)
-        if not data:
-            raw.feed(data)  # lets the parser notice a truncated body, then report EOF
-            if not raw.message_complete:
-                raise ConnectionResetError("connection closed mid-stream")
-        else:
-            raw.feed(data)
-        gevent.sleep(0)
 
 
 class _Attempt:
