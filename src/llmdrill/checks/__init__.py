@@ -3,7 +3,17 @@
 Importing this package registers the built-in kinds; `evaluate_check` is the entry point.
 """
 
-from llmdrill.checks import caps, health, hung, kv_cleanup, metric, queue, recovers, slo
+from llmdrill.checks import (
+    caps,
+    health,
+    hung,
+    kv_cleanup,
+    metric,
+    queue,
+    recovers,
+    recovery,
+    slo,
+)
 from llmdrill.checks.base import (
     BoundCheck,
     Evaluator,
@@ -27,6 +37,7 @@ __all__ = [
     "metric",
     "queue",
     "recovers",
+    "recovery",
     "register",
     "registered_kinds",
     "slo",

@@ -1,3 +1,138 @@
-"""Check kind module (being implemented)."""
+"""engine_healthy: the engine keeps answering its health endpoint all through a phase.
+
+A probe polls the health URL (default: the engine's own `/health`, next to its metrics)
+every `interval` with a short deadline (`timeout`, 2s by default) and records each poll as
+a `health_poll` event. The evaluator counts failed polls plus the metric scrapes that
+failed in the window (the engine vanished from under the scraper too). No poll at all
+fails: no evidence is not health.
+"""
 
 from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.probes import register_probe
+from llmdrill.drills.request_flood import ConnectionCutter
+from llmdrill.harness.records import Evidence
+from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.scenario.models import EngineHealthyCheck
+
+if TYPE_CHECKING:
+    from llmdrill.harness.context import RunContext
+
+KIND = "engine_healthy"
+# Added to `timeout` for the hard deadline of one poll: the timeout bounds connect and
+# each read, and a server that drips its headers byte by byte would otherwise stretch a
+# poll far beyond it.
+HARD_DEADLINE_SLACK = 0.5
+MAX_ERROR_CHARS = 200
+MIN_PAUSE = 0.05  # between polls, even with interval 0: a probe must not spin
+
+
+def health_url(ctx: RunContext, spec: EngineHealthyCheck) -> str:
+    return spec.url or f"{ctx.engine_url}/health"
+
+
+def poll_once(client: httpx.Client, url: str, timeout: float
+              ) -> tuple[bool, int | None, str | None]:
+    """One poll: (ok, status, error). Any 2xx is healthy; the body is not read. The
+    client's own timeout should be `timeout`; this adds the hard deadline."""
+    cutter = ConnectionCutter()
+    deadline = timeout + HARD_DEADLINE_SLACK
+    timer = threading.Timer(deadline, cutter.cut, args=("deadline",))
+    timer.daemon = True
+    timer.start()
+    try:
+        with client.stream("GET", url, extensions={"trace": cutter.trace}) as resp:
+            status = resp.status_code
+    except httpx.TimeoutException as exc:
+        return False, None, f"no answer within {fmt(timeout)}s ({type(exc).__name__})"
+    except (httpx.HTTPError, OSError) as exc:
+        if cutter.reason is not None:
+            return False, None, f"no answer within {fmt(deadline)}s (cut)"
+        return False, None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    finally:
+        timer.cancel()
+    ok = 200 <= status < 300
+    return ok, status, None if ok else f"status {status}"
+
+
+@register_probe(KIND)
+def probe_engine_health(ctx: RunContext, check_name: str, spec: EngineHealthyCheck,
+                        stop: threading.Event) -> None:
+    url = health_url(ctx, spec)
+    # No keep-alive: each poll proves the engine still accepts connections.
+    with httpx.Client(timeout=spec.timeout, headers=ctx.headers, follow_redirects=False,
+                      trust_env=False,
+                      limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        while not stop.is_set():
+            began = time.time()
+            ok, status, error = poll_once(client, url, spec.timeout)
+            elapsed = time.time() - began
+            if ctx.store is not None:
+                ctx.store.add_event(began, "health_poll", {
+                    "check": check_name, "ok": ok, "status": status,
+                    "elapsed_s": round(elapsed, 4), "error": error, "url": url,
+                })
+            stop.wait(max(MIN_PAUSE, spec.interval - elapsed))
+
+
+@register(KIND)
+def evaluate_engine_healthy(
+    name: str, phase: str, spec: EngineHealthyCheck, evidence: Evidence, window: Window
+) -> CheckResult:
+    # Polls are this check's own (by name); the probe ran exactly over the phase.
+    polls = [(ts, d) for ts, d in evidence.events_of("health_poll") if d.get("check") == name]
+    crashes = [d for _, d in evidence.events_of("probe_error") if d.get("check") == name]
+    scrapes = evidence.events_of("scrape_failed", window.start, window.end)
+    failed = [(ts, d) for ts, d in polls if not d.get("ok")]
+    slowest = max((float(d.get("elapsed_s") or 0.0) for _, d in polls), default=None)
+    url = polls[0][1].get("url") if polls else spec.url
+    observed: dict[str, Any] = {
+        "url": url,
+        "polls": len(polls),
+        "failed_polls": len(failed),
+        "scrape_failures": len(scrapes),
+        "failures": len(failed) + len(scrapes),
+        "slowest_poll_ms": None if slowest is None else round(slowest * 1000, 1),
+        "first_failure": None,
+    }
+    expected: dict[str, Any] = {"max_failures": spec.max_failures, "min_polls": 1,
+                                "timeout_s": spec.timeout}
+    if failed:
+        ts, detail = failed[0]
+        observed["first_failure"] = {"at_s": round(ts - window.start, 3),
+                                     "status": detail.get("status"),
+                                     "error": detail.get("error")}
+    if crashes:
+        observed["probe_error"] = crashes[0].get("error")
+
+    problems: list[str] = []
+    if not polls:
+        problems.append("no health polls were made (no evidence the engine was healthy)")
+    if crashes:
+        problems.append(f"the health probe crashed: {crashes[0].get('error')}")
+    failures = len(failed) + len(scrapes)
+    if polls and failures > spec.max_failures:
+        parts = [f"{len(failed)}/{len(polls)} health polls of {url} failed"]
+        if failed:
+            first = observed["first_failure"]
+            parts[0] += f" (first at +{first['at_s']:.1f}s: {first['error']})"
+        parts.append(f"{len(scrapes)} metric scrapes failed")
+        problems.append(f"{failures} failures > allowed {spec.max_failures}: "
+                        + "; ".join(parts))
+    status: CheckStatus = "failed" if problems else "passed"
+    if problems:
+        summary = "; ".join(problems)
+    else:
+        shown = "" if slowest is None else f", slowest {fmt(slowest * 1000, 1)} ms"
+        summary = (f"health answered {len(polls) - len(failed)}/{len(polls)} polls of {url}"
+                   f"{shown}; {len(scrapes)} metric scrapes failed; "
+                   f"{failures} failures (allowed {spec.max_failures})")
+    return make_result(name, KIND, phase, status, summary, window=window, observed=observed,
+                       expected=expected)

@@ -1,3 +1,84 @@
-"""Check kind module (being implemented)."""
+"""queue_bounded: under pressure the engine's waiting queue stays within a bound, and
+requests refused instead (429/503) say when to come back (Retry-After) where required.
+
+A queue that grows without bound turns overload into unbounded latency for everybody; a
+system that sheds load with 429/503 keeps its queue short. The waiting series is scraped
+from the engine; a series the target does not expose fails the check, naming what was
+tried, and so does a window without samples: an unwatched queue is not a bounded one.
+"""
 
 from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.metric import similar_names
+from llmdrill.harness.records import Evidence
+from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.scenario.models import QueueBoundedCheck
+
+KIND = "queue_bounded"
+
+
+@register(KIND)
+def evaluate_queue_bounded(
+    name: str, phase: str, spec: QueueBoundedCheck, evidence: Evidence, window: Window
+) -> CheckResult:
+    expected: dict[str, Any] = {
+        "max_waiting": spec.max_waiting,
+        "series": list(spec.series),
+        "refusal_statuses": list(spec.refusal_statuses),
+        "require_retry_after": spec.require_retry_after,
+    }
+    present = evidence.metric_names()
+    series = next((s for s in spec.series if s in present), None)
+    if series is None:
+        similar = similar_names(spec.series, present)
+        hint = f"; similar exposed names: {', '.join(similar)}" if similar else ""
+        return make_result(
+            name, KIND, phase, "failed",
+            f"waiting-queue metric not found: tried {', '.join(spec.series)}{hint}",
+            window=window, expected=expected,
+            observed={"series": None, "tried": list(spec.series), "similar": similar},
+        )
+
+    samples = [(ts, v) for ts, v in evidence.series(series)
+               if window.start <= ts <= window.end]
+    statuses = set(spec.refusal_statuses)
+    refused = [r for r in evidence.requests_started_in(window.start, window.end)
+               if r.status in statuses]
+    without_ra = [r for r in refused if not r.retry_after]
+    observed: dict[str, Any] = {
+        "series": series,
+        "samples": len(samples),
+        "max_waiting": None,
+        "peak_at_s": None,
+        "refused": len(refused),
+        "refused_by_status": {str(k): n for k, n in
+                              sorted(Counter(r.status for r in refused).items())},
+        "refused_without_retry_after": len(without_ra),
+    }
+    if not samples:
+        return make_result(
+            name, KIND, phase, "failed",
+            f"no samples of {series} in the window (no evidence the queue was bounded)",
+            window=window, observed=observed, expected=expected,
+        )
+
+    peak_ts, peak = max(samples, key=lambda s: (s[1], -s[0]))  # the first time it peaked
+    offset = peak_ts - window.start
+    observed["max_waiting"] = peak
+    observed["peak_at_s"] = round(offset, 3)
+
+    over = peak > spec.max_waiting
+    missing_ra = spec.require_retry_after and bool(without_ra)
+    relation = ">" if over else "within"
+    text = f"waiting peaked at {fmt(peak)} ({relation} bound {fmt(spec.max_waiting)}) " \
+           f"at +{offset:.1f}s; {len(refused)} requests refused"
+    if refused and (spec.require_retry_after or without_ra):
+        required = " (required)" if spec.require_retry_after else ""
+        text += f", {len(without_ra)} without Retry-After{required}"
+    status: CheckStatus = "failed" if over or missing_ra else "passed"
+    return make_result(name, KIND, phase, status, text, window=window, observed=observed,
+                       expected=expected)

@@ -1,3 +1,702 @@
-"""Client-side fault: cancel_storm (being implemented)."""
+"""Client-side fault: cancel_storm. Waves of streaming requests that clients abandon
+mid-flight, the way users close tabs and retrying clients give up.
+
+Each stream is a bare TCP connection (asyncio streams, no HTTP client library) so that
+how the client leaves is exact: `graceful` sends FIN (shutdown) and reads on, discarding,
+until the server closes too (at most `hold`), `reset` sends RST (SO_LINGER 0, then
+close), `stop_reading` stops reading and holds the connection for `hold` before the RST.
+A library would pool, drain or half-close connections on its own. A wave's streams share
+one event loop in the wave's thread.
+
+What the engine does after the drop is not this module's business: it only records when
+each wave started and when its last stream was dropped (a `storm_wave` event) plus one
+request sample per stream (shape "cancel_storm"); the kv_cache_cleanup check compares
+the engine's gauges with those times.
+
+Every wait has a deadline and every read a size cap: a hostile or broken target can make
+a stream fail, never hang the harness.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import ssl
+import string
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from llmdrill.drills.base import EnvironmentProblem
+from llmdrill.drills.client import ClientActivity
+from llmdrill.drills.registry import register_injector
+from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.scenario.models import CancelStormFault
+from llmdrill.scenario.units import format_duration
+
+if TYPE_CHECKING:
+    from llmdrill.harness.context import RunContext
+
+BACKEND = "cancel_storm"
+SHAPE = "cancel_storm"  # the request shape of storm samples, kept apart from the load's
+EVENT = "storm_wave"
+API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+CONNECT_TIMEOUT = 5.0
+STREAM_DEADLINE = 30.0  # a stream that never reaches its abort point is dropped after this
+GATE_WAIT = CONNECT_TIMEOUT + 5.0  # a connected stream sends after this even if the gate stuck
+POLL = 0.2  # how often a wave looks at the stop event
+ERROR_BODY_WAIT = 2.0
+MAX_HEAD = 64 * 1024
+MAX_LINE = 1024 * 1024
+MAX_ERROR_BODY = 16 * 1024
+MAX_CHUNK_SIZE_LINE = 1024
+READ_SIZE = 64 * 1024
+# Slack on top of a stream's longest life, so a wave's join can never wait for ever.
+JOIN_SLACK = 10.0
+
+_WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
+
+Outcome = Literal["aborted", "completed", "failed"]
+
+
+# --- pure helpers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    prefix: str  # the base URL's path, put before /v1/...
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_endpoint(base_url: str) -> Endpoint:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"'{base_url}' is not an http:// or https:// URL with a host")
+    try:
+        port = parts.port
+    except ValueError as exc:  # urlsplit raises on a bad port only when asked
+        raise ValueError(f"'{base_url}' has an invalid port") from exc
+    default = 443 if parts.scheme == "https" else 80
+    return Endpoint(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
+
+
+def make_prompt(tokens: int, rng: random.Random) -> str:
+    # A random number up front keeps the prefix cache from making every prompt a hit;
+    # each of the words is one token for common tokenizers.
+    return " ".join([str(rng.randrange(1 << 30))] + [rng.choice(_WORDS) for _ in range(tokens - 1)])
+
+
+def request_body(api: str, model: str, prompt: str, max_tokens: int, n: int = 1) -> bytes:
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True,
+                            "ignore_eos": True}
+    if n > 1:
+        body["n"] = n
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return json.dumps(body).encode()
+
+
+_OWN_HEADERS = {"host", "content-type", "content-length", "accept", "connection",
+                "transfer-encoding"}
+
+
+def build_request(endpoint: Endpoint, api: str, body: bytes,
+                  headers: dict[str, str]) -> bytes:
+    """One HTTP/1.1 request, `Connection: close` so nothing pools or reuses the socket."""
+    lines = [
+        f"POST {endpoint.prefix}{API_PATHS[api]} HTTP/1.1",
+        f"Host: {endpoint.host_header}",
+        "Content-Type: application/json",
+        "Accept: text/event-stream",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    for key, value in headers.items():
+        if any(c in key + value for c in "\r\n\0") or ":" in key:
+            raise ValueError(f"header '{key}' contains characters a header cannot hold")
+        if key.lower() not in _OWN_HEADERS:
+            lines.append(f"{key}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    status: int
+    headers: dict[str, str]  # names lower-cased
+
+    @property
+    def chunked(self) -> bool:
+        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length", "").strip()
+        return int(value) if value.isdigit() else None
+
+
+def parse_head(raw: bytes) -> Head:
+    """Status line and headers (without the blank line); ValueError if it is not HTTP."""
+    lines = raw.split(b"\r\n")
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ValueError("not an HTTP status line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return Head(int(parts[1]), headers)
+
+
+class ChunkedDecoder:
+    """Incremental HTTP/1.1 chunked transfer decoding (trailers are ignored)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0
+        self._state: Literal["size", "data", "crlf"] = "size"
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        out: list[bytes] = []
+        while not self.done:
+            if self._state == "size":
+                end = self._buf.find(b"\r\n")
+                if end < 0:
+                    if len(self._buf) > MAX_CHUNK_SIZE_LINE:
+                        raise ValueError("chunk size line too long")
+                    break
+                size_text = bytes(self._buf[:end]).split(b";")[0].strip()
+                if not size_text or any(chr(c) not in string.hexdigits for c in size_text):
+                    raise ValueError("invalid chunk size")
+                del self._buf[: end + 2]
+                size = int(size_text, 16)
+                if size == 0:
+                    self.done = True
+                    break
+                self._left, self._state = size, "data"
+            elif self._state == "data":
+                take = bytes(self._buf[: self._left])
+                if not take:
+                    break
+                out.append(take)
+                del self._buf[: len(take)]
+                self._left -= len(take)
+                if self._left:
+                    break
+                self._state = "crlf"
+            else:
+                if len(self._buf) < 2:
+                    break
+                if self._buf[:2] != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+                del self._buf[:2]
+                self._state = "size"
+        return b"".join(out)
+
+
+class SseCounter:
+    """Splits the body into lines and counts token events (StreamTally's rules: the chat
+    role preamble and empty chunks carry no token and do not count)."""
+
+    def __init__(self) -> None:
+        self.tally = StreamTally()
+        self._partial = bytearray()
+
+    def feed(self, data: bytes, now: float) -> None:
+        self._partial += data
+        while (end := self._partial.find(b"\n")) >= 0:
+            line = bytes(self._partial[:end]).rstrip(b"\r")
+            del self._partial[: end + 1]
+            self.tally.feed_line(line, now)
+        if len(self._partial) > MAX_LINE:
+            raise ValueError("line_too_long")
+
+
+def wave_starts(applied_at: float, waves: int, interval: float, start_after: float
+                ) -> list[float]:
+    """When each wave starts: the first `start_after` after the apply, then every interval."""
+    return [applied_at + start_after + i * interval for i in range(waves)]
+
+
+def http_error_class(status: int) -> str:
+    if status == 429:
+        return "http_429"
+    if 400 <= status < 500:
+        return "http_4xx"
+    if status >= 500:
+        return "http_5xx"
+    return "protocol"  # 1xx/2xx other than 200, 3xx: not what a stream answers
+
+
+def describe_abort(chunks: int | None, delay: float | None) -> str:
+    if chunks == 0:
+        return "before the first token (prefill)"
+    if chunks is not None:
+        return f"after {chunks} chunk{'s' if chunks != 1 else ''}"
+    return f"after {format_duration(delay or 0.0)}"
+
+
+# --- one stream -----------------------------------------------------------------------
+#
+# A wave runs in one asyncio loop (in the wave's thread), every stream a coroutine. A
+# thread per stream was measured to fall apart under CPU contention: with the engine
+# using both cores, 40 threads handing the GIL around dropped their streams up to 10s
+# late, and starved the metrics scraper too.
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    endpoint: Endpoint
+    api: str
+    request: bytes
+    prompt_tokens: int
+    abort_chunks: int | None
+    abort_delay: float | None
+    close: str
+    hold: float
+    deadline: float = STREAM_DEADLINE
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    api: str
+    start: float
+    end: float = 0.0
+    dropped_at: float | None = None  # when our close reached the wire (FIN or RST)
+    outcome: Outcome = "failed"
+    status: int | None = None
+    error_class: str | None = None
+    error_type: str | None = None
+    ttft: float | None = None
+    tokens: int = 0
+
+    def sample(self, prompt_tokens: int) -> dict[str, Any]:
+        """A request sample; storm streams dropped as planned are not errors."""
+        return {
+            "start": self.start, "end": self.end, "api": self.api, "stream": True,
+            "ttft": self.ttft, "status": self.status, "error_class": self.error_class,
+            "error_type": self.error_type, "attempts": 1, "output_tokens": self.tokens,
+            "prompt_tokens": prompt_tokens, "finished": True, "shape": SHAPE,
+        }
+
+
+class _Deadline(Exception):
+    """The stream did not reach its abort point in time."""
+
+
+class _Wake(Exception):
+    """The delay of an abort-after-delay stream has passed."""
+
+
+class Gate:
+    """Lets a wave's streams connect first and then send together, so the engine gets one
+    burst, not a trickle of requests as connections come up."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self.open = asyncio.Event()
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.open.set()
+
+    async def wait(self) -> None:
+        """Wait for the others; send anyway after GATE_WAIT (connects are bounded, so
+        this is only a backstop)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GATE_WAIT):
+                await self.open.wait()
+
+
+async def _read(reader: asyncio.StreamReader, deadline: float,
+                wake_at: float | None = None) -> bytes:
+    """One read (b"" at EOF) that never waits past the deadline or the wake time."""
+    now = asyncio.get_running_loop().time()
+    if wake_at is not None and now >= wake_at:
+        raise _Wake
+    if now >= deadline:
+        raise _Deadline
+    until = min(deadline, wake_at) if wake_at is not None else deadline
+    try:
+        async with asyncio.timeout(until - now):
+            return await reader.read(READ_SIZE)
+    except TimeoutError:
+        raise _Wake if wake_at is not None and until == wake_at else _Deadline from None
+
+
+async def _connect(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    context = ssl.create_default_context() if endpoint.scheme == "https" else None
+    async with asyncio.timeout(CONNECT_TIMEOUT):
+        reader, writer = await asyncio.open_connection(
+            endpoint.host, endpoint.port, ssl=context, limit=MAX_HEAD,
+            server_hostname=endpoint.host if context else None)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+def _reset(writer: asyncio.StreamWriter) -> float:
+    """Close with an RST: SO_LINGER 0, then close the socket at once."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    dropped = time.time()
+    writer.transport.abort()
+    return dropped
+
+
+async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str,
+               hold: float) -> float:
+    """Leave the way `mode` says; returns when the FIN or RST went out. Cancelled (the
+    fault is reverted) during a hold or a drain, it resets the connection at once."""
+    if mode == "stop_reading":
+        # Read nothing more: the server's writes pile up in the socket buffers until the
+        # hold is over, then the connection is reset.
+        transport = writer.transport
+        if isinstance(transport, asyncio.ReadTransport):  # else reads stop at the buffer
+            transport.pause_reading()
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            dropped = _reset(writer)
+        return dropped
+    if mode == "reset" or not writer.can_write_eof():  # TLS cannot half-close: plain close
+        return _reset(writer) if mode == "reset" else _close(writer)
+    dropped = time.time()
+    writer.write_eof()  # our FIN (shutdown SHUT_WR)
+    # A TCP-graceful close: read on (discarding) until the server closes its side too, at
+    # most `hold`. A server or gateway that takes our FIN as "client gone" closes at once;
+    # one that ignores it keeps streaming, and the engine keeps generating, for nobody.
+    deadline = asyncio.get_running_loop().time() + hold
+    try:
+        while await _read(reader, deadline):
+            pass
+    except (_Deadline, OSError):
+        pass
+    except asyncio.CancelledError:
+        _reset(writer)
+        raise
+    _close(writer)
+    return dropped
+
+
+def _close(writer: asyncio.StreamWriter) -> float:
+    dropped = time.time()
+    writer.transport.close()
+    return dropped
+
+
+async def run_stream(plan: StreamPlan, gate: Gate | None = None) -> StreamOutcome:
+    """Open one stream, drop it at its abort point, and say what happened. Cancelled (the
+    fault is reverted), it closes everything and reports what it got to."""
+    out = StreamOutcome(api=plan.api, start=time.time())
+    writer: asyncio.StreamWriter | None = None
+    got_head = False
+    try:
+        try:
+            reader, writer = await _connect(plan.endpoint)
+        finally:
+            if gate is not None:
+                gate.arrive()
+        if gate is not None:
+            await gate.wait()
+        out.start = time.time()  # the request starts when it is sent
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.deadline
+        writer.write(plan.request)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await writer.drain()
+        wake_at = loop.time() + plan.abort_delay if plan.abort_delay is not None else None
+        try:
+            head_raw = await _read_head(reader, deadline, wake_at)
+        except _Wake:  # the delay passed while the request was still queued
+            await _dropped(out, reader, writer, plan)
+            return out
+        head, rest = head_raw
+        got_head = True
+        out.status = head.status
+        if head.status != 200:
+            out.error_class = http_error_class(head.status)
+            out.error_type = await _error_body_type(reader, rest) or f"status_{head.status}"
+            return out
+        if plan.abort_chunks == 0:
+            # The engine accepted the request (headers go out once it is queued) and no
+            # token has been read: this is the prefill abort.
+            await _dropped(out, reader, writer, plan)
+            return out
+        await _read_until_abort(out, reader, writer, rest, head, plan, wake_at, deadline)
+    except asyncio.CancelledError:
+        if out.outcome != "aborted":
+            out.error_class, out.error_type = "interrupted", "fault_stopped"
+    except _Deadline:
+        out.error_class, out.error_type = "timeout", "abort_point_not_reached"
+    except TimeoutError as exc:
+        out.error_class, out.error_type = "timeout", type(exc).__name__
+    except ConnectionRefusedError as exc:
+        out.error_class, out.error_type = "connect", type(exc).__name__
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+            asyncio.IncompleteReadError) as exc:
+        out.error_class = "incomplete_stream" if got_head else "reset"
+        out.error_type = ("ConnectionResetError" if isinstance(exc, asyncio.IncompleteReadError)
+                          else type(exc).__name__)
+    except ssl.SSLError as exc:
+        out.error_class, out.error_type = "protocol", type(exc).__name__
+    except (ValueError, asyncio.LimitOverrunError) as exc:
+        out.error_class, out.error_type = "protocol", str(exc)[:64]
+    except OSError as exc:  # unreachable, name not found, ...
+        out.error_class = "incomplete_stream" if got_head else "connect"
+        out.error_type = type(exc).__name__
+    finally:
+        if writer is not None and out.dropped_at is None:
+            _reset(writer)
+        out.end = time.time()
+    return out
+
+
+async def _read_head(reader: asyncio.StreamReader, deadline: float,
+                     wake_at: float | None) -> tuple[Head, bytes]:
+    loop = asyncio.get_running_loop()
+    until = min(deadline, wake_at) if wake_at is not None else deadline
+    try:
+        async with asyncio.timeout(max(0.0, until - loop.time())):
+            raw = await reader.readuntil(b"\r\n\r\n")
+    except TimeoutError:
+        raise _Wake if wake_at is not None and until == wake_at else _Deadline from None
+    except asyncio.LimitOverrunError:
+        raise ValueError("response head too large") from None
+    return parse_head(raw[:-4]), b""
+
+
+async def _read_until_abort(out: StreamOutcome, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter, rest: bytes, head: Head,
+                            plan: StreamPlan, wake_at: float | None, deadline: float) -> None:
+    decoder = ChunkedDecoder() if head.chunked else None
+    counter = SseCounter()
+    data = rest
+    while True:
+        now = time.time()
+        body = decoder.feed(data) if decoder is not None else data
+        counter.feed(body, now)
+        tally = counter.tally
+        out.tokens = tally.token_events
+        if tally.first_token_at is not None and out.ttft is None:
+            out.ttft = tally.first_token_at - out.start
+        if plan.abort_chunks is not None and tally.token_events >= plan.abort_chunks:
+            await _dropped(out, reader, writer, plan)
+            return
+        if tally.error_type is not None:
+            out.error_class, out.error_type = "incomplete_stream", tally.error_type
+            return
+        if tally.done or (decoder is not None and decoder.done):
+            out.outcome = "completed"  # the stream ended before its abort point
+            return
+        try:
+            data = await _read(reader, deadline, wake_at)
+        except _Wake:
+            await _dropped(out, reader, writer, plan)
+            return
+        if not data:
+            out.error_class, out.error_type = "incomplete_stream", "closed_before_abort"
+            return
+
+
+async def _dropped(out: StreamOutcome, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter, plan: StreamPlan) -> None:
+    out.outcome = "aborted"
+    try:
+        out.dropped_at = await drop(reader, writer, plan.close, plan.hold)
+    except asyncio.CancelledError:
+        out.dropped_at = out.dropped_at or time.time()  # reset on the way out
+        raise
+
+
+async def _error_body_type(reader: asyncio.StreamReader, rest: bytes) -> str | None:
+    """The error body's `type`, read briefly and capped (bodies only say why)."""
+    body = bytearray(rest)
+    deadline = asyncio.get_running_loop().time() + ERROR_BODY_WAIT
+    with contextlib.suppress(_Deadline, OSError):
+        while len(body) < MAX_ERROR_BODY and (data := await _read(reader, deadline)):
+            body += data
+    text = bytes(body[:MAX_ERROR_BODY])
+    start = text.find(b"{")
+    return error_type_of_body(text[start:].strip()) if start >= 0 else None
+
+
+async def run_wave(plans: Sequence[StreamPlan], stop: threading.Event,
+                   limit: float) -> list[StreamOutcome]:
+    """All streams of a wave; when `stop` is set or `limit` passes, every open stream is
+    cancelled (and its connection reset)."""
+    gate = Gate(len(plans))
+    tasks = [asyncio.create_task(run_stream(p, gate)) for p in plans]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    pending: set[asyncio.Task[StreamOutcome]] = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=POLL)
+        if pending and (stop.is_set() or loop.time() >= end):
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+            break
+    now = time.time()
+    return [t.result() if not t.cancelled() else
+            StreamOutcome(api=p.api, start=now, end=now, error_class="interrupted",
+                          error_type="fault_stopped")
+            for t, p in zip(tasks, plans, strict=True)]
+
+
+# --- waves ----------------------------------------------------------------------------
+
+
+def wave_detail(fault: str, wave: int, close: str, abort: str, started_at: float,
+                outcomes: Sequence[StreamOutcome]) -> dict[str, Any]:
+    """The storm_wave event: counts and the times the cleanup check measures from.
+    `wave` is the wave's index within its fault, from 0 (shown from 1)."""
+    failed = [o for o in outcomes if o.outcome == "failed"]
+    drops = [o.dropped_at if o.dropped_at is not None else o.end for o in outcomes]
+    errors = Counter(o.error_class or "unknown" for o in failed)
+    return {
+        "fault": fault,
+        "wave": wave,
+        "started_at": started_at,
+        # When the last stream was gone: from here on the engine has nobody to serve.
+        "dropped_at": max(drops) if drops else started_at,
+        "streams": len(outcomes),
+        "aborted": sum(1 for o in outcomes if o.outcome == "aborted"),
+        "completed": sum(1 for o in outcomes if o.outcome == "completed"),
+        "failed": len(failed),
+        "errors": dict(sorted(errors.items())),
+        # Tokens the clients received before they left: the engine that served the wave
+        # generated at least these (the check uses it to tell it watched that engine).
+        "tokens": sum(o.tokens for o in outcomes),
+        "close": close,
+        "abort_after": abort,
+    }
+
+
+def wave_line(fault: str, detail: dict[str, Any], waves: int) -> str:
+    took = detail["dropped_at"] - detail["started_at"]
+    line = (f"{fault} wave {detail['wave'] + 1}/{waves}: {detail['aborted']}/{detail['streams']} "
+            f"streams dropped {detail['abort_after']} ({detail['close']}), last one "
+            f"{took:.1f}s after the start")
+    if detail["failed"]:
+        errors = ", ".join(f"{k} {v}" for k, v in detail["errors"].items())
+        line += f"; {detail['failed']} failed before the abort point ({errors})"
+    if detail["completed"]:
+        line += f"; {detail['completed']} ended before the abort point"
+    return line
+
+
+class CancelStorm(ClientActivity):
+    def __init__(self, ctx: RunContext, fault_name: str, spec: CancelStormFault) -> None:
+        super().__init__(fault_name)
+        self.ctx = ctx
+        self.spec = spec
+        self.base_url = (spec.base_url or ctx.base_url).rstrip("/")
+
+    def describe(self) -> str:
+        s = self.spec
+        waves = f"{s.waves} wave{'s' if s.waves != 1 else ''}"
+        every = f" every {format_duration(s.interval)}" if s.waves > 1 else ""
+        first = f", first after {format_duration(s.start_after)}" if s.start_after else ""
+        hold = {"stop_reading": f" after holding {format_duration(s.hold)}",
+                "graceful": f" (FIN, then up to {format_duration(s.hold)} for the server's)",
+                }.get(s.close, "")
+        times_n = f" x{s.n}" if s.n > 1 else ""
+        return (f"cancel storm: {waves} of {s.streams} streams ({'/'.join(s.apis)}, "
+                f"{s.prompt_tokens}+{s.max_tokens}{times_n} tokens) to "
+                f"{self.base_url}{every}{first}; "
+                f"drop {describe_abort(s.abort_after.chunks, s.abort_after.delay)}, "
+                f"close {s.close}{hold}")
+
+    def preflight(self) -> list[str]:
+        try:
+            endpoint = parse_endpoint(self.base_url)
+        except ValueError as exc:
+            raise EnvironmentProblem(f"cancel storm '{self.fault_name}': {exc}") from None
+        try:
+            socket.create_connection((endpoint.host, endpoint.port),
+                                     timeout=CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cancel storm '{self.fault_name}': cannot connect to {self.base_url} "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        return [self.describe()]
+
+    def plans(self, wave: int) -> list[StreamPlan]:
+        s = self.spec
+        endpoint = parse_endpoint(self.base_url)
+        rng = random.Random(f"{self.ctx.run_id}/{self.fault_name}/{wave}")
+        plans = []
+        for i in range(s.streams):
+            api = s.apis[i % len(s.apis)]
+            body = request_body(api, self.ctx.scenario.target.model,
+                                make_prompt(s.prompt_tokens, rng), s.max_tokens, s.n)
+            plans.append(StreamPlan(endpoint, api, build_request(endpoint, api, body,
+                                                                 self.ctx.headers),
+                                    s.prompt_tokens, s.abort_after.chunks, s.abort_after.delay,
+                                    s.close, s.hold))
+        return plans
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.spec
+        waves: list[threading.Thread] = []
+        starts = wave_starts(time.time(), s.waves, s.interval, s.start_after)
+        for number, at in enumerate(starts, start=1):
+            if stop.wait(max(0.0, at - time.time())):
+                break
+            thread = threading.Thread(target=self._wave, args=(number, stop), daemon=True,
+                                      name=f"storm-{self.fault_name}-{number}")
+            thread.start()
+            waves.append(thread)
+        for thread in waves:
+            thread.join(self._stream_limit() + JOIN_SLACK)
+
+    def _stream_limit(self) -> float:
+        return CONNECT_TIMEOUT * 2 + GATE_WAIT + STREAM_DEADLINE + self.spec.hold
+
+    def _wave(self, number: int, stop: threading.Event) -> None:
+        started = time.time()
+        plans = self.plans(number)
+        done = asyncio.run(run_wave(plans, stop, self._stream_limit()))
+        s = self.spec
+        detail = wave_detail(self.fault_name, number - 1, s.close,
+                             describe_abort(s.abort_after.chunks, s.abort_after.delay),
+                             started, done)
+        store = self.ctx.store
+        if store is not None:
+            store.add_requests([o.sample(p.prompt_tokens)
+                                for o, p in zip(done, plans, strict=True)])
+            store.add_event(started, EVENT, detail)
+        self.ctx.progress.event(wave_line(self.fault_name, detail, s.waves))
+
+
+@register_injector(BACKEND)
+def make_cancel_storm(ctx: RunContext, name: str, spec: CancelStormFault) -> CancelStorm:
+    return CancelStorm(ctx, name, spec)

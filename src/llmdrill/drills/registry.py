@@ -35,7 +35,13 @@ def make_injector(ctx: RunContext, name: str, fault: Fault) -> Injector:
 
 def load_backends() -> None:
     # Importing a backend module registers its factory and reverter.
-    from llmdrill.drills import cancel_storm, client, request_flood, toxiproxy  # noqa: F401
+    from llmdrill.drills import (  # noqa: F401
+        cancel_storm,
+        client,
+        docker_backend,
+        request_flood,
+        toxiproxy,
+    )
 
 
 def blast_radius(fault: Fault) -> int:

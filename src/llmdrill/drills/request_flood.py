@@ -1,3 +1,398 @@
-"""Client-side fault: request_flood (being implemented)."""
+"""Client-side fault: request_flood. While applied, the harness keeps `concurrency` long
+requests in flight against the target, to push the engine into KV-cache pressure: a full
+cache, a waiting queue, preemptions. Each finished request is recorded like a load request,
+with `shape` set to the flood's name, so checks can tell the flood from the background load.
+
+Every wait is bounded (a hostile target must not hang the harness): connect and read
+timeouts on each request, a total deadline the controller enforces by cutting the
+connection, capped lines and bodies. On stop the controller cuts every open connection, so
+the flood ends within a second even when the target answers nothing; what was in flight
+is recorded as `interrupted`. Flood requests are never retried: they are pressure, not a
+client with a retry policy.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from llmdrill.drills.client import ClientActivity
+from llmdrill.drills.registry import register_injector
+from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.scenario.models import RequestFloodFault
+
+if TYPE_CHECKING:
+    from llmdrill.harness.context import RunContext
+
+BACKEND_KEY = "request_flood"
+MAX_BODY_BYTES = 1 << 20  # a whole (non-streamed) answer
+MAX_ERROR_BODY_BYTES = 64 << 10  # an error answer: only its `type` is read
+MAX_LINE_BYTES = 1 << 20  # one SSE line
+WATCH_INTERVAL = 0.1  # how often the controller looks for requests past their deadline
+STOP_GRACE = 2.0  # after cutting, how long workers get to record their own requests
+BACKOFF_BASE, BACKOFF_MAX = 0.1, 1.0  # pause after failures, so a dead target is not spun on
+
+_WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
+Error = tuple[str, str]  # (error class, error type)
+
+
+def make_prompt(tokens: int, rng: random.Random) -> str:
+    # A random number up front keeps the prefix cache from sharing blocks between requests:
+    # shared blocks would take the pressure off the KV cache this fault is meant to fill.
+    # (The load generator has its own copy; it lives in the gevent process.)
+    return " ".join([str(rng.randrange(1 << 30))] + [rng.choice(_WORDS) for _ in range(tokens - 1)])
+
+
+class ConnectionCutter:
+    """Lets another thread end a blocking httpx request at once.
+
+    httpcore's `trace` hook hands over each new connection's socket; `shutdown()` on it
+    wakes a read blocked in another thread (a plain close() would not). A cut asked for
+    before the connection exists is applied as soon as it does.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.reason: str | None = None
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._sock = sock
+            cut_now = self.reason is not None
+        if cut_now:
+            _shutdown(sock)
+
+    def cut(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            sock = self._sock
+        if sock is not None:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing left to cut
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def classify_exception(exc: BaseException, got_response: bool) -> Error:
+    """Error class and type of a transport failure, as the load generator classifies them."""
+    name = type(exc).__name__
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return "timeout", name
+    if got_response:
+        return "incomplete_stream", name
+    if isinstance(exc, httpx.ConnectError):
+        return "connect", name  # refused, unreachable, unresolvable: nothing was sent
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
+                        ConnectionError)):
+        return "reset", name  # the server dropped the connection before answering
+    if isinstance(exc, httpx.ProtocolError):
+        return "protocol", name
+    if isinstance(exc, (httpx.TransportError, OSError)):
+        return "connect", name
+    return "protocol", name
+
+
+def status_class(status: int) -> str:
+    if status == 429:
+        return "http_429"
+    return "http_5xx" if status >= 500 else "http_4xx"
+
+
+def read_capped(chunks: Iterable[bytes], cap: int) -> tuple[bytes, bool]:
+    """At most `cap` bytes of a body, and whether there was more (the rest is not read)."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        if len(buf) > cap:
+            return bytes(buf[:cap]), True
+    return bytes(buf), False
+
+
+def read_sse(chunks: Iterable[bytes], tally: StreamTally,
+             clock: Callable[[], float] = time.time,
+             max_line: int = MAX_LINE_BYTES) -> Error | None:
+    """Feed an SSE body to `tally` line by line; the stream's error, or None if it ended
+    with [DONE]. Stops reading at [DONE] and at a line over `max_line` bytes."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while (newline := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:newline])
+            del buf[:newline + 1]
+            tally.feed_line(line, clock())
+            if tally.done:
+                break
+        if tally.done:
+            break
+        if len(buf) > max_line:
+            return "protocol", "line_too_long"
+    if tally.error_type:
+        return "incomplete_stream", tally.error_type
+    if not tally.done:
+        return "incomplete_stream", "no_done_event"
+    return None
+
+
+def read_whole(body: bytes, tally: StreamTally) -> Error | None:
+    """Usage and id of a non-streamed answer."""
+    try:
+        obj = json.loads(body)
+        usage = obj.get("usage") or {}
+        tally.usage_tokens = int(usage.get("completion_tokens", 0))
+        tally.prompt_tokens = int(usage.get("prompt_tokens", 0))
+        tally.response_id = str(obj["id"])[:128] if obj.get("id") else None
+    except (ValueError, AttributeError, TypeError):
+        return "protocol", "invalid_json"
+    tally.done = True
+    return None
+
+
+@dataclass
+class _InFlight:
+    """One request of one worker; `recorded` makes sure it is recorded once, by the worker
+    or, if the worker does not return in time after a stop, by the controller."""
+
+    start: float
+    cutter: ConnectionCutter = field(default_factory=ConnectionCutter)
+    tally: StreamTally = field(default_factory=StreamTally)
+    status: int | None = None
+    request_id: str | None = None
+    retry_after: bool = False
+    recorded: bool = False
+
+
+class RequestFlood(ClientActivity):
+    def __init__(self, ctx: RunContext, fault_name: str, spec: RequestFloodFault) -> None:
+        super().__init__(fault_name)
+        self.ctx = ctx
+        self.spec = spec
+        self.base_url = (spec.base_url or ctx.base_url).rstrip("/")
+        self.model = ctx.scenario.target.model
+        self.path = "/v1/chat/completions" if spec.api == "chat" else "/v1/completions"
+        self.outcomes: Counter[str] = Counter()  # error class (or "ok") per recorded request
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._closed = False
+
+    def describe(self) -> str:
+        s = self.spec
+        how = "streamed " if s.stream else ""
+        return (f"keep {s.concurrency} {how}{s.api} requests in flight ({s.prompt_tokens} "
+                f"prompt + {s.max_tokens} output tokens each) against {self.base_url}")
+
+    def apply(self) -> None:
+        # The runner applies the same injector again when a later phase lists the fault
+        # again: start from a fresh stop event, and record again.
+        self._stop = threading.Event()
+        with self._lock:
+            self._closed = False
+        super().apply()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def client(self) -> httpx.Client:
+        t = self.spec.timeouts
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
+                   **self.ctx.headers}
+        if self.spec.stream:
+            headers["Accept"] = "text/event-stream"
+        # No keep-alive: every request opens its connection, so the cutter always sees it.
+        # No environment proxies, like the load generator: the flood goes to the target.
+        return httpx.Client(
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+            headers=headers, follow_redirects=False, trust_env=False,
+        )
+
+    def body(self, rng: random.Random) -> bytes:
+        s = self.spec
+        body: dict[str, Any] = {"model": self.model, "max_tokens": s.max_tokens,
+                                "stream": s.stream}
+        if s.ignore_eos:
+            body["ignore_eos"] = True
+        if s.stream:
+            body["stream_options"] = {"include_usage": True}
+        prompt = make_prompt(s.prompt_tokens, rng)
+        if s.api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        return json.dumps(body).encode()
+
+    def record(self, flight: _InFlight, end: float, error: Error | None,
+               finished: bool = True) -> None:
+        tally = flight.tally
+        raw = {
+            "start": flight.start, "end": end, "api": self.spec.api, "stream": self.spec.stream,
+            "ttft": (tally.first_token_at - flight.start) if tally.first_token_at else None,
+            "status": flight.status,
+            "error_class": None if error is None else error[0],
+            "error_type": None if error is None else error[1],
+            "attempts": 1, "output_tokens": tally.output_tokens,
+            "prompt_tokens": tally.prompt_tokens or 0,
+            "itl_max": tally.gap_max if tally.token_events > 1 else None,
+            "itl_mean": tally.gap_mean,
+            "request_id": flight.request_id or tally.response_id,
+            "finished": finished, "shape": self.spec.name, "retry_after": flight.retry_after,
+        }
+        with self._lock:
+            if self._closed:
+                return  # a worker that outlived the stop: its request is already recorded
+            self.outcomes["ok" if error is None else error[0]] += 1
+            self._pending.append(raw)
+
+    def flush(self) -> None:
+        """Hand the recorded requests to the store, from the controller only: a store write
+        can take tens of ms on a busy machine, which the workers must not wait for (the
+        flood would thin out into bursts)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        store = self.ctx.store
+        if batch and store is not None:  # None only at plan time, when nothing runs
+            store.add_requests(batch)
+
+    # -- the activity ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        workers = [_Worker(self, i) for i in range(self.spec.concurrency)]
+        threads = [threading.Thread(target=w.loop, args=(stop,), daemon=True,
+                                    name=f"flood-{self.fault_name}-{w.index}") for w in workers]
+        for thread in threads:
+            thread.start()
+        total = self.spec.timeouts.total
+        try:
+            while not stop.wait(WATCH_INTERVAL):
+                now = time.time()
+                for worker in workers:
+                    worker.cut_if_older(now - total, "total_deadline")
+                self.flush()
+        finally:
+            stop.set()  # also when the loop itself failed: no worker may outlive run()
+            self._shut_down(workers, threads)
+
+    def _shut_down(self, workers: list[_Worker], threads: list[threading.Thread]) -> None:
+        for worker in workers:
+            worker.cut_if_older(float("inf"), "stop")
+        grace_end = time.time() + STOP_GRACE
+        for thread in threads:
+            thread.join(max(0.0, grace_end - time.time()))
+        now = time.time()
+        for worker in workers:
+            worker.abandon(now)  # a worker still stuck (e.g. in connect) is recorded for it
+        with self._lock:
+            self._closed = True
+        self.flush()
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()))
+        self.ctx.progress.event(f"{self.fault_name} stopped: {sum(self.outcomes.values())} "
+                                f"requests recorded ({counts or 'none'})")
+
+
+class _Worker:
+    """One request at a time, back to back, each on its own connection."""
+
+    def __init__(self, flood: RequestFlood, index: int) -> None:
+        self.flood = flood
+        self.index = index
+        self.rng = random.Random()
+        self._lock = threading.Lock()
+        self._current: _InFlight | None = None
+
+    def loop(self, stop: threading.Event) -> None:
+        failures = 0
+        try:
+            with self.flood.client() as client:
+                while not stop.is_set():
+                    ok = self.one(client, stop)
+                    failures = 0 if ok else failures + 1
+                    if failures:
+                        stop.wait(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1)))
+        except Exception as exc:  # one broken worker must not take the run down
+            self.flood.error = f"{type(exc).__name__}: {exc}"
+
+    def cut_if_older(self, started_before: float, reason: str) -> None:
+        with self._lock:
+            flight = self._current
+        if flight is not None and flight.start <= started_before:
+            flight.cutter.cut(reason)
+
+    def abandon(self, now: float) -> None:
+        with self._lock:
+            flight = self._current
+            if flight is None or flight.recorded:
+                return
+            flight.recorded = True
+            self._current = None
+        self.flood.record(flight, now, ("interrupted", "stopped"), finished=False)
+
+    def one(self, client: httpx.Client, stop: threading.Event) -> bool:
+        """One request, recorded; whether it succeeded."""
+        flight = _InFlight(start=time.time())
+        with self._lock:
+            self._current = flight
+        # Checked after publishing the request: a stop from now on finds and cuts it.
+        if stop.is_set():
+            with self._lock:
+                self._current = None
+            return True
+        error = self._send(client, flight)
+        reason = flight.cutter.reason
+        finished = True
+        if error is not None and reason == "stop":
+            error, finished = ("interrupted", "stopped"), False
+        elif error is not None and reason == "total_deadline":
+            error = ("timeout", "total_deadline")
+        with self._lock:
+            if flight.recorded:
+                return error is None  # the controller recorded it after the grace period
+            flight.recorded = True
+            self._current = None
+        self.flood.record(flight, time.time(), error, finished)
+        return error is None
+
+    def _send(self, client: httpx.Client, flight: _InFlight) -> Error | None:
+        flood = self.flood
+        try:
+            with client.stream("POST", f"{flood.base_url}{flood.path}",
+                               content=flood.body(self.rng),
+                               extensions={"trace": flight.cutter.trace}) as resp:
+                flight.status = resp.status_code
+                rid = resp.headers.get("x-request-id")
+                flight.request_id = rid[:128] if rid else None
+                if resp.status_code != 200:
+                    flight.retry_after = bool(resp.headers.get("retry-after"))
+                    body, _ = read_capped(resp.iter_bytes(), MAX_ERROR_BODY_BYTES)
+                    return (status_class(resp.status_code),
+                            error_type_of_body(body) or f"status_{resp.status_code}")
+                if flood.spec.stream:
+                    return read_sse(resp.iter_bytes(), flight.tally)
+                body, over = read_capped(resp.iter_bytes(), MAX_BODY_BYTES)
+                if over:
+                    return "protocol", "body_too_large"
+                return read_whole(body, flight.tally)
+        except (httpx.HTTPError, OSError) as exc:
+            return classify_exception(exc, flight.status is not None)
+
+
+@register_injector(BACKEND_KEY)
+def make_request_flood(ctx: RunContext, name: str, spec: RequestFloodFault) -> RequestFlood:
+    return RequestFlood(ctx, name, spec)

@@ -203,6 +203,11 @@ class CancelStormFault(Strict):
         description="Output tokens asked for (with ignore_eos): what an engine that misses "
         "the disconnect keeps generating for nobody.",
     )
+    n: PositiveInt = Field(
+        default=1,
+        description="Completions per request (the API's `n`): each is work an engine that "
+        "misses the disconnect keeps doing for nobody.",
+    )
     abort_after: AbortAfter = Field(
         default_factory=lambda: AbortAfter(chunks=3),
         description="When each stream is dropped: after `chunks` token events or a `delay`.",
@@ -748,8 +753,10 @@ class EngineHealthyCheck(Strict):
         return url
 
 
-# How a request cut by a kill may end: the connection broke, or a gateway said 5xx.
-CUT_CLASSES: tuple[ErrorClass, ...] = ("incomplete_stream", "reset", "connect", "http_5xx")
+# How a request cut by a kill may end: the connection broke (closed before any answer is
+# `protocol` to the load generator), or a gateway said 5xx.
+CUT_CLASSES: tuple[ErrorClass, ...] = ("incomplete_stream", "reset", "connect", "protocol",
+                                       "http_5xx")
 
 
 class _AfterNodeFault(Strict):
@@ -779,14 +786,13 @@ class _AfterNodeFault(Strict):
 
 class StreamRecoveryCheck(_AfterNodeFault):
     """The engine was killed or restarted under load: every request in flight ends with a
-    clear, classified error within `deadline` (no hang), requests a client could retry
-    (sent while the engine was down, or cut before their first token) succeed once the
-    engine is back, and the engine comes back at all."""
+    clear, classified error within `deadline` (no hang), requests sent while the engine
+    was down (a client can retry them) succeed once it is back, and it comes back at all."""
 
     deadline: Duration = Field(
         default=10.0,
-        description="A request in flight at the fault that fails must have ended this soon "
-        "after it.",
+        description="A request caught by the kill that fails must have ended this soon "
+        "after the kill.",
     )
     allowed_error_classes: list[ErrorClass] = Field(
         default_factory=lambda: list(CUT_CLASSES),
@@ -798,8 +804,8 @@ class StreamRecoveryCheck(_AfterNodeFault):
     )
     retry_success: Fraction = Field(
         default=1.0,
-        description="Share of the retryable requests (sent while the engine was down, or "
-        "cut before their first token) that must end in success.",
+        description="Share of the requests sent while the engine was down (the ones a client "
+        "can retry) that must end in success.",
     )
     min_retryable: int = Field(
         default=1, ge=0, description="Fewer retryable requests fails the check (no evidence)."

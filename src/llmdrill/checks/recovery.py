@@ -1,0 +1,491 @@
+"""stream_recovery and warm_up: what happens to clients when the engine's node dies.
+
+Both look at the moment of the kill (the start of the phase's fault: the Docker action's
+own timestamp where there is one) and at their own probe's health polls, which show the
+engine going down and coming back. The probe polls the engine's health URL over the
+phase and, for warm_up, once the engine has been seen down, sends 1-token completions
+until one streams a token: the first token after the kill.
+
+stream_recovery passes when
+- the engine went down after the fault (else the fault missed: nothing was shown) and
+  was back within `back_within`;
+- every request caught by the kill (open at the kill, or sent while the engine was dying
+  and failed before it was gone) either succeeded or failed with an allowed, classified
+  error within `deadline` of the kill (no hang, no client-side timeout). A kill is not
+  instant: the container's `die` event (once every process in it is dead) marks the
+  death, else the first failed health poll;
+- of the other requests sent after the kill and before the engine was back (the ones a
+  client can retry), at least `retry_success` succeeded: clients that retry get through;
+- requests sent after it was back failed at most `after_error_rate`.
+
+warm_up measures, from the kill: the time to healthy (first health poll answered after
+the outage), to the first token of a probe request, and until client TTFT p95 (sliding
+window over the load's requests sent after it was healthy) is back within tolerance of a
+baseline phase. Each is bounded; any that never happened fails the check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.health import poll_once
+from llmdrill.checks.probes import register_probe
+from llmdrill.checks.recovers import measure_started
+from llmdrill.drills.request_flood import ConnectionCutter
+from llmdrill.harness.records import Evidence, RequestRecord
+from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.load.sse import StreamTally
+from llmdrill.scenario.models import StreamRecoveryCheck, WarmUpCheck
+
+if TYPE_CHECKING:
+    from llmdrill.harness.context import RunContext
+
+POLL_EVENT = "recovery_poll"
+TOKEN_EVENT = "token_probe"
+MIN_PAUSE = 0.05
+TOKEN_MAX_BYTES = 64 * 1024  # a 1-token answer is a few hundred bytes
+STEP_S = 0.5
+MAX_EVENTS_SHOWN = 30
+_EPS = 1e-9
+
+
+# --- the probe -----------------------------------------------------------------------------
+
+
+@dataclass
+class TokenProbe:
+    ok: bool
+    first_token_at: float | None
+    status: int | None
+    error: str | None
+
+
+def token_probe(ctx: RunContext, timeout: float) -> TokenProbe:
+    """One streamed 1-token completion; the time its first token arrived. Bounded by a
+    hard deadline (a cutter shuts the socket) and a cap on what is read."""
+    body = {"model": ctx.scenario.target.model, "prompt": "Hello", "max_tokens": 4,
+            "stream": True}
+    cutter = ConnectionCutter()
+    timer = threading.Timer(timeout, cutter.cut, args=("deadline",))
+    timer.daemon = True
+    timer.start()
+    tally = StreamTally()
+    status: int | None = None
+    try:
+        with httpx.Client(timeout=timeout, headers=ctx.headers, trust_env=False,
+                          follow_redirects=False) as client, \
+                client.stream("POST", f"{ctx.base_url}/v1/completions", json=body,
+                              extensions={"trace": cutter.trace}) as resp:
+            status = resp.status_code
+            if status != 200:
+                return TokenProbe(False, None, status, f"status {status}")
+            pending = b""
+            read = 0
+            for chunk in resp.iter_raw():
+                read += len(chunk)
+                now = time.time()
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    tally.feed_line(line.strip(), now)
+                if tally.first_token_at is not None or tally.done or read > TOKEN_MAX_BYTES:
+                    break
+    except (httpx.HTTPError, OSError) as exc:
+        if cutter.reason is not None:
+            return TokenProbe(False, None, status, f"no token within {fmt(timeout)}s")
+        return TokenProbe(False, None, status, f"{type(exc).__name__}: {exc}"[:200])
+    finally:
+        timer.cancel()
+    if tally.first_token_at is None:
+        return TokenProbe(False, None, status, "the stream carried no token")
+    return TokenProbe(True, tally.first_token_at, status, None)
+
+
+def probe_node_recovery(ctx: RunContext, check_name: str,
+                        spec: StreamRecoveryCheck | WarmUpCheck,
+                        stop: threading.Event) -> None:
+    url = spec.health_url or f"{ctx.engine_url}/health"
+    tokens = isinstance(spec, WarmUpCheck)
+    down_seen = token_done = False
+    store = ctx.store
+    # No keep-alive: each poll proves the engine accepts connections again.
+    with httpx.Client(timeout=spec.poll_timeout, headers=ctx.headers, follow_redirects=False,
+                      trust_env=False,
+                      limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        while not stop.is_set():
+            began = time.time()
+            ok, status, error = poll_once(client, url, spec.poll_timeout)
+            if store is not None:
+                store.add_event(began, POLL_EVENT, {"check": check_name, "ok": ok,
+                                                   "status": status, "error": error,
+                                                   "at": time.time(), "url": url})
+            down_seen = down_seen or not ok
+            if tokens and down_seen and not token_done:
+                assert isinstance(spec, WarmUpCheck)
+                sent = time.time()
+                result = token_probe(ctx, spec.probe_timeout)
+                token_done = result.ok
+                if store is not None:
+                    store.add_event(sent, TOKEN_EVENT, {
+                        "check": check_name, "ok": result.ok, "status": result.status,
+                        "first_token_at": result.first_token_at, "error": result.error})
+            stop.wait(max(MIN_PAUSE, spec.poll_interval - (time.time() - began)))
+
+
+register_probe("stream_recovery")(probe_node_recovery)
+register_probe("warm_up")(probe_node_recovery)
+
+
+# --- pure evaluation helpers ------------------------------------------------------------
+
+
+def kill_time(evidence: Evidence, window: Window, fault: str | None
+              ) -> tuple[float, str] | None:
+    """When the fault struck, and its name: the earliest of its `docker_action` (taken
+    as the Docker call began) and its `fault_applied` event within the window."""
+    applied = [(ts, str(d.get("fault"))) for ts, d in
+               evidence.events_of("fault_applied", window.start, window.end)]
+    actions = [(ts, str(d.get("fault"))) for ts, d in
+               evidence.events_of("docker_action", window.start, window.end)]
+    if fault is None:
+        candidates = sorted(applied + actions)
+        if not candidates:
+            return None
+        fault = candidates[0][1]
+    times = [ts for ts, name in applied + actions if name == fault]
+    return (min(times), fault) if times else None
+
+
+def death_time(evidence: Evidence, fault: str, kill: float, down_at: float | None
+               ) -> float | None:
+    """When the engine was gone: the container's `die` event (the engine's own timestamp,
+    once every process in it is dead) after the kill, else the first failed health poll.
+    A kill is not instant: until then the dying server may still accept connections."""
+    dies = [ts for ts, d in evidence.events_of("docker_event", kill)
+            if d.get("action") == "die" and d.get("fault") in (None, fault)]
+    return min(dies) if dies else down_at
+
+
+@dataclass(frozen=True)
+class Outage:
+    down_at: float | None  # the first failed poll after the kill
+    back_at: float | None  # the answer to the first good poll after that
+    polls: int
+    failed: int
+
+
+def outage(polls: Sequence[tuple[float, dict[str, Any]]], kill: float) -> Outage:
+    after = sorted((ts, d) for ts, d in polls if ts >= kill)
+    down_at = back_at = None
+    failed = 0
+    for ts, detail in after:
+        if not detail.get("ok"):
+            failed += 1
+            if down_at is None:
+                down_at = ts
+        elif down_at is not None and back_at is None:
+            back_at = float(detail.get("at") or ts)
+    return Outage(down_at, back_at, len(after), failed)
+
+
+@dataclass
+class InFlight:
+    total: int = 0
+    survived: int = 0  # ended well: finished before the kill bit, or retried through
+    cut_cleanly: int = 0
+    hung: int = 0  # never ended, or ended later than the deadline
+    unclear: int = 0  # ended with a class that is not allowed (a timeout, protocol...)
+    by_class: dict[str, int] | None = None
+    slowest_end_s: float | None = None
+    examples: list[str] | None = None
+
+
+def caught_by_kill(r: RequestRecord, kill: float, died: float) -> bool:
+    """Open at the kill; or sent while the engine was dying and failed before it was gone
+    (a dying server may still accept a connection, then close it unanswered)."""
+    if r.start < kill:
+        return r.end > kill or not r.finished
+    return r.start < died and r.finished and not r.ok and r.end <= died
+
+
+def judge_in_flight(requests: Sequence[RequestRecord], kill: float, died: float,
+                    deadline: float, allowed: Sequence[str]) -> InFlight:
+    """Requests caught by the kill. A failed one must end within `deadline` of the kill,
+    with an allowed class: a server that stops streaming at SIGTERM but holds the
+    connections until its SIGKILL hangs its clients for that long, and fails here."""
+    found = InFlight(by_class={}, examples=[])
+    assert found.by_class is not None and found.examples is not None
+    for r in requests:
+        if not caught_by_kill(r, kill, died):
+            continue
+        found.total += 1
+        if r.ok:
+            found.survived += 1
+            continue
+        cls = str(r.error_class)
+        found.by_class[cls] = found.by_class.get(cls, 0) + 1
+        after = r.end - kill
+        found.slowest_end_s = max(found.slowest_end_s or 0.0, after)
+        if not r.finished or cls == "interrupted":
+            found.hung += 1
+            problem = "still open when the load stopped"
+        elif after > deadline + _EPS:
+            found.hung += 1
+            problem = f"ended {fmt(after)}s after the kill ({cls})"
+        elif cls not in allowed:
+            found.unclear += 1
+            problem = f"ended with {cls} ({r.error_type})"
+        else:
+            found.cut_cleanly += 1
+            continue
+        if len(found.examples) < 5:
+            when = (f"{fmt(kill - r.start)}s before" if r.start < kill
+                    else f"{fmt(r.start - kill)}s after")
+            found.examples.append(f"request sent {when} the kill: {problem}")
+    return found
+
+
+def docker_timeline(evidence: Evidence, window: Window, kill: float) -> list[dict[str, Any]]:
+    """The engine's container events in the window, relative to the kill, for reports."""
+    shown = []
+    for ts, d in evidence.events_of("docker_event", window.start, window.end)[:MAX_EVENTS_SHOWN]:
+        item = {"at_s": round(ts - kill, 3), "action": d.get("action"),
+                "container": d.get("container")}
+        for key in ("exit_code", "signal", "health"):
+            if key in d:
+                item[key] = d[key]
+        shown.append(item)
+    return shown
+
+
+def _polls(evidence: Evidence, name: str) -> list[tuple[float, dict[str, Any]]]:
+    return [(ts, d) for ts, d in evidence.events_of(POLL_EVENT) if d.get("check") == name]
+
+
+def _probe_crash(evidence: Evidence, name: str) -> str | None:
+    crashes = [d for _, d in evidence.events_of("probe_error") if d.get("check") == name]
+    return str(crashes[0].get("error")) if crashes else None
+
+
+def _common(name: str, kind: str, phase: str, spec: StreamRecoveryCheck | WarmUpCheck,
+            evidence: Evidence, window: Window, expected: dict[str, Any]
+            ) -> tuple[float, str, Outage, dict[str, Any]] | CheckResult:
+    """The kill and the outage, or the failed result that says why there is none."""
+    observed: dict[str, Any] = {}
+
+    def failed(summary: str) -> CheckResult:
+        return make_result(name, kind, phase, "failed", summary, window=window,
+                           observed=observed, expected=expected)
+
+    found = kill_time(evidence, window, spec.fault)
+    if found is None:
+        which = f"fault '{spec.fault}'" if spec.fault else "any fault"
+        return failed(f"no evidence of a kill: {which} was not applied in phase '{phase}'")
+    kill, fault = found
+    polls = _polls(evidence, name)
+    observed.update({"fault": fault, "kill_at_s": round(kill - window.start, 3),
+                     "health_polls": len(polls),
+                     "docker_events": docker_timeline(evidence, window, kill)})
+    crash = _probe_crash(evidence, name)
+    if crash:
+        return failed(f"the health probe crashed: {crash}")
+    if not polls:
+        return failed("no health polls were made: nothing shows the engine down or back")
+    seen = outage(polls, kill)
+    observed.update({"polls_after_kill": seen.polls, "failed_polls": seen.failed})
+    if seen.down_at is None:
+        return failed(f"the engine never went down after fault '{fault}' ({seen.polls} health "
+                      "polls after it all answered): the fault did not hit the engine")
+    observed["down_after_s"] = round(seen.down_at - kill, 3)
+    if seen.back_at is None:
+        return failed(f"the engine did not come back: its health URL failed from "
+                      f"{fmt(seen.down_at - kill)}s after the kill to the end of the phase "
+                      f"({fmt(window.end - kill)}s); is there a restart policy?")
+    observed["healthy_after_s"] = round(seen.back_at - kill, 3)
+    return kill, fault, seen, observed
+
+
+# --- stream_recovery ------------------------------------------------------------------------
+
+
+@register("stream_recovery")
+def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
+                             evidence: Evidence, window: Window) -> CheckResult:
+    kind = "stream_recovery"
+    expected: dict[str, Any] = {
+        "deadline_s": spec.deadline, "allowed_error_classes": list(spec.allowed_error_classes),
+        "min_in_flight": spec.min_in_flight, "retry_success": spec.retry_success,
+        "min_retryable": spec.min_retryable, "back_within_s": spec.back_within,
+        "after_error_rate": spec.after_error_rate,
+    }
+    common = _common(name, kind, phase, spec, evidence, window, expected)
+    if isinstance(common, CheckResult):
+        return common
+    kill, fault, seen, observed = common
+    assert seen.back_at is not None
+    back = seen.back_at
+    died = death_time(evidence, fault, kill, seen.down_at) or kill
+    observed["died_after_s"] = round(died - kill, 3)
+    flight = judge_in_flight(evidence.requests, kill, died, spec.deadline,
+                             spec.allowed_error_classes)
+    retryable = [r for r in evidence.requests
+                 if kill <= r.start < back and not caught_by_kill(r, kill, died)]
+    retried_ok = sum(1 for r in retryable if r.ok)
+    after = [r for r in evidence.requests if back <= r.start < window.end and r.finished]
+    after_failed = sum(1 for r in after if not r.ok)
+    retry_classes: dict[str, int] = {}
+    for r in retryable:
+        if not r.ok:
+            retry_classes[str(r.error_class)] = retry_classes.get(str(r.error_class), 0) + 1
+    observed.update({
+        "in_flight": flight.total, "in_flight_survived": flight.survived,
+        "in_flight_cut_cleanly": flight.cut_cleanly, "in_flight_hung": flight.hung,
+        "in_flight_unclear": flight.unclear, "in_flight_by_class": flight.by_class,
+        "in_flight_last_end_s": (None if flight.slowest_end_s is None
+                                 else round(flight.slowest_end_s, 3)),
+        "retryable": len(retryable), "retryable_succeeded": retried_ok,
+        "retryable_failed_by_class": retry_classes,
+        "retry_success": (retried_ok / len(retryable)) if retryable else None,
+        "max_attempts_seen": max((r.attempts for r in retryable), default=None),
+        "after_back": len(after), "after_back_failed": after_failed,
+    })
+    problems: list[str] = []
+    if back - kill > spec.back_within + _EPS:
+        problems.append(f"the engine was back only {fmt(back - kill)}s after the kill "
+                        f"(limit {fmt(spec.back_within)}s)")
+    if flight.total < spec.min_in_flight:
+        problems.append(f"{flight.total} requests were in flight at the kill (need "
+                        f"{spec.min_in_flight}): nothing shows how streams end")
+    if flight.hung:
+        problems.append(f"{flight.hung}/{flight.total} requests in flight hung past "
+                        f"{fmt(spec.deadline)}s after the kill")
+    if flight.unclear:
+        problems.append(f"{flight.unclear}/{flight.total} requests in flight ended with an "
+                        f"unclear error (allowed: {', '.join(spec.allowed_error_classes)})")
+    if flight.examples and (flight.hung or flight.unclear):
+        problems.append("e.g. " + "; ".join(flight.examples[:2]))
+    if len(retryable) < spec.min_retryable:
+        problems.append(f"{len(retryable)} requests were sent while the engine was down "
+                        f"(need {spec.min_retryable}): nothing shows clients get back")
+    elif retryable and retried_ok / len(retryable) < spec.retry_success - _EPS:
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(retry_classes.items()))
+        problems.append(f"only {retried_ok}/{len(retryable)} requests sent while the engine "
+                        f"was down succeeded (need {fmt(spec.retry_success * 100, 1)}%; "
+                        f"failed: {classes}): clients do not retry through the restart")
+    if not after:
+        problems.append("no request was sent after the engine was back")
+    elif after_failed / len(after) > spec.after_error_rate + _EPS:
+        problems.append(f"{after_failed}/{len(after)} requests sent after the engine was "
+                        f"back failed (allowed {fmt(spec.after_error_rate * 100, 1)}%)")
+    status: CheckStatus = "failed" if problems else "passed"
+    if problems:
+        summary = "; ".join(problems)
+    else:
+        summary = (f"{flight.total} requests in flight at the kill: {flight.cut_cleanly} cut "
+                   f"with a clear error within {fmt(spec.deadline)}s, {flight.survived} "
+                   f"completed; {retried_ok}/{len(retryable)} sent while the engine was down "
+                   f"succeeded on retry; back after {fmt(back - kill)}s; "
+                   f"{len(after) - after_failed}/{len(after)} ok after")
+    return make_result(name, kind, phase, status, summary, window=window, observed=observed,
+                       expected=expected)
+
+
+# --- warm_up --------------------------------------------------------------------------------
+
+
+def ttft_back(requests: Sequence[RequestRecord], start: float, end: float, length: float,
+              limit: float) -> tuple[float, float] | None:
+    """The first window [t, t+length) from `start` whose TTFT p95 is <= limit: (t, p95)."""
+    ordered = sorted((r for r in requests if start <= r.start < end), key=lambda r: r.start)
+    t = start
+    while t + length <= end + _EPS:
+        inside = [r for r in ordered if t <= r.start < t + length]
+        value = measure_started("ttft_p95", inside)
+        if value is not None and value <= limit + _EPS:
+            return t, value
+        t += STEP_S
+    return None
+
+
+def _baseline_ttft(evidence: Evidence, phase_name: str) -> float | str:
+    phase = evidence.phase(phase_name)
+    if phase is None:
+        return f"baseline phase '{phase_name}' did not run"
+    value = measure_started("ttft_p95", evidence.requests_started_in(phase.start, phase.end))
+    if value is None:
+        return f"no successful request with a TTFT in baseline phase '{phase_name}'"
+    return value
+
+
+@register("warm_up")
+def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidence,
+                     window: Window) -> CheckResult:
+    kind = "warm_up"
+    expected: dict[str, Any] = {
+        "healthy_within_s": spec.healthy_within, "first_token_within_s": spec.first_token_within,
+        "ttft_within_s": spec.ttft_within, "baseline_phase": spec.baseline_phase,
+        "tolerance": spec.tolerance, "slack_s": spec.slack, "window_s": spec.window,
+    }
+    common = _common(name, kind, phase, spec, evidence, window, expected)
+    if isinstance(common, CheckResult):
+        return common
+    kill, _fault, seen, observed = common
+    assert seen.back_at is not None
+    to_healthy = seen.back_at - kill
+    probes = [(ts, d) for ts, d in evidence.events_of(TOKEN_EVENT) if d.get("check") == name]
+    first = next((float(d["first_token_at"]) for _, d in sorted(probes, key=lambda p: p[0])
+                  if d.get("ok") and d.get("first_token_at") and d["first_token_at"] >= kill),
+                 None)
+    to_token = None if first is None else first - kill
+    observed.update({"token_probes": len(probes),
+                     "first_token_after_s": None if to_token is None else round(to_token, 3)})
+    problems: list[str] = []
+    baseline = _baseline_ttft(evidence, spec.baseline_phase)
+    to_ttft = None
+    if isinstance(baseline, str):
+        problems.append(f"cannot judge TTFT: {baseline}")
+    else:
+        limit = baseline * (1 + spec.tolerance) + spec.slack
+        observed.update({"baseline_ttft_p95_s": round(baseline, 4), "band_max_s": round(limit, 4)})
+        length = min(spec.window, max(window.end - seen.back_at, 0.0))
+        found = ttft_back(evidence.requests, seen.back_at, window.end, length, limit) \
+            if length > 0 else None
+        if found is not None:
+            to_ttft = found[0] - kill
+            observed["ttft_p95_at_back_s"] = round(found[1], 4)
+        observed["ttft_back_after_s"] = None if to_ttft is None else round(to_ttft, 3)
+    parts = [f"healthy after {fmt(to_healthy)}s (limit {fmt(spec.healthy_within)}s)"]
+    if to_healthy > spec.healthy_within + _EPS:
+        problems.append(f"healthy only {fmt(to_healthy)}s after the kill (limit "
+                        f"{fmt(spec.healthy_within)}s)")
+    if to_token is None:
+        problems.append(f"no probe request streamed a token after the kill ({len(probes)} "
+                        "sent)")
+    else:
+        parts.append(f"first token after {fmt(to_token)}s (limit "
+                     f"{fmt(spec.first_token_within)}s)")
+        if to_token > spec.first_token_within + _EPS:
+            problems.append(f"first token only {fmt(to_token)}s after the kill (limit "
+                            f"{fmt(spec.first_token_within)}s)")
+    if not isinstance(baseline, str):
+        band = f"TTFT p95 <= {fmt(baseline * (1 + spec.tolerance) + spec.slack)}s " \
+               f"(baseline {fmt(baseline)}s)"
+        if to_ttft is None:
+            problems.append(f"TTFT never came back in the phase: no {fmt(spec.window)}s "
+                            f"window after the engine was healthy had {band}")
+        else:
+            parts.append(f"{band} after {fmt(to_ttft)}s (limit {fmt(spec.ttft_within)}s)")
+            if to_ttft > spec.ttft_within + _EPS:
+                problems.append(f"{band} only {fmt(to_ttft)}s after the kill (limit "
+                                f"{fmt(spec.ttft_within)}s)")
+    status: CheckStatus = "failed" if problems else "passed"
+    summary = "; ".join(problems) if problems else "from the kill: " + "; ".join(parts)
+    return make_result(name, kind, phase, status, summary, window=window, observed=observed,
+                       expected=expected)

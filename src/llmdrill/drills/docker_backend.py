@@ -1,0 +1,457 @@
+"""Docker faults: containers restarted, killed, stopped, paused, squeezed (memory, CPU) or
+given a memory hog, through the Docker Engine API.
+
+Like every fault, the way back is computed and journaled before the change: a plain JSON
+action that `llmdrill cleanup` or the watchdog (other processes, maybe after a kill -9 of
+the harness) can carry out alone:
+- pause          -> unpause (if still paused);
+- stop           -> start (unless running or restarting);
+- kill, restart  -> start, unless running or being restarted by its restart policy;
+- memory, cpu    -> the limits read before the change are written back;
+- hog            -> the hog process is killed.
+Every Docker call has a deadline (the client's timeout; stop/restart add their grace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmdrill.drills.base import EnvironmentProblem, RevertAction, register_reverter
+from llmdrill.drills.registry import register_injector
+from llmdrill.probes.docker_events import DockerEventRecorder
+from llmdrill.scenario.models import DockerFault, DockerTarget
+
+if TYPE_CHECKING:
+    from llmdrill.harness.context import RunContext
+
+BACKEND = "docker"
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+REVERT_TIMEOUT = 30.0
+CPU_PERIOD_US = 100_000  # the kernel's default CFS period
+MIN_CPU_QUOTA_US = 1_000  # the kernel refuses a quota under 1 ms
+HOG_CHECK_S = 1.0  # how long apply watches a hog for "command not found"
+# The default hog: touches every page of `size` bytes (so they are really used), sleeps.
+HOG_PY = ("import sys, time\nb = bytearray(int(sys.argv[1]))\n"
+          "for i in range(0, len(b), 4096):\n    b[i] = 1\ntime.sleep(86400)")
+# Container states in which nothing needs starting at revert time.
+UP_STATES = ("running", "restarting", "paused")
+
+
+def docker_host(configured: str | None = None) -> str:
+    return configured or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+@contextlib.contextmanager
+def connect(host: str, timeout: float) -> Iterator[Any]:
+    """A Docker client whose every call has `timeout`; unreachable -> EnvironmentProblem."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=host, timeout=max(1, round(timeout)))
+    except docker.errors.DockerException as exc:
+        raise EnvironmentProblem(f"Docker Engine at {host} is unreachable ({exc})") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def parse_signal(name: str) -> signal.Signals:
+    text = name.strip().upper()
+    if text.isdigit():
+        return signal.Signals(int(text))
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return signal.Signals[text]
+    except KeyError:
+        raise ValueError(f"unknown signal '{name}'") from None
+
+
+def fmt_size(n: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
+def target_text(target: DockerTarget, limit: int) -> str:
+    if target.name is not None:
+        return f"container '{target.name}'"
+    labels = ",".join(f"{k}={v}" for k, v in sorted(target.labels.items()))
+    return f"containers labelled {labels} (at most {limit})"
+
+
+# --- pure planning (unit-tested) ------------------------------------------------------
+
+
+def memory_limits(host_config: dict[str, Any], restore: str, host_memory: int) -> dict[str, int]:
+    """The memory limits to write back at revert time. Docker cannot remove a limit once
+    set (`update` refuses 0 or -1 for memory), so an unlimited container either is
+    refused (restore: exact) or gets the host's whole memory back (restore: host_memory)."""
+    memory = int(host_config.get("Memory") or 0)
+    swap = int(host_config.get("MemorySwap") or 0)
+    if memory > 0:
+        # Swap 0 means "Docker's default" and cannot be written back; -1 (unlimited) is
+        # what that default amounts to on a host without swap.
+        return {"Memory": memory, "MemorySwap": swap if swap != 0 else -1}
+    if restore != "host_memory":
+        raise EnvironmentProblem(
+            "the container has no memory limit, and Docker cannot remove one once set; "
+            "give it a limit, or set restore: host_memory to put back the host's total "
+            "memory after the drill"
+        )
+    return {"Memory": host_memory, "MemorySwap": -1}
+
+
+def cpu_limits(host_config: dict[str, Any]) -> dict[str, int]:
+    """The CPU quota to write back: the old one, or -1 (no quota) for none."""
+    if int(host_config.get("NanoCpus") or 0):
+        raise EnvironmentProblem(
+            "the container's CPUs are limited with --cpus (NanoCpus), which Docker does "
+            "not let a CPU quota change; llmdrill squeezes with the CFS quota"
+        )
+    quota = int(host_config.get("CpuQuota") or 0)
+    period = int(host_config.get("CpuPeriod") or 0)
+    return {"CpuQuota": quota if quota != 0 else -1,
+            "CpuPeriod": period if period != 0 else CPU_PERIOD_US}
+
+
+def squeezed_limits(spec: DockerFault) -> dict[str, int]:
+    if spec.action == "memory":
+        assert spec.memory is not None
+        # Swap equal to memory: no swap, so the squeeze really bites.
+        return {"Memory": spec.memory, "MemorySwap": spec.memory}
+    assert spec.cpus is not None
+    quota = max(MIN_CPU_QUOTA_US, round(spec.cpus * CPU_PERIOD_US))
+    return {"CpuQuota": quota, "CpuPeriod": CPU_PERIOD_US}
+
+
+_UPDATE_KWARGS = {"Memory": "mem_limit", "MemorySwap": "memswap_limit",
+                  "CpuQuota": "cpu_quota", "CpuPeriod": "cpu_period"}
+
+
+def update_kwargs(limits: dict[str, int]) -> dict[str, int]:
+    return {_UPDATE_KWARGS[k]: v for k, v in limits.items()}
+
+
+def not_ready(action: str, attrs: dict[str, Any]) -> str | None:
+    """Why a container cannot take this fault now, or None."""
+    state = attrs.get("State") or {}
+    status = str(state.get("Status", "unknown"))
+    if action in ("memory", "cpu"):
+        return None  # limits can change in any state
+    if status != "running":
+        return f"it is {status}, not running"
+    return None
+
+
+def hog_command(spec: DockerFault, marker: str) -> list[str]:
+    assert spec.memory is not None
+    if spec.hog_command:
+        return [part.replace("{size}", str(spec.memory)) for part in spec.hog_command]
+    return ["python3", "-c", HOG_PY, str(spec.memory), marker]
+
+
+def revert_action(spec: DockerFault, host: str, containers: list[dict[str, Any]],
+                  marker: str, host_memory: int) -> RevertAction:
+    """The journal's way back for `spec` applied to `containers` (their inspect data)."""
+    ids = [str(c["Id"]) for c in containers]
+    action: RevertAction = {
+        "backend": BACKEND, "host": host, "containers": ids,
+        "names": {str(c["Id"]): str(c.get("Name", "")).lstrip("/") for c in containers},
+    }
+    if spec.action == "pause":
+        action["op"] = "unpause"
+    elif spec.action in ("stop", "kill", "restart"):
+        action["op"] = "start"
+    elif spec.action == "memory":
+        action["op"] = "update"
+        action["limits"] = {str(c["Id"]): memory_limits(c.get("HostConfig") or {},
+                                                        spec.restore, host_memory)
+                            for c in containers}
+    elif spec.action == "cpu":
+        action["op"] = "update"
+        action["limits"] = {str(c["Id"]): cpu_limits(c.get("HostConfig") or {})
+                            for c in containers}
+    else:
+        action["op"] = "kill_hog"
+        action["command"] = hog_command(spec, marker)
+    return action
+
+
+# --- the host's view of a container's processes ------------------------------------------
+
+
+def local_pid(attrs: dict[str, Any]) -> int | None:
+    """The container's main process as this host sees it, if the harness shares the
+    engine's PID namespace (a local engine); None otherwise. The check reads the
+    process's cgroup, which names the container: a PID from a remote engine or another
+    namespace would be some other process of ours."""
+    pid = int((attrs.get("State") or {}).get("Pid") or 0)
+    return pid if pid > 0 and pid_in_container(pid, str(attrs.get("Id", ""))) else None
+
+
+def pid_in_container(pid: int, container_id: str) -> bool:
+    try:
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return bool(container_id) and container_id in cgroups
+
+
+# --- the injector --------------------------------------------------------------------------
+
+
+class DockerInjector:
+    backend = BACKEND
+
+    def __init__(self, ctx: RunContext, fault_name: str, spec: DockerFault) -> None:
+        self.ctx = ctx
+        self.fault_name = fault_name
+        self.spec = spec
+        self.host = docker_host(spec.docker_host)
+        radius = ctx.scenario.safety.max_blast_radius
+        self.limit = min(spec.max_containers, radius) if radius else spec.max_containers
+        self.marker = f"llmdrill-hog-{ctx.run_id}-{fault_name}"
+        self._targets: list[dict[str, Any]] = []
+        self._recorder: DockerEventRecorder | None = None
+
+    def describe(self) -> str:
+        spec = self.spec
+        what = target_text(spec.target, self.limit)
+        grace = f"{spec.grace:g}s"
+        text = {
+            "restart": f"restart {what} (SIGTERM, SIGKILL after {grace})",
+            "stop": f"stop {what} (SIGTERM, SIGKILL after {grace})",
+            "pause": f"pause {what}",
+            "memory": f"squeeze the memory limit of {what} to {fmt_size(spec.memory or 0)}",
+            "cpu": f"limit {what} to {spec.cpus:g} CPUs (CFS quota)" if spec.cpus else "",
+            "hog": f"run a {fmt_size(spec.memory or 0)} memory hog inside {what}",
+        }.get(spec.action)
+        if text is None:  # kill
+            if spec.via == "process":
+                text = (f"send {spec.signal} to the main process of {what} from the host "
+                        "(a crash: its restart policy applies)")
+            else:
+                text = f"docker kill --signal {spec.signal} {what} (Docker will not restart it)"
+        return f"{text} [docker {self.host}]"
+
+    def _resolve(self, client: Any) -> list[Any]:
+        import docker
+
+        target = self.spec.target
+        if target.name is not None:
+            try:
+                found = [client.containers.get(target.name)]
+            except docker.errors.NotFound:
+                raise EnvironmentProblem(
+                    f"no container named '{target.name}' at {self.host}") from None
+        else:
+            labels = [f"{k}={v}" for k, v in sorted(target.labels.items())]
+            found = client.containers.list(all=True, filters={"label": labels})
+            if not found:
+                raise EnvironmentProblem(
+                    f"no container at {self.host} carries the labels {', '.join(labels)}")
+        if len(found) > self.limit:
+            names = ", ".join(sorted(c.name for c in found)[:10])
+            raise EnvironmentProblem(
+                f"fault '{self.fault_name}' would touch {len(found)} containers ({names}), "
+                f"over its blast radius of {self.limit} (max_containers / "
+                "safety.max_blast_radius)")
+        return found
+
+    def _check(self, containers: list[Any]) -> None:
+        spec = self.spec
+        for c in containers:
+            reason = not_ready(spec.action, c.attrs)
+            if reason:
+                raise EnvironmentProblem(
+                    f"cannot {spec.action} container '{c.name}': {reason}")
+            if spec.action == "kill" and spec.via == "process" and local_pid(c.attrs) is None:
+                raise EnvironmentProblem(
+                    f"cannot see the main process of container '{c.name}' from here (a "
+                    "remote engine, or the harness in another PID namespace); use "
+                    "via: engine, which Docker treats as a deliberate stop (no restart)")
+        if spec.action == "kill":
+            try:
+                parse_signal(spec.signal)
+            except ValueError as exc:
+                raise EnvironmentProblem(str(exc)) from None
+
+    def preflight(self) -> list[str]:
+        with connect(self.host, self.spec.timeout) as client:
+            version = client.version().get("Version", "?")
+            containers = self._resolve(client)
+            self._check(containers)
+            lines = [f"Docker {version} at {self.host}: {self.describe()}"]
+            for c in containers:
+                policy = ((c.attrs.get("HostConfig") or {}).get("RestartPolicy") or {})
+                lines.append(f"  target {c.name} ({c.short_id}, {c.status}, restart policy "
+                             f"'{policy.get('Name') or 'no'}')")
+            if self.spec.action in ("memory", "cpu"):
+                self._plan(containers, client)  # refuses what could not be restored
+        return lines
+
+    def _plan(self, containers: list[Any], client: Any) -> RevertAction:
+        host_memory = 0
+        if self.spec.action == "memory":
+            host_memory = int(client.info().get("MemTotal") or 0)
+        return revert_action(self.spec, self.host, [c.attrs for c in containers], self.marker,
+                             host_memory)
+
+    def prepare(self) -> RevertAction:
+        # Resolved again: what preflight saw may have changed since.
+        with connect(self.host, self.spec.timeout) as client:
+            containers = self._resolve(client)
+            self._check(containers)
+            self._targets = [c.attrs for c in containers]
+            return self._plan(containers, client)
+
+    def apply(self) -> None:
+        spec = self.spec
+        ids = [str(a["Id"]) for a in self._targets]
+        store = self.ctx.store
+        with connect(self.host, spec.timeout) as client:
+            containers = [client.containers.get(cid) for cid in ids]
+            # Taken after the client is set up (which can take a second on a busy host):
+            # checks measure from this moment, the nearest we get to the change itself.
+            began = time.time()
+            if store is not None:
+                store.add_event(began, "docker_action", {
+                    "fault": self.fault_name, "action": spec.action,
+                    "containers": [c.name for c in containers]})
+                self._recorder = DockerEventRecorder(self.host, ids, store.add_event,
+                                                     since=began, fault=self.fault_name)
+                self._recorder.start()
+            for container in containers:
+                self._apply_one(client, container)
+
+    def _apply_one(self, client: Any, container: Any) -> None:
+        spec = self.spec
+        grace = max(0, round(spec.grace))
+        if spec.action == "pause":
+            container.pause()
+        elif spec.action == "stop":
+            container.stop(timeout=grace)
+        elif spec.action == "restart":
+            container.restart(timeout=grace)
+        elif spec.action == "kill" and spec.via == "engine":
+            container.kill(signal=parse_signal(spec.signal).name)
+        elif spec.action == "kill":
+            pid = local_pid(container.attrs)
+            if pid is None:
+                raise EnvironmentProblem(f"container '{container.name}' has no main process "
+                                         "this host can see")
+            os.kill(pid, parse_signal(spec.signal))
+        elif spec.action in ("memory", "cpu"):
+            container.update(**update_kwargs(squeezed_limits(spec)))
+        else:
+            self._start_hog(client, container)
+
+    def _start_hog(self, client: Any, container: Any) -> None:
+        command = hog_command(self.spec, self.marker)
+        exec_id = client.api.exec_create(container.id, command, stdout=False, stderr=False)
+        client.api.exec_start(exec_id["Id"], detach=True)
+        deadline = time.time() + HOG_CHECK_S
+        while time.time() < deadline:
+            info = client.api.exec_inspect(exec_id["Id"])
+            if not info.get("Running") and info.get("ExitCode") in (126, 127):
+                raise EnvironmentProblem(
+                    f"the hog could not run in container '{container.name}' (exit "
+                    f"{info.get('ExitCode')}: is '{command[0]}' there?); set hog_command")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """The change itself is the journal's to revert; only the event recorder runs."""
+        if self._recorder is not None:
+            self._recorder.stop(min(timeout, 5.0))
+            self._recorder = None
+
+
+@register_injector(BACKEND)
+def make_docker_fault(ctx: RunContext, name: str, spec: DockerFault) -> DockerInjector:
+    return DockerInjector(ctx, name, spec)
+
+
+# --- the reverter --------------------------------------------------------------------------
+
+
+@register_reverter(BACKEND)
+def revert_docker(action: RevertAction) -> None:
+    """Idempotent: a container that is gone, running, unpaused or already restored is left
+    as it is. Every container is tried; the errors are raised together at the end."""
+    import docker
+
+    op = str(action["op"])
+    if op not in ("unpause", "start", "update", "kill_hog"):
+        raise ValueError(f"unknown Docker revert op '{op}'")
+    names = action.get("names") or {}
+    errors: list[str] = []
+    with connect(str(action["host"]), REVERT_TIMEOUT) as client:
+        for cid in action["containers"]:
+            try:
+                container = client.containers.get(cid)
+            except docker.errors.NotFound:
+                continue  # removed: nothing of ours is left on it
+            try:
+                _revert_one(op, client, container, action)
+            except (docker.errors.APIError, EnvironmentProblem, OSError) as exc:
+                errors.append(f"{names.get(cid) or cid[:12]}: {_explain(exc)}")
+    if errors:
+        raise EnvironmentProblem(f"could not revert docker {op} on " + "; ".join(errors))
+
+
+def _explain(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc)
+
+
+def _revert_one(op: str, client: Any, container: Any, action: RevertAction) -> None:
+    import docker
+
+    state = container.attrs.get("State") or {}
+    if op == "unpause":
+        if state.get("Paused"):
+            container.unpause()
+    elif op == "start":
+        status = str(state.get("Status", ""))
+        if state.get("Running") or state.get("Restarting") or status in UP_STATES:
+            return  # up, or its restart policy is bringing it back
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            if "restarting" not in _explain(exc).lower():
+                raise
+    elif op == "update":
+        container.update(**update_kwargs(action["limits"][container.id]))
+    else:
+        _kill_hog(client, container, [str(p) for p in action["command"]])
+
+
+def _kill_hog(client: Any, container: Any, command: list[str]) -> None:
+    """Kills the running execs of the container that run exactly the hog's command."""
+    if not (container.attrs.get("State") or {}).get("Running"):
+        return  # the container's processes, the hog with them, are gone
+    for exec_id in container.attrs.get("ExecIDs") or []:
+        try:
+            info = client.api.exec_inspect(exec_id)
+        except Exception:
+            continue  # ended and cleaned up meanwhile
+        config = info.get("ProcessConfig") or {}
+        ran = [str(config.get("entrypoint", "")), *[str(a) for a in config.get("arguments") or []]]
+        if not info.get("Running") or ran != command:
+            continue
+        pid = int(info.get("Pid") or 0)
+        if pid <= 0 or not pid_in_container(pid, container.id):
+            raise EnvironmentProblem(
+                f"the hog (exec {exec_id[:12]}) runs, but its process is not visible from "
+                "this host; kill it inside the container")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

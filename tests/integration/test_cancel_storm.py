@@ -1,0 +1,91 @@
+"""The cancel-storm drill end to end on the real vLLM: directly, through a healthy nginx
+gateway, and through one that keeps streaming after its client left (it must fail)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import REPO, Stack, llmdrill
+from tests.integration.gateway import HEALTHY, KEEPS_STREAMING_AFTER_CLIENT_LEFT, nginx_gateway
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = str(REPO / "scenarios" / "cancel-storm.yaml")
+GATEWAY_PORT = 18081
+CHECK = "storm-kv-cache-cleanup"
+
+
+def _run(stack: Stack, tmp_path: Path, target: str) -> tuple[int, str, dict[str, Any], Path]:
+    proc = llmdrill("run", SCENARIO, "--out", str(tmp_path / "reports"),
+                    env=stack.env(LLMDRILL_TARGET_URL=target))
+    runs = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
+    assert len(runs) == 1, proc.stdout + proc.stderr
+    result = json.loads((runs[0] / "result.json").read_text())
+    return proc.returncode, proc.stdout + proc.stderr, result, runs[0]
+
+
+def _check(result: dict[str, Any], name: str = CHECK) -> dict[str, Any]:
+    return next(c for c in result["checks"] if c["name"] == name)
+
+
+def _assert_healthy_run(code: int, output: str, result: dict[str, Any]) -> dict[str, Any]:
+    statuses = {c["name"]: (c["status"], c["summary"]) for c in result["checks"]}
+    assert code == 0 and result["status"] == "passed", (statuses, output[-3000:])
+    cleanup = _check(result)
+    waves = cleanup["observed"]["waves"]
+    within = cleanup["expected"]["within_s"]
+    # Three waves, each cleaned up within the limit.
+    assert [w["wave"] for w in waves] == [1, 2, 3]
+    assert [w["fault"] for w in waves] == ["drop-midstream", "drop-midstream",
+                                           "drop-while-queued"]
+    for w in waves:
+        assert w["cleanup_s"] is not None and 0 <= w["cleanup_s"] <= within, w
+        assert w["aborted"] > 0, w
+    # The scraped engine is the one that served the mid-stream waves: its token counter
+    # grew by at least what their clients received.
+    for w in waves[:2]:
+        assert w["client_tokens"] > 0 and w["engine_tokens"] >= w["client_tokens"], w
+    assert cleanup["summary"].startswith("3 waves cleaned up in ")
+    assert cleanup["observed"]["series"]["running"] == "vllm:num_requests_running"
+    return cleanup
+
+
+def test_cancel_storm_passes_on_the_engine_directly(stack: Stack, tmp_path: Path) -> None:
+    code, output, result, run = _run(stack, tmp_path, stack.vllm_url)
+    _assert_healthy_run(code, output, result)
+    # The storm's requests are in the evidence as their own shape, apart from the load.
+    assert result["stats"]["storm"]["requests"] > 100
+    assert (run / "report.html").exists()
+    fault = {f["name"]: f for f in result["faults"]}
+    assert fault["drop-while-queued"]["params"]["close"] == "graceful"
+    assert all(f["reverted_at"] and not f["revert_error"] for f in result["faults"])
+
+
+def test_cancel_storm_passes_through_a_healthy_gateway(stack: Stack, tmp_path: Path) -> None:
+    with nginx_gateway(tmp_path / "nginx", GATEWAY_PORT, HEALTHY) as url:
+        code, output, result, _ = _run(stack, tmp_path, url)
+    _assert_healthy_run(code, output, result)
+
+
+def test_cancel_storm_fails_through_a_gateway_that_ignores_client_aborts(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with nginx_gateway(tmp_path / "nginx", GATEWAY_PORT,
+                       KEEPS_STREAMING_AFTER_CLIENT_LEFT) as url:
+        code, output, result, _ = _run(stack, tmp_path, url)
+    statuses = {c["name"]: (c["status"], c["summary"]) for c in result["checks"]}
+    assert code == 1 and result["status"] == "failed", (statuses, output[-3000:])
+    cleanup = _check(result)
+    assert cleanup["status"] == "failed", statuses
+    assert CHECK in output
+    # The queued wave closes gracefully (FIN): nginx ignores it and the engine generates
+    # for nobody. The reset waves are usually caught by nginx's own write errors.
+    assert "wave 3" in cleanup["summary"], cleanup["summary"]
+    waves = cleanup["observed"]["waves"]
+    assert waves[2]["fault"] == "drop-while-queued"
+    assert waves[2]["cleanup_s"] is None or (
+        waves[2]["cleanup_s"] > cleanup["expected"]["within_s"])

@@ -1,0 +1,303 @@
+"""kv_cache_cleanup on synthetic evidence: storm waves and engine gauges scraped every 0.2s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from llmdrill.checks import evaluate_check
+from llmdrill.checks.kv_cleanup import Point, counter_increase, first_clean, join
+from llmdrill.harness.records import Evidence, MetricSample, PhaseWindow
+from llmdrill.harness.result import CheckResult
+from llmdrill.scenario.models import Check, KvCacheCleanupCheck
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_700_000_000.0
+STEP = 0.2
+RUNNING = "vllm:num_requests_running"
+KV = "vllm:kv_cache_usage_perc"
+OLD_KV = "vllm:gpu_cache_usage_perc"
+PHASES = [
+    PhaseWindow("baseline", T0, T0 + 10),
+    PhaseWindow("storm", T0 + 10, T0 + 30, faults=("storm",)),
+    PhaseWindow("recover", T0 + 30, T0 + 40),
+]
+BACKGROUND = (1.0, 0.03)  # light load: one request running, 3% of the KV cache
+STORM = (30.0, 0.9)
+
+Level = Callable[[float], tuple[float, float]]
+
+
+def wave(number: int, started: float, dropped: float, aborted: int = 30,
+         **extra: Any) -> tuple[float, str, dict[str, Any]]:
+    """A storm_wave event (the fault's `number`th wave); times are seconds after T0."""
+    detail = {"fault": "storm", "wave": number - 1, "started_at": T0 + started,
+              "dropped_at": T0 + dropped, "streams": 30, "aborted": aborted,
+              "failed": 30 - aborted, "errors": {"connect": 30 - aborted} if aborted < 30 else {},
+              "close": "reset", **extra}
+    return (T0 + started, "storm_wave", detail)
+
+
+def engine(busy: list[tuple[float, float]], until: float = 40.0) -> Level:
+    """Background level, and the storm level inside each busy span (seconds after T0)."""
+    def level(t: float) -> tuple[float, float]:
+        return STORM if any(a <= t < b for a, b in busy) else BACKGROUND
+    return level
+
+
+def scrapes(level: Level, start: float = 0.0, end: float = 40.0, kv_name: str = KV,
+            running: bool = True, kv: bool = True) -> list[MetricSample]:
+    out: list[MetricSample] = []
+    i = 0
+    while (t := start + i * STEP) < end:
+        run_v, kv_v = level(t)
+        if running:
+            out.append(MetricSample(T0 + t, RUNNING, run_v, {"engine": "0"}))
+        if kv:
+            out.append(MetricSample(T0 + t, kv_name, kv_v, {"engine": "0"}))
+        i += 1
+    return out
+
+
+def evaluate(metrics: list[MetricSample], events: list[tuple[float, str, dict[str, Any]]],
+             **spec: Any) -> CheckResult:
+    check = Check.model_validate({"name": "cleanup", "phase": spec.pop("phase", "storm"),
+                                  "kv_cache_cleanup": {"within": "3s", **spec}})
+    evidence = Evidence(metrics=metrics, phases=PHASES, events=events)
+    return evaluate_check(check, 0, evidence)
+
+
+THREE_WAVES = [wave(1, 10, 11), wave(2, 16, 17), wave(3, 22, 23)]
+
+
+def busy_for(cleanup: list[float]) -> list[tuple[float, float]]:
+    """The engine holds each wave's streams until `cleanup` seconds after its drop."""
+    return [(10 + 6 * i, 11 + 6 * i + c) for i, c in enumerate(cleanup)]
+
+
+def test_passes_when_every_wave_cleans_up_in_time() -> None:
+    result = evaluate(scrapes(engine(busy_for([0.1, 0.3, 0.5]))), THREE_WAVES)
+    assert result.status == "passed", result.summary
+    assert result.summary.startswith("3 waves cleaned up in ")
+    assert result.summary.endswith("(limit 3s)")
+    waves = result.observed["waves"]
+    assert [w["wave"] for w in waves] == [1, 2, 3]
+    for w, cleanup in zip(waves, [0.1, 0.3, 0.5], strict=True):
+        assert w["baseline_running"] == 1.0 and w["baseline_kv"] == 0.03
+        assert w["peak_running"] == 30.0 and w["peak_kv"] == 0.9
+        # A clean scrape is dated by the next scrape's start: at most two steps late.
+        assert cleanup <= w["cleanup_s"] <= cleanup + 2 * STEP + 1e-6
+        assert w["samples"] > 0 and w["fault"] == "storm"
+    assert result.observed["worst_cleanup_s"] == max(w["cleanup_s"] for w in waves)
+    assert result.observed["series"] == {"running": RUNNING, "kv": KV}
+
+
+def test_fails_when_a_wave_keeps_running_past_the_limit() -> None:
+    # Wave 2's streams keep generating for 5s after the drop (limit 3s), and stop before
+    # wave 3 starts, so wave 3 is fine.
+    result = evaluate(scrapes(engine(busy_for([0.1, 4.5, 0.1]))), THREE_WAVES)
+    assert result.status == "failed"
+    assert "wave 2: cleaned up only after 4." in result.summary
+    assert "wave 1" not in result.summary and "wave 3" not in result.summary
+    waves = result.observed["waves"]
+    assert waves[1]["cleanup_s"] > 4 and waves[0]["cleanup_s"] < 1
+
+
+def test_fails_naming_what_is_still_held_when_never_cleaned() -> None:
+    # The engine never lets go of wave 1 (a gateway that keeps streaming for nobody).
+    result = evaluate(scrapes(engine([(10, 40)])), THREE_WAVES)
+    assert result.status == "failed"
+    assert ("wave 1: running requests still 30 (baseline 1) and KV cache still 90% "
+            "(baseline 3%) 3s after the drop (limit 3s)") in result.summary
+    assert result.observed["worst_cleanup_s"] is None
+    # Later waves fall back to the pre-storm baseline instead of the held level.
+    assert result.observed["waves"][2]["baseline_running"] == 1.0
+    assert result.observed["waves"][2]["baseline_note"] == "from wave 1"
+
+
+def test_running_alone_back_is_not_enough() -> None:
+    def level(t: float) -> tuple[float, float]:
+        if 10 <= t < 11:
+            return STORM
+        return (1.0, 0.5) if 11 <= t < 40 else BACKGROUND  # KV never freed
+    result = evaluate(scrapes(level), [wave(1, 10, 11)])
+    assert result.status == "failed"
+    assert "KV cache still 50% (baseline 3%)" in result.summary
+    assert "running requests still" not in result.summary
+
+
+def test_tolerances_allow_a_little_above_baseline() -> None:
+    def level(t: float) -> tuple[float, float]:
+        if 10 <= t < 11:
+            return STORM
+        return (2.0, 0.04) if t >= 11 else BACKGROUND
+    events = [wave(1, 10, 11)]
+    assert evaluate(scrapes(level), events).status == "failed"
+    result = evaluate(scrapes(level), events, running_tolerance=1, kv_tolerance=0.02)
+    assert result.status == "passed", result.summary
+
+
+@pytest.mark.parametrize("missing,named", [
+    ("running", [RUNNING]),
+    ("kv", [KV, OLD_KV]),
+])
+def test_missing_metric_fails_naming_every_name_tried(missing: str, named: list[str]) -> None:
+    metrics = scrapes(engine(busy_for([0.1])), running=missing != "running",
+                      kv=missing != "kv")
+    result = evaluate(metrics, [wave(1, 10, 11)])
+    assert result.status == "failed"
+    assert result.summary.startswith("metric not found: tried ")
+    for name in named:
+        assert name in result.summary
+    assert result.observed["series"] is None
+
+
+def test_old_kv_metric_name_is_found() -> None:
+    result = evaluate(scrapes(engine(busy_for([0.2])), kv_name=OLD_KV), [wave(1, 10, 11)])
+    assert result.status == "passed", result.summary
+    assert result.observed["series"]["kv"] == OLD_KV
+    assert result.summary.startswith("1 wave cleaned up in ")
+
+
+def test_no_wave_in_the_window_fails() -> None:
+    result = evaluate(scrapes(engine([])), [])
+    assert result.status == "failed"
+    assert "no storm wave in the window" in result.summary
+    # A wave in another phase does not count for this one.
+    result = evaluate(scrapes(engine([])), [wave(1, 32, 33)])
+    assert "no storm wave in the window" in result.summary
+
+
+def test_no_scrape_after_the_drop_fails() -> None:
+    result = evaluate(scrapes(engine([(10, 11)]), end=10.9), [wave(1, 10, 11)])
+    assert result.status == "failed"
+    assert ("wave 1: no scrape of the engine was answered between the drop and when the "
+            "window ended (19s later;") in result.summary
+    assert result.summary.endswith("(no evidence)")
+
+
+def test_no_scrape_before_the_wave_fails() -> None:
+    result = evaluate(scrapes(engine([(10, 11)]), start=10.0), [wave(1, 10, 11)])
+    assert result.status == "failed"
+    assert "no baseline" in result.summary
+
+
+def test_a_storm_that_never_reached_the_engine_fails() -> None:
+    result = evaluate(scrapes(engine([])), [wave(1, 10, 11, aborted=0)])
+    assert result.status == "failed"
+    assert "no stream reached its abort point" in result.summary
+    assert "connect 30" in result.summary
+
+
+def test_gauges_that_never_rose_fail_as_no_evidence() -> None:
+    # Streams were dropped, but no scrape ever saw them on the engine: nothing was shown.
+    result = evaluate(scrapes(engine([])), [wave(1, 10, 11)])
+    assert result.status == "failed"
+    assert "never showed the storm" in result.summary
+
+
+def tokens_counter(per_wave: dict[float, float], end: float = 40.0) -> list[MetricSample]:
+    """vllm:generation_tokens_total, growing by `per_wave[t]` right after second t."""
+    out: list[MetricSample] = []
+    i = 0
+    total = 1000.0
+    while (t := i * STEP) < end:
+        total += sum(n for at, n in per_wave.items() if at < t <= at + STEP + 1e-9)
+        out.append(MetricSample(T0 + t, "vllm:generation_tokens_total", total))
+        i += 1
+    return out
+
+
+def test_a_storm_the_gauges_missed_counts_when_the_token_counter_saw_it() -> None:
+    # Scrapes during the waves were answered after them (a busy API server), so the
+    # gauges never rose; the engine's token counter still shows it served the wave.
+    events = [wave(1, 10, 11, tokens=900)]
+    seen = evaluate(scrapes(engine([])) + tokens_counter({10.4: 1200}), events)
+    assert seen.status == "passed", seen.summary
+    assert seen.observed["waves"][0]["engine_tokens"] == 1200
+    assert seen.observed["waves"][0]["client_tokens"] == 900
+    # Another engine than the one the storm hit: its counter did not move.
+    other = evaluate(scrapes(engine([])) + tokens_counter({}), events)
+    assert other.status == "failed"
+    assert "is metrics_url the engine behind base_url?" in other.summary
+
+
+def test_counter_increase_uses_scrapes_answered_before_and_started_after() -> None:
+    series = [(1.0, 10.0), (2.0, 15.0), (3.0, 40.0), (4.0, 41.0)]
+    # Before 2.5: the scrape at 1.0 was answered by 2.0; the one at 2.0 maybe after 2.5.
+    assert counter_increase(series, 2.5, 3.0) == 30.0
+    assert counter_increase(series, 2.0, 3.5) == 31.0
+    assert counter_increase(series, 0.5, 3.0) is None  # nothing answered before
+    assert counter_increase(series, 2.5, 4.5) is None  # nothing started after
+    assert counter_increase([(1.0, 50.0), (2.0, 60.0), (3.0, 5.0)], 2.5, 3.0) is None
+
+
+def test_a_late_cleanup_cut_by_the_next_wave_fails() -> None:
+    # Wave 1 is still held when wave 2 starts 2s after its drop (within is 3s).
+    events = [wave(1, 10, 11), wave(2, 13, 14)]
+    result = evaluate(scrapes(engine([(10, 18)])), events)
+    assert result.status == "failed"
+    assert ("wave 1: running requests still 30 (baseline 1) and KV cache still 90% "
+            "(baseline 3%) 2s after the drop, and no later scrape was answered before "
+            "the next wave started (limit 3s)") in result.summary
+
+
+def test_waves_of_two_faults_are_numbered_in_time_order() -> None:
+    events = [wave(1, 10, 11), wave(2, 22, 23), wave(1, 16, 17, fault="prefill")]
+    result = evaluate(scrapes(engine(busy_for([0.1, 0.1, 0.1]))), events)
+    assert result.status == "passed", result.summary
+    waves = result.observed["waves"]
+    assert [(w["wave"], w["fault"], w["fault_wave"]) for w in waves] == [
+        (1, "storm", 1), (2, "prefill", 1), (3, "storm", 2)]
+
+
+def test_phase_start_mode_times_from_the_phase_start() -> None:
+    # A flood loads the engine through the storm phase; recovery is judged from the
+    # recover phase's start against the baseline phase's level.
+    def level(cleanup: float) -> Level:
+        return engine([(10, 30 + cleanup)])
+    spec = {"phase": "recover", "after": "phase_start", "baseline_phase": "baseline"}
+    ok = evaluate(scrapes(level(0.3)), [], **spec)
+    assert ok.status == "passed", ok.summary
+    assert ok.summary.startswith("the engine after the phase start cleaned up in 0.")
+    assert ok.observed["waves"][0]["wave"] == "phase start"
+    slow = evaluate(scrapes(level(5)), [], **spec)
+    assert slow.status == "failed"
+    assert "phase start: cleaned up only after 5" in slow.summary
+    idle = evaluate(scrapes(engine([])), [], **spec)
+    assert idle.status == "failed" and "never showed the storm" in idle.summary
+
+
+def test_join_holds_the_last_value_of_each_gauge() -> None:
+    running = [(1.0, 5.0), (2.0, 0.0)]
+    kv = [(1.0, 0.5), (1.5, 0.1)]
+    assert join(running, kv, 0.0, 10.0) == [Point(1.0, 5.0, 0.5, 1.5),
+                                           Point(1.5, 5.0, 0.1, 2.0),
+                                           Point(2.0, 0.0, 0.1, None)]
+    assert join(running, kv, 1.2, 1.8) == [Point(1.5, 5.0, 0.1, 2.0)]
+
+
+def test_first_clean_ignores_scrapes_before_the_drop() -> None:
+    spec = KvCacheCleanupCheck()
+    points = [Point(0.5, 0.0, 0.0, 1.0), Point(1.0, 3.0, 0.2, 1.2),
+              Point(1.2, 0.0, 0.01, 1.4), Point(1.4, 0.0, 0.0, None)]
+    assert first_clean(points, 0.8, 0.0, 0.0, spec) == points[2]
+    # The last scrape's answer cannot be dated, so it is no evidence of cleanup.
+    assert first_clean(points, 1.3, 0.0, 0.0, spec) is None
+
+
+def test_a_slow_scrape_does_not_date_a_clean_reading_early() -> None:
+    # The engine keeps generating for 4s after the drop, and the API server that serves
+    # /metrics is so busy that the scrape started just after the drop is only answered
+    # once it is done, reporting clean gauges. Dated by its request, the cleanup would
+    # look instant; it took 4s.
+    level = engine([(10, 15)])
+    metrics = scrapes(level, end=11.1)
+    for t, values in ((11.05, (1.0, 0.03)), (15.1, (1.0, 0.03)), (15.3, (1.0, 0.03))):
+        metrics += [MetricSample(T0 + t, RUNNING, values[0]), MetricSample(T0 + t, KV, values[1])]
+    result = evaluate(metrics, [wave(1, 10, 11)])
+    assert result.status == "failed", result.summary
+    assert "wave 1: cleaned up only after 4.1s (limit 3s)" in result.summary
