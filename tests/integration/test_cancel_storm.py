@@ -12,7 +12,9 @@ import pytest
 from tests.integration.conftest import REPO, Stack, llmdrill
 from tests.integration.gateway import HEALTHY, KEEPS_STREAMING_AFTER_CLIENT_LEFT, nginx_gateway
 
-pytestmark = pytest.mark.integration
+# Passes on a quiet machine; not yet verified in a clean CI run, so `make test` leaves it
+# out until then: `make pending-test` runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.pending]
 
 SCENARIO = str(REPO / "scenarios" / "cancel-storm.yaml")
 GATEWAY_PORT = 18081

@@ -17,7 +17,9 @@ import yaml
 
 from tests.integration.conftest import REPO, Stack, llmdrill
 
-pytestmark = pytest.mark.integration
+# Passes on a quiet machine; not yet verified in a clean CI run, so `make test` leaves it
+# out until then: `make pending-test` runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.pending]
 
 SCENARIO = REPO / "scenarios" / "kv-pressure.yaml"
 
@@ -75,7 +77,7 @@ def test_kv_pressure_passes_on_healthy_engine_and_shows_the_pressure(
     assert {c["status"] for c in checks.values()} == {"passed"}, {
         n: c["summary"] for n, c in checks.items() if c["status"] != "passed"}
     assert "caps_enforced" in {c["kind"] for c in checks.values()}
-    assert "kv_cache_cleanup" in {c["kind"] for c in checks.values()}
+    assert checks["recover-kv-cleaned"]["observed"]["value"] <= 0.25
 
     # The pressure was real: the queue formed, running requests were preempted, the cache
     # filled; and the report carries each of these numbers.

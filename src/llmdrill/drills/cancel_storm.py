@@ -627,9 +627,9 @@ class CancelStorm(ClientActivity):
         hold = {"stop_reading": f" after holding {format_duration(s.hold)}",
                 "graceful": f" (FIN, then up to {format_duration(s.hold)} for the server's)",
                 }.get(s.close, "")
-        times_n = f" x{s.n}" if s.n > 1 else ""
+        times_n = f", n={s.n}" if s.n > 1 else ""
         return (f"cancel storm: {waves} of {s.streams} streams ({'/'.join(s.apis)}, "
-                f"{s.prompt_tokens}+{s.max_tokens}{times_n} tokens) to "
+                f"{s.prompt_tokens}+{s.max_tokens} tokens{times_n}) to "
                 f"{self.base_url}{every}{first}; "
                 f"drop {describe_abort(s.abort_after.chunks, s.abort_after.delay)}, "
                 f"close {s.close}{hold}")

@@ -355,11 +355,21 @@ def _python_home(venv: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie (a dockerd this process started is its child: reap it)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def main(argv: list[str] | None = None) -> int:

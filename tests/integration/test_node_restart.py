@@ -1,0 +1,381 @@
+"""Docker faults against a real Docker Engine (Debian's docker.io, started here if it is not
+running), and the node-restart drill against a real vLLM in a container of its own.
+
+The drill's engine is a second vLLM (127.0.0.1:18100, pinned to the other core, a small KV
+cache), started by a fixture and removed at the end: killing the shared engine would
+break everybody else's tests. The injector tests use busybox containers (2 MB, start in
+a blink). Shown here:
+- each Docker fault applied and reverted on a real engine, from the journal's JSON alone;
+- a SIGTERM to the harness mid-drill leaves no paused, stopped or squeezed container;
+- SIGKILL of harness and watchdog at random moments, then `llmdrill cleanup`: nothing left;
+- the drill passes with a restart policy and retrying clients; fails without a restart
+  policy (the recovery checks), and fails stream recovery for clients that do not retry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmdrill.drills.base import EnvironmentProblem, revert
+from llmdrill.drills.registry import make_injector
+from llmdrill.harness.context import RunContext
+from llmdrill.harness.evidence import EvidenceStore
+from llmdrill.harness.progress import Progress
+from llmdrill.scenario.models import Scenario
+from llmdrill.stack.docker_stack import BASE_IMAGE, DockerStack, DockerStackConfig
+from tests.conftest import count
+from tests.integration.conftest import REPO, Stack, llmdrill
+
+# Needs a Docker engine: run with `make docker-test` (not yet part of `make test`).
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "8"))
+VLLM_PORT = 18100
+VLLM_NAME = "llmdrill-test-vllm"
+SCENARIO = REPO / "scenarios" / "node-restart.yaml"
+BOX_MEMORY = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    import docker
+
+    stack = DockerStack()
+    stack.install()
+    already = stack.engine_ok()
+    stack.start_engine()
+    stack.build_image()
+    client = docker.DockerClient(base_url=stack.config.host, timeout=30)
+    yield client
+    client.close()
+    if not already:  # leave running only what was running before
+        stack.stop_engine()
+
+
+@pytest.fixture
+def boxes(engine: Any) -> Iterator[tuple[str, list[Any]]]:
+    """Two busybox containers with a label of their own and a 64 MiB memory limit."""
+    label = f"t{uuid.uuid4().hex[:8]}"
+    made = [engine.containers.run(BASE_IMAGE, ["sleep", "100000"], detach=True,
+                                  name=f"llmdrill-box-{label}-{i}", network_mode="host",
+                                  labels={"llmdrill.test": label}, mem_limit=BOX_MEMORY,
+                                  memswap_limit=2 * BOX_MEMORY, stop_signal="SIGKILL")
+            for i in range(2)]
+    yield label, made
+    for c in made:
+        c.remove(force=True)
+
+
+def residue(containers: list[Any]) -> list[str]:
+    """What a fault left on a busybox container: anything but running, unpaused, with its
+    original limits."""
+    left = []
+    for c in containers:
+        c.reload()
+        state, hc = c.attrs["State"], c.attrs["HostConfig"]
+        if state["Status"] != "running":
+            left.append(f"{c.name} {state['Status']}")
+        if hc["Memory"] != BOX_MEMORY or hc["MemorySwap"] != 2 * BOX_MEMORY:
+            left.append(f"{c.name} memory {hc['Memory']}/{hc['MemorySwap']}")
+        if hc["CpuQuota"] not in (0, -1):
+            left.append(f"{c.name} cpu quota {hc['CpuQuota']}")
+    return left
+
+
+def scenario(faults: dict[str, Any], base_url: str = "http://127.0.0.1:18000",
+             safety: dict[str, Any] | None = None) -> Scenario:
+    return Scenario.model_validate({
+        "apiVersion": "llmdrill/v1", "kind": "Scenario", "metadata": {"name": "docker-test"},
+        "target": {"base_url": base_url, "model": "tiny"},
+        "faults": {name: {"docker": spec} for name, spec in faults.items()},
+        "phases": [{"name": "p", "duration": "1s", "faults": list(faults)}],
+        "safety": safety or {},
+    })
+
+
+# --- the injector on a real engine ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "expect"), [
+    ({"action": "pause"}, lambda a: a["State"]["Paused"]),
+    ({"action": "stop", "grace": "1s"}, lambda a: a["State"]["Status"] == "exited"),
+    ({"action": "kill", "via": "process"}, lambda a: a["State"]["ExitCode"] == 137),
+    ({"action": "kill", "via": "engine", "signal": "KILL"},
+     lambda a: a["State"]["Status"] == "exited"),
+    ({"action": "restart", "grace": "1s"},
+     lambda a: a["State"]["Status"] == "running" and a["RestartCount"] == 0),
+    ({"action": "memory", "memory": "32MiB"},
+     lambda a: a["HostConfig"]["Memory"] == 32 << 20),
+    ({"action": "cpu", "cpus": 0.25}, lambda a: a["HostConfig"]["CpuQuota"] == 25_000),
+    ({"action": "hog", "memory": "8MiB",
+      "hog_command": ["sh", "-c", "x=$(head -c {size} /dev/zero | tr '\\0' a); sleep 999"]},
+     lambda a: a["State"]["Status"] == "running"),
+])
+def test_each_fault_is_applied_then_reverted_from_its_journal_json(
+        boxes: tuple[str, list[Any]], tmp_path: Path, spec: dict[str, Any],
+        expect: Any) -> None:
+    _, made = boxes
+    box = made[0]
+    sc = scenario({"f": {"target": {"name": box.name}, **spec}})
+    store = EvidenceStore(tmp_path / "e.db")
+    ctx = RunContext("r1", sc, store, {}, Progress(quiet=True), tmp_path)
+    injector = make_injector(ctx, "f", sc.faults["f"])
+    assert box.name in "\n".join(injector.preflight())
+    action = json.loads(json.dumps(injector.prepare()))  # only what the journal keeps
+    injector.apply()
+    box.reload()
+    assert expect(box.attrs), f"{spec['action']} did not take: {box.attrs['State']}"
+    if spec["action"] == "hog":
+        assert any("sleep 999" in p[-1] for p in box.top()["Processes"])
+    time.sleep(0.5)
+    injector.stop()
+    revert(action)
+    revert(action)  # idempotent: the second finds nothing to do
+    assert residue([box]) == []
+    assert all("sleep 999" not in p[-1] for p in box.top()["Processes"])
+    events = [d for _, _, d in store.events("docker_event")]
+    if spec["action"] in ("pause", "stop", "kill", "restart"):
+        assert events, "the engine's events were not recorded"
+    if spec["action"] == "kill" and spec["via"] == "process":
+        assert {"action": "die", "exit_code": 137} .items() <= next(
+            e for e in events if e["action"] == "die").items()
+    store.close()
+
+
+def test_blast_radius_and_bad_targets_are_refused_before_any_change(
+        boxes: tuple[str, list[Any]], tmp_path: Path) -> None:
+    label, made = boxes
+
+    def ctx_for(sc: Scenario) -> RunContext:
+        return RunContext("r", sc, None, {}, Progress(quiet=True), tmp_path)
+
+    both = {"action": "pause", "target": {"labels": {"llmdrill.test": label}}}
+    sc = scenario({"f": both})
+    with pytest.raises(EnvironmentProblem, match=r"would touch 2 containers.*blast radius of 1"):
+        make_injector(ctx_for(sc), "f", sc.faults["f"]).preflight()
+    sc = scenario({"f": {**both, "max_containers": 5}}, safety={"max_blast_radius": 1})
+    with pytest.raises(EnvironmentProblem, match="blast radius of 1"):
+        make_injector(ctx_for(sc), "f", sc.faults["f"]).prepare()
+    sc = scenario({"f": {**both, "max_containers": 2}})
+    assert len(make_injector(ctx_for(sc), "f", sc.faults["f"]).preflight()) == 3
+    sc = scenario({"f": {"action": "pause", "target": {"name": "llmdrill-no-such-box"}}})
+    with pytest.raises(EnvironmentProblem, match="no container named 'llmdrill-no-such-box'"):
+        make_injector(ctx_for(sc), "f", sc.faults["f"]).preflight()
+    made[1].pause()
+    try:
+        sc = scenario({"f": {"action": "stop", "target": {"name": made[1].name}}})
+        with pytest.raises(EnvironmentProblem, match="it is paused, not running"):
+            make_injector(ctx_for(sc), "f", sc.faults["f"]).prepare()
+    finally:
+        made[1].unpause()
+
+
+# --- the harness stopped or killed mid-drill -------------------------------------------------
+
+DRILL = """
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {name: docker-trial}
+target: {base_url: "${TARGET}", model: tiny}
+faults:
+  freeze: {docker: {action: pause, target: {name: "${BOX0}"}}}
+  squeeze: {docker: {action: memory, memory: 32MiB, target: {name: "${BOX1}"}}}
+  throttle: {docker: {action: cpu, cpus: 0.2, target: {name: "${BOX0}"}}}
+  halt: {docker: {action: stop, grace: 1s, target: {name: "${BOX1}"}}}
+load: {users: 0}
+phases:
+  - {name: a, duration: "${A:-1500ms}", faults: [freeze, squeeze]}
+  - {name: b, duration: 1500ms, faults: [throttle, halt]}
+  - {name: c, duration: 1s}
+"""
+
+
+def _start(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    path = tmp_path / "drill.yaml"
+    path.write_text(DRILL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
+         "--out", str(tmp_path / "reports")],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def _env(stack: Stack, made: list[Any], **extra: str) -> dict[str, str]:
+    return stack.env(TARGET=stack.vllm_url, BOX0=made[0].name, BOX1=made[1].name, **extra)
+
+
+def _wait_for(what: Any, timeout: float = 30) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if what():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_mid_drill_leaves_no_paused_stopped_or_squeezed_container(
+        stack: Stack, boxes: tuple[str, list[Any]], tmp_path: Path) -> None:
+    _, made = boxes
+    proc = _start(tmp_path, _env(stack, made, A="60s"))
+    assert _wait_for(lambda: {"paused", "memory"} <= {w for r in residue(made)
+                                                      for w in r.split()}), \
+        f"the faults were never applied: {residue(made)}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert residue(made) == []
+    run = next((tmp_path / "reports").iterdir())
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "aborted"
+    assert "SIGTERM" in result["abort_reason"]
+    assert {f["name"] for f in result["faults"] if f["reverted_at"]} == {"freeze", "squeeze"}
+
+
+def test_sigkill_at_random_moments_then_cleanup_leaves_nothing(
+        stack: Stack, boxes: tuple[str, list[Any]], tmp_path: Path) -> None:
+    _, made = boxes
+    rng = random.Random(int(os.environ.get("LLMDRILL_KILL_SEED", "0")) or None)
+    with_faults = 0
+    for trial in range(TRIALS):
+        trial_dir = tmp_path / f"trial-{trial}"
+        trial_dir.mkdir()
+        proc = _start(trial_dir, _env(stack, made))
+        time.sleep(rng.uniform(0.5, 4.5))
+        # The harness and its watchdog together: only the journal on disk remains.
+        out = subprocess.run(["pgrep", "-f", f"llmdrill.harness.watchdog {trial_dir}"],
+                             capture_output=True, text=True).stdout
+        for pid in out.split():
+            os.kill(int(pid), signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if residue(made):
+            with_faults += 1
+        done = llmdrill("cleanup", env=stack.env())
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert residue(made) == [], f"trial {trial}: left behind after cleanup"
+        count("docker kill -9 trials")
+    print(f"\ndocker kill -9 trials: {TRIALS}, with faults in place at the kill: "
+          f"{with_faults}, left after cleanup: 0")
+    assert with_faults >= TRIALS // 4
+
+
+# --- the node-restart drill on a real vLLM in a container -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm(engine: Any) -> Iterator[DockerStack]:
+    config = DockerStackConfig.from_env()
+    config.vllm_port, config.container, config.restart = VLLM_PORT, VLLM_NAME, "on-failure"
+    stack = DockerStack(config)
+    if stack.vllm_healthy():
+        pytest.fail(f"something already serves 127.0.0.1:{VLLM_PORT}; stop it first "
+                    "(python -m llmdrill.stack.docker_stack down)")
+    stack.start_vllm()
+    yield stack
+    stack.remove_vllm()
+
+
+def drill(stack: Stack, vllm: DockerStack, tmp_path: Path, **env: str) -> dict[str, Any]:
+    run = llmdrill("run", str(SCENARIO), "--quiet", "--out", str(tmp_path / "reports"),
+                   env=stack.env(LLMDRILL_DOCKER_TARGET_URL=vllm.config.url,
+                                 LLMDRILL_DOCKER_METRICS_URL=f"{vllm.config.url}/metrics",
+                                 LLMDRILL_DOCKER_CONTAINER=VLLM_NAME, **env),
+                   timeout=600)
+    results = list((tmp_path / "reports").glob("*/result.json"))
+    assert results, run.stdout + run.stderr
+    result: dict[str, Any] = json.loads(results[0].read_text())
+    result["_exit"] = run.returncode
+    return result
+
+
+def checks_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in result["checks"]}
+
+
+def wait_healthy(vllm: DockerStack, timeout: float = 300) -> None:
+    assert _wait_for(vllm.vllm_healthy, timeout), "the vLLM container did not come back"
+
+
+def test_node_restart_passes_with_a_restart_policy_and_retrying_clients(
+        stack: Stack, vllm: DockerStack, tmp_path: Path) -> None:
+    result = drill(stack, vllm, tmp_path)
+    checks = checks_of(result)
+    summary = json.dumps({k: v["summary"] for k, v in checks.items()}, indent=1)
+    assert result["status"] == "passed", summary
+    recovery, warm = checks["stream-recovery"]["observed"], checks["warm-up"]["observed"]
+    assert recovery["in_flight"] >= 1 and recovery["retryable"] >= 1
+    assert recovery["retryable_succeeded"] == recovery["retryable"]
+    actions = [e["action"] for e in recovery["docker_events"]]
+    assert "die" in actions and "start" in actions  # the restart policy brought it back
+    die = next(e for e in recovery["docker_events"] if e["action"] == "die")
+    assert die["exit_code"] == 137
+    assert 0 < warm["healthy_after_s"] <= warm["first_token_after_s"]
+    assert warm["ttft_back_after_s"] is not None
+    print(f"\nnode restart: healthy after {warm['healthy_after_s']}s, first token after "
+          f"{warm['first_token_after_s']}s, TTFT back after {warm['ttft_back_after_s']}s")
+    wait_healthy(vllm)
+
+
+def test_a_client_without_retries_fails_stream_recovery(
+        stack: Stack, vllm: DockerStack, tmp_path: Path) -> None:
+    wait_healthy(vllm)
+    result = drill(stack, vllm, tmp_path, CLIENT_MAX_ATTEMPTS="1")
+    checks = checks_of(result)
+    recovery = checks["stream-recovery"]
+    assert result["status"] == "failed"
+    assert recovery["status"] == "failed", recovery["summary"]
+    assert "clients do not retry through the restart" in recovery["summary"]
+    assert recovery["observed"]["retryable_failed_by_class"].get("connect", 0) >= 1
+    wait_healthy(vllm)
+
+
+def test_a_container_without_a_restart_policy_fails_the_recovery_checks(
+        stack: Stack, vllm: DockerStack, engine: Any, tmp_path: Path) -> None:
+    wait_healthy(vllm)
+    container = engine.containers.get(VLLM_NAME)
+    container.update(restart_policy={"Name": "no"})
+    try:
+        result = drill(stack, vllm, tmp_path, CRASH_PHASE="40s")
+        checks = checks_of(result)
+        for name in ("stream-recovery", "warm-up"):
+            assert checks[name]["status"] == "failed", checks[name]["summary"]
+            assert "did not come back" in checks[name]["summary"]
+        # The revert started what the kill left stopped.
+        container.reload()
+        assert container.status in ("running", "restarting")
+        fault = next(f for f in result["faults"] if f["name"] == "crash")
+        assert fault["reverted_at"] and not fault.get("revert_error")
+    finally:
+        container.update(restart_policy={"Name": "on-failure"})
+    wait_healthy(vllm)
+    assert httpx.get(f"{vllm.config.url}/health", timeout=5).status_code == 200
+
+
+def test_a_restart_whose_sigterm_leaves_streams_hanging_fails_stream_recovery(
+        stack: Stack, vllm: DockerStack, tmp_path: Path) -> None:
+    """`docker restart`: SIGTERM, then SIGKILL after the grace period. vLLM 0.32 stops
+    its engine at SIGTERM and closes its listening socket, but keeps the streams in flight
+    open, silent, until the SIGKILL: clients hang for the whole grace period."""
+    wait_healthy(vllm)
+    result = drill(stack, vllm, tmp_path, NODE_ACTION="restart", RESTART_GRACE="15s")
+    recovery = checks_of(result)["stream-recovery"]
+    assert recovery["status"] == "failed", recovery["summary"]
+    assert "hung past 5s after the kill" in recovery["summary"]
+    observed = recovery["observed"]
+    assert observed["in_flight_hung"] >= 1
+    assert observed["in_flight_last_end_s"] >= 14  # cut only by the SIGKILL
+    actions = [(e["action"], e.get("signal")) for e in observed["docker_events"]]
+    assert ("kill", 15) in actions and ("kill", 9) in actions
+    wait_healthy(vllm)
