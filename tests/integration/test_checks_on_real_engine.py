@@ -26,8 +26,8 @@ faults:
   slow: {toxiproxy: {proxy: vllm, toxic: latency, latency: 1500ms}}
 load:
   users: 4
-  wait: 50ms
-  requests: [{api: completions, stream: true, prompt_tokens: 32, max_tokens: 16}]
+  # Long enough outputs and no think time: the engine is busy at (nearly) every scrape.
+  requests: [{api: completions, stream: true, prompt_tokens: 32, max_tokens: 128}]
   timeouts: {read: 10s, total: 20s}
 phases:
   - {name: baseline, duration: 10s}
