@@ -132,8 +132,18 @@ def test_wave_detail_counts_and_last_drop() -> None:
     assert detail == {
         "fault": "storm", "wave": 1, "started_at": 10.0, "dropped_at": 12.4, "streams": 4,
         "aborted": 2, "completed": 1, "failed": 1, "errors": {"http_5xx": 1}, "tokens": 0,
-        "close": "reset", "abort_after": "after 3 chunks",
+        "late_s": None, "drain": {}, "close": "reset", "abort_after": "after 3 chunks",
     }
+    detail_late = cs.wave_detail("storm", 0, "graceful", "after 1s", 10.0, [
+        cs.StreamOutcome("chat", 10.0, end=20.0, dropped_at=12.0, outcome="aborted",
+                         late_s=1.5, drain="hold_expired"),
+        cs.StreamOutcome("chat", 10.0, end=11.0, dropped_at=11.0, outcome="aborted",
+                         late_s=0.1, drain="server_closed")])
+    assert detail_late["late_s"] == 1.5
+    assert detail_late["drain"] == {"hold_expired": 1, "server_closed": 1}
+    late_line = cs.wave_line("storm", detail_late, 1)
+    assert "the server kept streaming to 1 after their FIN until they gave up" in late_line
+    assert "dropped up to 1.5s late" in late_line
     line = cs.wave_line("storm", detail, 3)
     assert line.startswith("storm wave 2/3: 2/4 streams dropped after 3 chunks (reset)")
     assert "1 failed before the abort point (http_5xx 1)" in line
@@ -288,7 +298,7 @@ def test_close_modes_are_exact(server: FakeServer, close: str, ended: str) -> No
 
 def test_graceful_close_waits_for_the_server_to_close_its_side(server: FakeServer) -> None:
     out = run_one(plan(server.url, close="graceful", hold=5.0))
-    assert out.outcome == "aborted"
+    assert out.outcome == "aborted" and out.drain == "server_closed"
     assert out.end - out.start < 2  # the server closed at once: no waiting for the hold
 
 
@@ -300,6 +310,7 @@ def test_graceful_close_to_a_server_that_ignores_the_fin_ends_after_hold() -> No
     finally:
         srv.close()
     assert out.outcome == "aborted" and out.dropped_at is not None
+    assert out.drain == "hold_expired"
     assert seen.fin_at is not None and abs(seen.fin_at - out.dropped_at) < 0.2
     # It streamed on for nobody until we gave up waiting and the connection was reset.
     assert seen.ended == "rst" and seen.ended_at - out.dropped_at >= 0.5
@@ -326,6 +337,7 @@ def test_abort_after_delay(server: FakeServer) -> None:
     server.gap = 0.05
     out = run_one(plan(server.url, chunks=None, delay=0.3))
     assert out.outcome == "aborted"
+    assert out.late_s is not None and 0 <= out.late_s < 1
     assert out.dropped_at is not None and 0.3 <= out.dropped_at - out.start < 1.5
     assert 1 <= out.tokens < 40
 

@@ -225,6 +225,25 @@ def test_a_storm_the_gauges_missed_counts_when_the_token_counter_saw_it() -> Non
     assert "is metrics_url the engine behind base_url?" in other.summary
 
 
+def test_clients_that_saw_the_server_stream_on_after_their_fin_fail_the_wave() -> None:
+    # The gauges were back in time (the drop came late, when the work was nearly done),
+    # but 80 of 100 clients saw the server keep streaming after their FIN for `hold`.
+    events = [wave(1, 10, 11, close="graceful",
+                   drain={"hold_expired": 80, "server_closed": 20})]
+    result = evaluate(scrapes(engine(busy_for([0.1]))), events)
+    assert result.status == "failed"
+    assert ("wave 1: after their FIN the server kept streaming to 80 of 100 clients until "
+            "they gave up waiting") in result.summary
+    assert result.observed["waves"][0]["drain"] == {"hold_expired": 80, "server_closed": 20}
+    # Both symptoms at once are both reported.
+    both = evaluate(scrapes(engine([(10, 40)])), events)
+    assert "running requests still 30" in both.summary and "kept streaming" in both.summary
+    # A server that closed at once is fine.
+    ok = evaluate(scrapes(engine(busy_for([0.1]))),
+                  [wave(1, 10, 11, close="graceful", drain={"server_closed": 100})])
+    assert ok.status == "passed", ok.summary
+
+
 def test_counter_increase_uses_scrapes_answered_before_and_started_after() -> None:
     series = [(1.0, 10.0), (2.0, 15.0), (3.0, 40.0), (4.0, 41.0)]
     # Before 2.5: the scrape at 1.0 was answered by 2.0; the one at 2.0 maybe after 2.5.

@@ -15,6 +15,9 @@ Resolution is the scrape interval: a 1s interval cannot tell 0.2s from 0.9s, so 
 scenarios scrape every 200ms (telemetry.scrape_interval); the times reported are up to
 one interval above the truth, never below.
 
+A graceful wave whose clients saw the server keep streaming after their FIN until they
+gave up (the storm records it) fails too: that is the same fault seen from the client.
+
 No evidence never passes: a missing gauge, no wave in the window, no scrape after a drop,
 a wave whose streams never reached the engine, or gauges that never rose above their
 baseline during any wave (nothing was shown to be cleaned up) all fail the check.
@@ -116,6 +119,8 @@ class Verdict:
             "dropped_offset_s": round(d.dropped_at - window.start, 3),
             "streams": d.detail.get("streams"),
             "aborted": d.detail.get("aborted"),
+            "late_s": d.detail.get("late_s"),
+            "drain": d.detail.get("drain"),
             "baseline_running": self.baseline_running,
             "baseline_kv": _round(self.baseline_kv),
             "baseline_note": self.baseline_note,
@@ -221,6 +226,9 @@ def judge(drops: Sequence[Drop], running: Series, kv: Series, spec: KvCacheClean
         if clean_at is not None:
             v.cleanup_s = clean_at - drop.dropped_at
         v.problem = _problem(v, after, clean, horizon, spec, bool(later))
+        kept = _kept_streaming(drop)
+        if kept and drop.detail.get("aborted"):
+            v.problem = f"{v.problem}; {kept}" if v.problem else f"{drop.label}: {kept}"
     return verdicts
 
 
@@ -278,6 +286,20 @@ def counter_increase(series: Series, start: float, end: float) -> float | None:
 def _shown(index: Any) -> int | None:
     """A wave's index within its fault (from 0 in the event) as people count it."""
     return index + 1 if isinstance(index, int) else None
+
+
+def _kept_streaming(drop: Drop) -> str | None:
+    """Client-side evidence of the same fault: after a graceful close (FIN) the server
+    kept streaming until the client gave up waiting for it to close. A server that takes
+    the FIN as "client gone" closes at once; one that streamed on was still generating
+    for nobody when the client left, however late the drop and whatever the scrapes saw."""
+    drains = drop.detail.get("drain") or {}
+    kept = int(drains.get("hold_expired", 0))
+    if not kept:
+        return None
+    return (f"after their FIN the server kept streaming to {kept} of "
+            f"{sum(int(n) for n in drains.values())} clients until they gave up waiting: it "
+            "does not take a closed client as gone")
 
 
 def _pct(value: float) -> str:

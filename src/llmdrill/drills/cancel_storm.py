@@ -60,6 +60,7 @@ MAX_LINE = 1024 * 1024
 MAX_ERROR_BODY = 16 * 1024
 MAX_CHUNK_SIZE_LINE = 1024
 READ_SIZE = 64 * 1024
+LATE_NOTE_S = 1.0  # a drop this late against its plan is mentioned in the progress line
 # Slack on top of a stream's longest life, so a wave's join can never wait for ever.
 JOIN_SLACK = 10.0
 
@@ -290,6 +291,8 @@ class StreamOutcome:
     error_type: str | None = None
     ttft: float | None = None
     tokens: int = 0
+    late_s: float | None = None  # an abort-after-delay drop, against its plan
+    drain: str | None = None  # how a graceful close ended: server_closed, hold_expired...
 
     def sample(self, prompt_tokens: int) -> dict[str, Any]:
         """A request sample; storm streams dropped as planned are not errors."""
@@ -370,10 +373,11 @@ def _reset(writer: asyncio.StreamWriter) -> float:
     return dropped
 
 
-async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str,
-               hold: float) -> float:
-    """Leave the way `mode` says; returns when the FIN or RST went out. Cancelled (the
-    fault is reverted) during a hold or a drain, it resets the connection at once."""
+async def drop(out: StreamOutcome, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, mode: str, hold: float) -> None:
+    """Leave the way `mode` says, recording in `out` when the FIN or RST went out and, for
+    a graceful close, how the server answered it. Cancelled (the fault is reverted) during
+    a hold or a drain, it resets the connection at once."""
     if mode == "stop_reading":
         # Read nothing more: the server's writes pile up in the socket buffers until the
         # hold is over, then the connection is reset.
@@ -383,12 +387,18 @@ async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode:
         try:
             await asyncio.sleep(hold)
         finally:
-            dropped = _reset(writer)
-        return dropped
+            out.dropped_at = _reset(writer)
+        return
     if mode == "reset" or not writer.can_write_eof():  # TLS cannot half-close: plain close
-        return _reset(writer) if mode == "reset" else _close(writer)
-    dropped = time.time()
-    writer.write_eof()  # our FIN (shutdown SHUT_WR)
+        out.dropped_at = _reset(writer) if mode == "reset" else _close(writer)
+        return
+    out.dropped_at = time.time()
+    try:
+        writer.write_eof()  # our FIN (shutdown SHUT_WR)
+    except OSError as exc:  # the connection is already gone
+        out.drain = f"error:{type(exc).__name__}"
+        _reset(writer)
+        return
     # A TCP-graceful close: read on (discarding) until the server closes its side too, at
     # most `hold`. A server or gateway that takes our FIN as "client gone" closes at once;
     # one that ignores it keeps streaming, and the engine keeps generating, for nobody.
@@ -396,13 +406,16 @@ async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode:
     try:
         while await _read(reader, deadline):
             pass
-    except (_Deadline, OSError):
-        pass
+        out.drain = "server_closed"
+    except _Deadline:
+        out.drain = "hold_expired"
+    except OSError as exc:
+        out.drain = f"error:{type(exc).__name__}"
     except asyncio.CancelledError:
+        out.drain = "stopped"
         _reset(writer)
         raise
     _close(writer)
-    return dropped
 
 
 def _close(writer: asyncio.StreamWriter) -> float:
@@ -528,8 +541,12 @@ async def _read_until_abort(out: StreamOutcome, reader: asyncio.StreamReader,
 async def _dropped(out: StreamOutcome, reader: asyncio.StreamReader,
                    writer: asyncio.StreamWriter, plan: StreamPlan) -> None:
     out.outcome = "aborted"
+    if plan.abort_delay is not None:
+        # How late the drop is against its plan: a starved harness drops late, and the
+        # engine meanwhile serves clients that are still there.
+        out.late_s = max(0.0, time.time() - (out.start + plan.abort_delay))
     try:
-        out.dropped_at = await drop(reader, writer, plan.close, plan.hold)
+        await drop(out, reader, writer, plan.close, plan.hold)
     except asyncio.CancelledError:
         out.dropped_at = out.dropped_at or time.time()  # reset on the way out
         raise
@@ -580,6 +597,8 @@ def wave_detail(fault: str, wave: int, close: str, abort: str, started_at: float
     failed = [o for o in outcomes if o.outcome == "failed"]
     drops = [o.dropped_at if o.dropped_at is not None else o.end for o in outcomes]
     errors = Counter(o.error_class or "unknown" for o in failed)
+    lates = [o.late_s for o in outcomes if o.late_s is not None]
+    drains = Counter(o.drain for o in outcomes if o.drain is not None)
     return {
         "fault": fault,
         "wave": wave,
@@ -594,6 +613,12 @@ def wave_detail(fault: str, wave: int, close: str, abort: str, started_at: float
         # Tokens the clients received before they left: the engine that served the wave
         # generated at least these (the check uses it to tell it watched that engine).
         "tokens": sum(o.tokens for o in outcomes),
+        # The latest drop against its plan (abort after a delay): seconds the starved
+        # harness was late, while the engine kept serving the still-connected clients.
+        "late_s": round(max(lates), 3) if lates else None,
+        # How the server answered graceful closes: closing at once, or streaming on until
+        # the client gave up (`hold_expired`: it did not take the FIN as "client gone").
+        "drain": dict(sorted(drains.items())),
         "close": close,
         "abort_after": abort,
     }
@@ -609,6 +634,11 @@ def wave_line(fault: str, detail: dict[str, Any], waves: int) -> str:
         line += f"; {detail['failed']} failed before the abort point ({errors})"
     if detail["completed"]:
         line += f"; {detail['completed']} ended before the abort point"
+    kept = detail["drain"].get("hold_expired", 0)
+    if kept:
+        line += f"; the server kept streaming to {kept} after their FIN until they gave up"
+    if (detail["late_s"] or 0) >= LATE_NOTE_S:
+        line += f"; dropped up to {detail['late_s']:.1f}s late (the harness was starved)"
     return line
 
 
