@@ -4,9 +4,12 @@ gateway, and through one that keeps streaming after its client left (it must fai
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import REPO, Stack, llmdrill
@@ -19,6 +22,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.pending]
 SCENARIO = str(REPO / "scenarios" / "cancel-storm.yaml")
 GATEWAY_PORT = 18081
 CHECK = "storm-kv-cache-cleanup"
+IDLE_WAIT = 120.0
+
+
+@pytest.fixture(autouse=True)
+def _engine_idle_afterwards(stack: Stack) -> Iterator[None]:
+    """The engine is shared: a storm through a broken gateway leaves it generating for
+    nobody for a while, so each test waits until it is idle before the next one runs."""
+    yield
+    deadline = time.time() + IDLE_WAIT
+    while time.time() < deadline:
+        try:
+            text = httpx.get(stack.metrics_url, timeout=5).text
+        except httpx.HTTPError:
+            time.sleep(1)
+            continue
+        busy = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))]
+        if busy and not any(busy):
+            return
+        time.sleep(0.5)
 
 
 def _run(stack: Stack, tmp_path: Path, target: str) -> tuple[int, str, dict[str, Any], Path]:
@@ -45,12 +68,18 @@ def _assert_healthy_run(code: int, output: str, result: dict[str, Any]) -> dict[
     assert [w["fault"] for w in waves] == ["drop-midstream", "drop-midstream",
                                            "drop-while-queued"]
     for w in waves:
-        assert w["cleanup_s"] is not None and 0 <= w["cleanup_s"] <= within, w
+        # A wave the next one overlapped (a late drop) is judged with it.
+        judged = w["merged_into"] is None
+        assert not judged or (w["cleanup_s"] is not None and 0 <= w["cleanup_s"] <= within), w
         assert w["aborted"] > 0, w
-    # The scraped engine is the one that served the mid-stream waves: its token counter
-    # grew by at least what their clients received.
-    for w in waves[:2]:
-        assert w["client_tokens"] > 0 and w["engine_tokens"] >= w["client_tokens"], w
+    assert waves[2]["merged_into"] is None
+    # The scraped engine is the one that served the waves: its token counter grew by at
+    # least what their clients received (a busy engine may not stream any token within a
+    # mid-stream wave's 1s, so not every wave has some).
+    assert any(w["client_tokens"] > 0 for w in waves), waves
+    for w in waves:
+        if w["client_tokens"] > 0:
+            assert w["engine_tokens"] >= w["client_tokens"], w
     assert cleanup["summary"].startswith("3 waves cleaned up in ")
     assert cleanup["observed"]["series"]["running"] == "vllm:num_requests_running"
     return cleanup
@@ -85,9 +114,10 @@ def test_cancel_storm_fails_through_a_gateway_that_ignores_client_aborts(
     assert cleanup["status"] == "failed", statuses
     assert CHECK in output
     # The queued wave closes gracefully (FIN): nginx ignores it and the engine generates
-    # for nobody. The reset waves are usually caught by nginx's own write errors.
+    # for nobody, which the gauges show, or the clients (the server streamed on after their
+    # FIN until they gave up). The reset waves are usually caught by nginx's own write
+    # errors.
     assert "wave 3" in cleanup["summary"], cleanup["summary"]
     waves = cleanup["observed"]["waves"]
     assert waves[2]["fault"] == "drop-while-queued"
-    assert waves[2]["cleanup_s"] is None or (
-        waves[2]["cleanup_s"] > cleanup["expected"]["within_s"])
+    assert waves[2]["problem"], waves[2]

@@ -132,7 +132,8 @@ def test_wave_detail_counts_and_last_drop() -> None:
     assert detail == {
         "fault": "storm", "wave": 1, "started_at": 10.0, "dropped_at": 12.4, "streams": 4,
         "aborted": 2, "completed": 1, "failed": 1, "errors": {"http_5xx": 1}, "tokens": 0,
-        "late_s": None, "drain": {}, "close": "reset", "abort_after": "after 3 chunks",
+        "late_s": None, "drain": {}, "streamed_on_s": [], "close": "reset",
+        "abort_after": "after 3 chunks",
     }
     detail_late = cs.wave_detail("storm", 0, "graceful", "after 1s", 10.0, [
         cs.StreamOutcome("chat", 10.0, end=20.0, dropped_at=12.0, outcome="aborted",
@@ -311,6 +312,7 @@ def test_graceful_close_to_a_server_that_ignores_the_fin_ends_after_hold() -> No
         srv.close()
     assert out.outcome == "aborted" and out.dropped_at is not None
     assert out.drain == "hold_expired"
+    assert out.streamed_on_s is not None and out.streamed_on_s >= 0.5
     assert seen.fin_at is not None and abs(seen.fin_at - out.dropped_at) < 0.2
     # It streamed on for nobody until we gave up waiting and the connection was reset.
     assert seen.ended == "rst" and seen.ended_at - out.dropped_at >= 0.5

@@ -293,6 +293,7 @@ class StreamOutcome:
     tokens: int = 0
     late_s: float | None = None  # an abort-after-delay drop, against its plan
     drain: str | None = None  # how a graceful close ended: server_closed, hold_expired...
+    streamed_on_s: float | None = None  # FIN to the end of a drain the server never closed
 
     def sample(self, prompt_tokens: int) -> dict[str, Any]:
         """A request sample; storm streams dropped as planned are not errors."""
@@ -409,10 +410,12 @@ async def drop(out: StreamOutcome, reader: asyncio.StreamReader,
         out.drain = "server_closed"
     except _Deadline:
         out.drain = "hold_expired"
+        out.streamed_on_s = time.time() - out.dropped_at
     except OSError as exc:
         out.drain = f"error:{type(exc).__name__}"
     except asyncio.CancelledError:
         out.drain = "stopped"
+        out.streamed_on_s = time.time() - out.dropped_at
         _reset(writer)
         raise
     _close(writer)
@@ -619,6 +622,10 @@ def wave_detail(fault: str, wave: int, close: str, abort: str, started_at: float
         # How the server answered graceful closes: closing at once, or streaming on until
         # the client gave up (`hold_expired`: it did not take the FIN as "client gone").
         "drain": dict(sorted(drains.items())),
+        # Per graceful stream the server never closed: seconds from the FIN until the client
+        # gave up (or the fault was reverted).
+        "streamed_on_s": sorted(round(o.streamed_on_s, 2) for o in outcomes
+                                if o.streamed_on_s is not None),
         "close": close,
         "abort_after": abort,
     }
