@@ -7,7 +7,7 @@ export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
 export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
-.PHONY: all venv system-deps stack up down demo test lint unit integration docker-test pending-test clean
+.PHONY: all venv system-deps stack up down demo test lint unit integration docker-test clean
 
 all: test
 
@@ -55,11 +55,7 @@ unit: venv
 
 # The session fixture starts vLLM and Toxiproxy (if not already up) and stops what it started.
 integration: stack
-	$(BIN)/pytest -m "integration and not docker and not pending" -q
-
-# Drills whose integration tests have not yet had a clean CI run (cancel storm, KV pressure).
-pending-test: stack
-	$(BIN)/pytest -m pending -q -p no:cacheprovider
+	$(BIN)/pytest -m "integration and not docker" -q
 
 # The Docker backend's drills (node restart): installs docker.io and starts dockerd.
 # Not yet part of `make test` (about 10 more minutes); see docs/drills/node-restart.md.
@@ -69,7 +65,7 @@ docker-test: stack
 
 test: lint stack
 	$(BIN)/pytest -m unit -q
-	$(BIN)/pytest -m "integration and not docker and not pending" -q -p no:cacheprovider
+	$(BIN)/pytest -m "integration and not docker" -q -p no:cacheprovider
 
 clean: down
 	rm -rf $(VENV) reports

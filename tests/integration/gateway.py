@@ -1,8 +1,8 @@
 """A real nginx gateway in front of the real vLLM, healthy or deliberately broken.
 
-Broken variants are how the tests prove a check can fail: a gateway that keeps the
-upstream stream going after its client left (`proxy_ignore_client_abort on`), one that
-turns 400s into 500s, one that strips error bodies.
+Broken variants are how the tests prove a check can fail: one that turns 400s into 500s,
+one that strips error bodies. (The gateway that keeps the engine generating after its
+client left is a purpose-built relay: lingering_proxy.py.)
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ import httpx
 HEALTHY = """
             proxy_buffering off;
             proxy_ignore_client_abort off;
-"""
-KEEPS_STREAMING_AFTER_CLIENT_LEFT = """
-            proxy_buffering off;
-            proxy_ignore_client_abort on;
 """
 TURNS_400_INTO_500 = """
             proxy_buffering off;
