@@ -33,6 +33,21 @@ STRIPS_ERROR_BODIES = """
             error_page 400 404 =400 /empty-error;
 """
 
+# Sheds load: at most 4 requests reach the engine at once, the rest are refused at once
+# with 429 (with or without a Retry-After telling clients when to come back).
+SHEDS_LOAD_HTTP = "limit_conn_zone $server_addr zone=engine:1m;"
+SHEDS_LOAD_WITH_RETRY_AFTER = """
+            proxy_buffering off;
+            limit_conn engine 4;
+            limit_conn_status 429;
+            add_header Retry-After 1 always;
+"""
+SHEDS_LOAD_WITHOUT_RETRY_AFTER = """
+            proxy_buffering off;
+            limit_conn engine 4;
+            limit_conn_status 429;
+"""
+
 ERROR_500 = (
     '{"error":{"message":"Internal Server Error","type":"InternalServerError","code":500}}'
 )
@@ -50,6 +65,7 @@ http {{
     fastcgi_temp_path {run}/fastcgi;
     uwsgi_temp_path {run}/uwsgi;
     scgi_temp_path {run}/scgi;
+    {http_extra}
     upstream engine {{ server {upstream}; keepalive 16; }}
     server {{
         listen 127.0.0.1:{port};
@@ -84,12 +100,14 @@ def nginx_binary() -> str:
 
 @contextmanager
 def nginx_gateway(run_dir: Path, port: int, directives: str,
-                  upstream: str = "127.0.0.1:18000") -> Iterator[str]:
-    """Start nginx on 127.0.0.1:port with the given location directives; yield its URL."""
+                  upstream: str = "127.0.0.1:18000", http_extra: str = "") -> Iterator[str]:
+    """Start nginx on 127.0.0.1:port with the given location directives (and http-level
+    ones, such as a limit zone); yield its URL."""
     run_dir.mkdir(parents=True, exist_ok=True)
     conf = run_dir / "nginx.conf"
     conf.write_text(TEMPLATE.format(run=run_dir, port=port, upstream=upstream,
-                                    directives=directives, error_500=ERROR_500))
+                                    directives=directives, error_500=ERROR_500,
+                                    http_extra=http_extra))
     proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

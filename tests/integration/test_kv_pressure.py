@@ -16,10 +16,17 @@ import pytest
 import yaml
 
 from tests.integration.conftest import REPO, Stack, llmdrill
+from tests.integration.gateway import (
+    SHEDS_LOAD_HTTP,
+    SHEDS_LOAD_WITH_RETRY_AFTER,
+    SHEDS_LOAD_WITHOUT_RETRY_AFTER,
+    nginx_gateway,
+)
 
 pytestmark = pytest.mark.integration
 
 SCENARIO = REPO / "scenarios" / "kv-pressure.yaml"
+GATEWAY_PORT = 18086
 
 
 def _env(stack: Stack) -> dict[str, str]:
@@ -151,3 +158,36 @@ def test_health_url_nobody_answers_fails_naming_engine_healthy(
     assert "health polls of" in check["summary"] and "ConnectError" in check["summary"]
     assert "flood-engine-healthy" in proc.stderr
     assert _engine_idle(stack)
+
+
+@pytest.mark.parametrize("directives, passes", [
+    (SHEDS_LOAD_WITH_RETRY_AFTER, True), (SHEDS_LOAD_WITHOUT_RETRY_AFTER, False),
+], ids=["with-retry-after", "without-retry-after"])
+def test_a_gateway_that_sheds_load_must_say_when_to_come_back(
+    stack: Stack, tmp_path: Path, directives: str, passes: bool
+) -> None:
+    # The flood goes through an nginx that lets 4 requests through and refuses the rest
+    # with 429: the engine's queue stays short, and the refusals are what is judged.
+    path = _variant(
+        tmp_path, {"flood-queue-bounded": {"max_waiting": 2, "require_retry_after": True}},
+        keep_checks={"flood-queue-bounded"},
+        phases=[{"name": "baseline", "duration": "2s"},
+                {"name": "flood", "duration": "8s", "faults": ["flood"]}],
+    )
+    with nginx_gateway(tmp_path / "nginx", GATEWAY_PORT, directives,
+                       upstream=stack.vllm_url.removeprefix("http://"),
+                       http_extra=SHEDS_LOAD_HTTP) as url:
+        env = stack.env(LLMDRILL_TARGET_URL=url, LLMDRILL_METRICS_URL=stack.metrics_url)
+        proc = llmdrill("run", str(path), "--out", str(tmp_path / "reports"), env=env)
+    result = json.loads((_only_run(tmp_path / "reports") / "result.json").read_text())
+    check = result["checks"][0]
+    observed = check["observed"]
+    assert observed["refused_by_status"].get("429", 0) >= 1, check
+    assert observed["max_waiting"] is not None and observed["max_waiting"] <= 2, check
+    if passes:
+        assert proc.returncode == 0 and check["status"] == "passed", check["summary"]
+        assert observed["refused_without_retry_after"] == 0
+    else:
+        assert proc.returncode == 1 and check["status"] == "failed", check["summary"]
+        assert "without Retry-After (required)" in check["summary"]
+        assert "flood-queue-bounded" in proc.stderr
