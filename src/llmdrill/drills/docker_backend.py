@@ -8,7 +8,10 @@ the harness) can carry out alone:
 - stop           -> start (unless running or restarting);
 - kill, restart  -> start, unless running or being restarted by its restart policy;
 - memory, cpu    -> the limits read before the change are written back;
-- hog            -> the hog process is killed.
+- hog            -> the hog process is killed, and the container started if the OOM it
+                    caused left it stopped (it was running when the hog began);
+- oom_score_adj  -> (memory, hog) the scores read before are written back, unless the
+                    container restarted since (its processes are new ones then).
 Every Docker call has a deadline (the client's timeout; stop/restart add their grace).
 """
 
@@ -41,6 +44,17 @@ HOG_PY = ("import sys, time\nb = bytearray(int(sys.argv[1]))\n"
           "for i in range(0, len(b), 4096):\n    b[i] = 1\ntime.sleep(86400)")
 # Container states in which nothing needs starting at revert time.
 UP_STATES = ("running", "restarting", "paused")
+STATE_EVENT = "docker_state"  # a container's state, as inspected when its fault ends
+# oom_score_adj of every process in the container, read, raised and written back through
+# `docker exec sh` (so it works for a remote engine too); the exec'd shell skips itself.
+# Raising needs no privilege; writing back the old (lower) value is allowed down to the
+# process's oom_score_adj_min, which is where it started.
+READ_SCORES_SH = ('for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; '
+                  'a=$(cat "$d/oom_score_adj" 2>/dev/null) && echo "$p $a"; done; true')
+RAISE_SCORES_SH = ('for d in /proc/[0-9]*; do [ "${d#/proc/}" = "$$" ] && continue; '
+                   'echo "$1" > "$d/oom_score_adj" 2>/dev/null; done; true')
+RESTORE_SCORES_SH = ('while [ $# -gt 1 ]; do echo "$2" > "/proc/$1/oom_score_adj" '
+                     '2>/dev/null; shift 2; done; true')
 
 
 def docker_host(configured: str | None = None) -> str:
@@ -159,9 +173,27 @@ def hog_command(spec: DockerFault, marker: str) -> list[str]:
     return ["python3", "-c", HOG_PY, str(spec.memory), marker]
 
 
+def parse_scores(output: str) -> dict[str, int]:
+    """`pid score` lines (READ_SCORES_SH's output) -> {pid: score}; junk lines skipped."""
+    scores: dict[str, int] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].lstrip("-").isdigit():
+            scores[parts[0]] = int(parts[1])
+    return scores
+
+
+def restore_args(pids: dict[str, int], raised: int) -> list[str]:
+    """Arguments for RESTORE_SCORES_SH: the processes whose score was changed."""
+    return [item for pid, old in sorted(pids.items(), key=lambda p: int(p[0]))
+            if old != raised for item in (pid, str(old))]
+
+
 def revert_action(spec: DockerFault, host: str, containers: list[dict[str, Any]],
-                  marker: str, host_memory: int) -> RevertAction:
-    """The journal's way back for `spec` applied to `containers` (their inspect data)."""
+                  marker: str, host_memory: int,
+                  scores: dict[str, dict[str, int]] | None = None) -> RevertAction:
+    """The journal's way back for `spec` applied to `containers` (their inspect data);
+    `scores`: each container's processes' oom_score_adj before the change."""
     ids = [str(c["Id"]) for c in containers]
     action: RevertAction = {
         "backend": BACKEND, "host": host, "containers": ids,
@@ -183,6 +215,13 @@ def revert_action(spec: DockerFault, host: str, containers: list[dict[str, Any]]
     else:
         action["op"] = "kill_hog"
         action["command"] = hog_command(spec, marker)
+        action["start"] = True
+    if spec.oom_score_adj is not None:
+        action["oom_score_adj"] = spec.oom_score_adj
+        action["scores"] = {
+            str(c["Id"]): {"started_at": str((c.get("State") or {}).get("StartedAt", "")),
+                           "pids": (scores or {}).get(str(c["Id"]), {})}
+            for c in containers}
     return action
 
 
@@ -303,8 +342,21 @@ class DockerInjector:
         host_memory = 0
         if self.spec.action == "memory":
             host_memory = int(client.info().get("MemTotal") or 0)
+        scores = None
+        if self.spec.oom_score_adj is not None:
+            scores = {str(c.id): self._read_scores(c) for c in containers}
         return revert_action(self.spec, self.host, [c.attrs for c in containers], self.marker,
-                             host_memory)
+                             host_memory, scores)
+
+    def _read_scores(self, container: Any) -> dict[str, int]:
+        code, out = container.exec_run(["sh", "-c", READ_SCORES_SH], stdout=True,
+                                       stderr=False)
+        scores = parse_scores(out.decode(errors="replace") if out else "")
+        if code != 0 or not scores:
+            raise EnvironmentProblem(
+                f"cannot read the oom_score_adj of the processes in container "
+                f"'{container.name}' (exec sh exited {code}); is there a shell in it?")
+        return scores
 
     def prepare(self) -> RevertAction:
         # Resolved again: what preflight saw may have changed since.
@@ -351,9 +403,20 @@ class DockerInjector:
                                          "this host can see")
             os.kill(pid, parse_signal(spec.signal))
         elif spec.action in ("memory", "cpu"):
+            self._raise_scores(container)
             container.update(**update_kwargs(squeezed_limits(spec)))
         else:
+            self._raise_scores(container)  # before the hog starts: it keeps its own score
             self._start_hog(client, container)
+
+    def _raise_scores(self, container: Any) -> None:
+        if self.spec.oom_score_adj is None:
+            return
+        code, _ = container.exec_run(["sh", "-c", RAISE_SCORES_SH, "sh",
+                                      str(self.spec.oom_score_adj)])
+        if code != 0:
+            raise EnvironmentProblem(f"raising oom_score_adj in container '{container.name}' "
+                                     f"failed (exit {code})")
 
     def _start_hog(self, client: Any, container: Any) -> None:
         command = hog_command(self.spec, self.marker)
@@ -369,10 +432,35 @@ class DockerInjector:
             time.sleep(0.1)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """The change itself is the journal's to revert; only the event recorder runs."""
+        """The change itself is the journal's to revert; only the event recorder runs.
+        Each container's state is recorded as it stands (State.OOMKilled is evidence the
+        event stream may have missed; a restart clears it)."""
         if self._recorder is not None:
             self._recorder.stop(min(timeout, 5.0))
             self._recorder = None
+            self._record_states()
+
+    def _record_states(self) -> None:
+        store = self.ctx.store
+        if store is None or not self._targets:
+            return
+        try:
+            with connect(self.host, min(self.spec.timeout, 10.0)) as client:
+                for attrs in self._targets:
+                    info = client.api.inspect_container(str(attrs["Id"]))
+                    store.add_event(time.time(), STATE_EVENT,
+                                    state_detail(info, self.fault_name))
+        except Exception as exc:  # evidence lost, never the run (nor the revert)
+            store.add_event(time.time(), STATE_EVENT,
+                            {"fault": self.fault_name, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def state_detail(info: dict[str, Any], fault: str) -> dict[str, Any]:
+    state = info.get("State") or {}
+    return {"fault": fault, "container": str(info.get("Name", "")).lstrip("/"),
+            "status": state.get("Status"), "oom_killed": bool(state.get("OOMKilled")),
+            "exit_code": state.get("ExitCode"), "restart_count": info.get("RestartCount"),
+            "started_at": state.get("StartedAt"), "finished_at": state.get("FinishedAt")}
 
 
 @register_injector(BACKEND)
@@ -402,6 +490,7 @@ def revert_docker(action: RevertAction) -> None:
                 continue  # removed: nothing of ours is left on it
             try:
                 _revert_one(op, client, container, action)
+                _restore_scores(container, action)
             except (docker.errors.APIError, EnvironmentProblem, OSError) as exc:
                 errors.append(f"{names.get(cid) or cid[:12]}: {_explain(exc)}")
     if errors:
@@ -433,6 +522,25 @@ def _revert_one(op: str, client: Any, container: Any, action: RevertAction) -> N
         container.update(**update_kwargs(action["limits"][container.id]))
     else:
         _kill_hog(client, container, [str(p) for p in action["command"]])
+        if action.get("start"):
+            # The hog's OOM may have taken the engine down, with no policy to restart it.
+            _revert_one("start", client, container, action)
+
+
+def _restore_scores(container: Any, action: RevertAction) -> None:
+    saved = (action.get("scores") or {}).get(container.id)
+    if not saved:
+        return
+    container.reload()
+    state = container.attrs.get("State") or {}
+    if not state.get("Running") or state.get("StartedAt") != saved.get("started_at"):
+        return  # stopped, or restarted: the processes whose scores we raised are gone
+    args = restore_args({str(k): int(v) for k, v in saved["pids"].items()},
+                        int(action.get("oom_score_adj") or 0))
+    if args:
+        code, _ = container.exec_run(["sh", "-c", RESTORE_SCORES_SH, "sh", *args])
+        if code != 0:
+            raise EnvironmentProblem(f"writing back oom_score_adj failed (exit {code})")
 
 
 def _kill_hog(client: Any, container: Any, command: list[str]) -> None:

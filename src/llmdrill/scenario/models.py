@@ -336,6 +336,13 @@ class DockerFault(Strict):
     timeout: Duration = Field(
         default=30.0, description="Deadline of each Docker API call (stop/restart: + grace)."
     )
+    oom_score_adj: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None,
+        description="memory, hog: before the change, raise the oom_score_adj of the "
+        "container's processes to this (1-1000, through `docker exec ... sh`), so the "
+        "kernel's OOM killer picks the engine rather than the hog; the old values are "
+        "journaled and written back at revert (unless the container restarted meanwhile).",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> DockerFault:
@@ -345,6 +352,8 @@ class DockerFault(Strict):
             raise ValueError("action cpu needs cpus (e.g. 0.5)")
         if self.action == "memory" and self.memory is not None and self.memory < 6 * 1024**2:
             raise ValueError("Docker refuses a memory limit under 6MiB")
+        if self.oom_score_adj is not None and self.action not in ("memory", "hog"):
+            raise ValueError("oom_score_adj goes with action memory or hog")
         return self
 
 
@@ -819,6 +828,26 @@ class StreamRecoveryCheck(_AfterNodeFault):
     )
 
 
+class OomObservedCheck(Strict):
+    """The kernel's OOM killer struck in the fault's containers: an `oom` event from the
+    Docker Engine, or State.OOMKilled, within the phase (and within `within` of the
+    fault). Reported with its time; no OOM fails the check and says what was seen."""
+
+    fault: Name | None = Field(
+        default=None,
+        description="The Docker fault whose containers are watched and whose apply starts "
+        "the clock (default: the first Docker fault applied in the phase).",
+    )
+    within: Duration | None = Field(
+        default=None, description="The first OOM must come this soon after the fault."
+    )
+    container_died: bool = Field(
+        default=False,
+        description="Also require the container to die (a `die` event) after the OOM, not "
+        "only a process in it.",
+    )
+
+
 class WarmUpCheck(_AfterNodeFault):
     """How long the engine takes to come back after a kill: to healthy, to the first
     token, and until client TTFT p95 is back within tolerance of the baseline."""
@@ -856,6 +885,7 @@ CHECK_KINDS = (
     "engine_healthy",
     "stream_recovery",
     "warm_up",
+    "oom_observed",
 )
 
 
@@ -893,6 +923,9 @@ class Check(Strict):
     )
     warm_up: WarmUpCheck | None = Field(
         default=None, description="Kill to healthy, to first token, to TTFT back: bounded."
+    )
+    oom_observed: OomObservedCheck | None = Field(
+        default=None, description="The OOM killer struck in the fault's containers, timed."
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,168 @@
+"""The OOM drill against a real vLLM in a container (127.0.0.1:18100, one core of its own),
+on a real Docker Engine: its memory limit squeezed, a hog inside, the engine's processes
+made the OOM killer's choice. Shown here:
+- passes with a restart policy that restarts after an OOM (`unless-stopped`): the OOM
+  is observed and timed, caps hold before and after, the engine is back in time, no
+  request lost silently; the squeeze, the hog and the scores are undone;
+- a squeeze that never OOMs (a small hog) fails `oom_observed` with a clear message, and
+  still leaves the container as it was (limits, scores, no hog);
+- no restart policy: the recovery checks fail; the revert starts the container again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmdrill.stack.docker_stack import DockerStack, DockerStackConfig
+from tests.integration.conftest import REPO, Stack, llmdrill
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+VLLM_PORT = 18100
+VLLM_NAME = "llmdrill-test-vllm"
+SCENARIO = REPO / "scenarios" / "oom.yaml"
+LIMIT = 6 * 1024**3  # DockerStackConfig.memory
+POLICY = "unless-stopped"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    import docker
+
+    stack = DockerStack()
+    stack.install()
+    already = stack.engine_ok()
+    stack.start_engine()
+    stack.build_image()
+    client = docker.DockerClient(base_url=stack.config.host, timeout=30)
+    yield client
+    client.close()
+    if not already:
+        stack.stop_engine()
+
+
+@pytest.fixture(scope="module")
+def vllm(engine: Any) -> Iterator[DockerStack]:
+    config = DockerStackConfig.from_env()
+    config.vllm_port, config.container, config.restart = VLLM_PORT, VLLM_NAME, POLICY
+    stack = DockerStack(config)
+    if stack.vllm_healthy():
+        pytest.fail(f"something already serves 127.0.0.1:{VLLM_PORT}; stop it first "
+                    "(python -m llmdrill.stack.docker_stack down)")
+    stack.start_vllm()
+    yield stack
+    stack.remove_vllm()
+
+
+def drill(stack: Stack, vllm: DockerStack, tmp_path: Path, **env: str) -> dict[str, Any]:
+    run = llmdrill("run", str(SCENARIO), "--quiet", "--out", str(tmp_path / "reports"),
+                   env=stack.env(LLMDRILL_DOCKER_TARGET_URL=vllm.config.url,
+                                 LLMDRILL_DOCKER_METRICS_URL=f"{vllm.config.url}/metrics",
+                                 LLMDRILL_DOCKER_CONTAINER=VLLM_NAME, **env),
+                   timeout=600)
+    results = list((tmp_path / "reports").glob("*/result.json"))
+    assert results, run.stdout + run.stderr
+    result: dict[str, Any] = json.loads(results[0].read_text())
+    result["_exit"] = run.returncode
+    return result
+
+
+def checks_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in result["checks"]}
+
+
+def summaries(result: dict[str, Any]) -> str:
+    return json.dumps({c["name"]: [c["status"], c["summary"]] for c in result["checks"]},
+                      indent=1)
+
+
+def wait_healthy(vllm: DockerStack, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if vllm.vllm_healthy():
+            return
+        time.sleep(1)
+    pytest.fail("the vLLM container did not come back")
+
+
+def left_behind(engine: Any) -> list[str]:
+    """What the drill could have left on the engine's container: a squeezed limit, a hog,
+    raised OOM scores."""
+    container = engine.containers.get(VLLM_NAME)
+    hc = container.attrs["HostConfig"]
+    left = []
+    if hc["Memory"] != LIMIT or hc["MemorySwap"] != LIMIT:
+        left.append(f"memory {hc['Memory']}/{hc['MemorySwap']}")
+    if container.status == "running":
+        if any("bytearray" in " ".join(p) for p in container.top()["Processes"]):
+            left.append("the hog runs")
+        _, out = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/oom_score_adj"])
+        raised = [s for s in out.decode().split() if s.lstrip("-").isdigit() and int(s) > 0]
+        if raised:
+            left.append(f"oom_score_adj raised: {raised}")
+    return left
+
+
+def test_a_squeeze_that_never_ooms_fails_oom_observed_and_is_undone(
+        stack: Stack, vllm: DockerStack, engine: Any, tmp_path: Path) -> None:
+    wait_healthy(vllm)
+    result = drill(stack, vllm, tmp_path, HOG_MEMORY="256MiB", BASELINE_PHASE="8s",
+                   OOM_PHASE="12s", AFTER_PHASE="3s")
+    checks = checks_of(result)
+    oom = checks["oom-observed"]
+    assert oom["status"] == "failed", summaries(result)
+    assert oom["summary"].startswith("no OOM: the kernel killed nothing"), oom["summary"]
+    assert "squeeze the limit lower or give the hog more memory" in oom["summary"]
+    assert oom["observed"]["oom_events"] == 0
+    assert checks["stream-recovery"]["status"] == "failed"
+    assert "never went down" in checks["stream-recovery"]["summary"]
+    assert checks["caps-before"]["status"] == "passed", summaries(result)
+    assert checks["caps-after"]["status"] == "passed", summaries(result)
+    faults = {f["name"]: f for f in result["faults"]}
+    assert all(f["reverted_at"] and not f.get("revert_error") for f in faults.values())
+    assert left_behind(engine) == []
+
+
+def test_oom_drill_passes_with_a_restart_policy(
+        stack: Stack, vllm: DockerStack, engine: Any, tmp_path: Path) -> None:
+    wait_healthy(vllm)
+    result = drill(stack, vllm, tmp_path)
+    checks = checks_of(result)
+    assert result["status"] == "passed", summaries(result)
+    oom = checks["oom-observed"]["observed"]
+    assert oom["oom_events"] >= 1 and oom["first_oom_after_s"] > 0
+    assert oom["restarted_after_s"] > oom["died_after_s"] > oom["first_oom_after_s"]
+    warm = checks["warm-up"]["observed"]
+    print(f"\noom: first OOM {oom['first_oom_after_s']}s after the hog, died after "
+          f"{oom['died_after_s']}s (exit {oom['exit_code']}), healthy after "
+          f"{warm['healthy_after_s']}s, first token after {warm['first_token_after_s']}s")
+    wait_healthy(vllm)
+    assert left_behind(engine) == []
+
+
+def test_without_a_restart_policy_the_recovery_checks_fail(
+        stack: Stack, vllm: DockerStack, engine: Any, tmp_path: Path) -> None:
+    wait_healthy(vllm)
+    container = engine.containers.get(VLLM_NAME)
+    container.update(restart_policy={"Name": "no"})
+    try:
+        result = drill(stack, vllm, tmp_path, OOM_PHASE="35s", AFTER_PHASE="3s")
+        checks = checks_of(result)
+        assert checks["oom-observed"]["status"] == "passed", summaries(result)
+        for name in ("stream-recovery", "warm-up"):
+            assert checks[name]["status"] == "failed", checks[name]["summary"]
+            assert "did not come back" in checks[name]["summary"]
+        # The hog's revert started the container the OOM had left exited.
+        container.reload()
+        assert container.status in ("running", "restarting")
+        assert all(f["reverted_at"] and not f.get("revert_error") for f in result["faults"])
+    finally:
+        container.update(restart_policy={"Name": POLICY})
+    wait_healthy(vllm)
+    assert left_behind(engine) == []
