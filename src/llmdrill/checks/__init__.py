@@ -4,6 +4,7 @@ Importing this package registers the built-in kinds; `evaluate_check` is the ent
 """
 
 from llmdrill.checks import (
+    alerts,
     caps,
     health,
     hung,
@@ -29,6 +30,7 @@ __all__ = [
     "BoundCheck",
     "Evaluator",
     "WindowCheck",
+    "alerts",
     "caps",
     "evaluate_check",
     "evaluator_for",

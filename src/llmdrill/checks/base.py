@@ -115,6 +115,9 @@ def evaluate_check(check: Check, index: int, evidence: Evidence) -> CheckResult:
     """Judge one scenario check against the run's evidence. Never raises."""
     name = check.display_name(index)
     kind = check.kind
+    if not check.enabled:
+        return make_result(name, kind, check.phase, "skipped",
+                           "skipped: not enabled in the scenario (enabled: false)")
     window_or_reason = phase_window(evidence, check.phase)
     if isinstance(window_or_reason, str):
         return make_result(name, kind, check.phase, "skipped", f"skipped: {window_or_reason}")

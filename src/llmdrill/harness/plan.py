@@ -78,6 +78,8 @@ def compile_plan(scenario: Scenario) -> Plan:
     plan.actions.sort(key=lambda a: (a.at, a.op != "revert"))
     by_name = {p.name: p for p in plan.phases}
     for i, check in enumerate(scenario.checks):
+        if not check.enabled:  # opt-in checks left off are not part of the run
+            continue
         window = by_name[check.phase]
         plan.checks.append(
             PlannedCheck(check.display_name(i), check.kind, check.phase,

@@ -26,6 +26,7 @@ from llmdrill.checks.stats import client_series, request_stats
 from llmdrill.drills.base import EnvironmentProblem, Injector
 from llmdrill.drills.registry import blast_radius, make_injector
 from llmdrill.drills.toxiproxy import ProxySetup
+from llmdrill.harness.alert_watch import AlertWatcher
 from llmdrill.harness.context import RunContext
 from llmdrill.harness.evidence import EvidenceStore
 from llmdrill.harness.guard_poller import GuardPoller
@@ -47,6 +48,7 @@ from llmdrill.harness.result import (
 )
 from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redact
 from llmdrill.harness.versions import engine_version, harness_versions
+from llmdrill.harness.webhook import WebhookReceiver
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
 from llmdrill.load.runner import LocustProcess
 from llmdrill.probes.engine_metrics import MetricsScraper
@@ -254,6 +256,8 @@ class Runner:
         scraper: MetricsScraper | None = None
         watchdog: subprocess.Popen[bytes] | None = None
         engine: str | None = None
+        webhook: WebhookReceiver | None = None
+        alert_watch: AlertWatcher | None = None
         try:
             headers = auth_headers(self.scenario.target)
             self.ctx = RunContext(self.run_id, self.scenario, store, headers, self.progress,
@@ -284,6 +288,7 @@ class Runner:
                 lambda msg: store.add_event(time.time(), "guard_poll_failed", {"error": msg}))
             self.guard_poller.poll_once()  # a monitoring server that is down shows up now
             self.guard_poller.start()
+            webhook, alert_watch = self._start_alerting(store)
             if self.scenario.load.users > 0:
                 locust = LocustProcess(
                     self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
@@ -314,6 +319,10 @@ class Runner:
             if scraper is not None:
                 scraper.stop()
             self.guard_poller.stop()
+            if alert_watch is not None:
+                alert_watch.stop()
+            if webhook is not None:
+                webhook.stop()
             journal.run_finished()
             stop_watchdog(watchdog)
             journal.finish()
@@ -324,6 +333,31 @@ class Runner:
             result.files = self._write_reports(result)
             signals.restore()
         return result
+
+    def _start_alerting(self, store: EvidenceStore
+                        ) -> tuple[WebhookReceiver | None, AlertWatcher | None]:
+        """The webhook receiver (if configured) and the alert watcher, while an enabled
+        alert check needs them. The caller stops both on every exit path."""
+        monitoring = self.scenario.monitoring
+        webhook = None
+        if not self.scenario.alert_checks:
+            return None, None
+        if monitoring.webhook is not None:
+            webhook = WebhookReceiver(
+                monitoring.webhook.host, monitoring.webhook.port,
+                lambda ts, detail, kind: store.add_event(ts, kind, detail))
+            webhook.start()
+        prom, am = self.scenario.prometheus, self.scenario.alertmanager
+        watcher = AlertWatcher(prom.url if prom else None, am.url if am else None,
+                               monitoring.poll_interval,
+                               lambda ts, kind, detail: store.add_event(ts, kind, detail))
+        try:
+            watcher.start()
+        except BaseException:
+            if webhook is not None:
+                webhook.stop()
+            raise
+        return webhook, watcher
 
     def _write_reports(self, result: RunResult) -> dict[str, str]:
         # result.json first, alone: whatever goes wrong in a renderer, the canonical
@@ -340,7 +374,8 @@ class Runner:
     def _start_probes(self, phase: str) -> list[RunningProbe]:
         probes = []
         for i, check in enumerate(self.scenario.checks):
-            probe = probe_for(check.kind) if check.phase == phase else None
+            probe = (probe_for(check.kind) if check.phase == phase and check.enabled
+                     else None)
             if probe is not None:
                 running = RunningProbe(self.ctx, check.display_name(i), check.kind, check.spec,
                                        probe)
@@ -408,8 +443,9 @@ class Runner:
         faults = [FaultEvent(f.name, f.applied_at, f.reverted_at)
                   for f in self.fault_results.values() if f.applied_at is not None]
         evidence = store.load(windows, faults, run_end)
-        checks: list[CheckResult] = [
+        checks: list[CheckResult] = [  # opt-in checks left off are not part of the run
             evaluate_check(check, i, evidence) for i, check in enumerate(self.scenario.checks)
+            if check.enabled
         ]
         stats = {"overall": request_stats(evidence.requests, max(run_end - t0, 0.0) or None)}
         for w in windows:

@@ -54,3 +54,70 @@ def alert_firing(base_url: str, name: str, source: str) -> bool:
     if not isinstance(data, list):
         raise MonitoringError(f"{url}: expected a list of alerts")
     return any(a.get("status", {}).get("state") == "active" for a in data)
+
+
+def alert_rule_names(base_url: str) -> list[str]:
+    """Names of the alerting rules Prometheus has loaded (its /api/v1/rules)."""
+    url = f"{base_url.rstrip('/')}/api/v1/rules?type=alert"
+    data = _get_json(url)
+    if not isinstance(data, dict) or data.get("status") != "success":
+        raise MonitoringError(f"{url}: rules query failed: {str(data)[:200]}")
+    names: list[str] = []
+    for group in data.get("data", {}).get("groups", []):
+        for rule in group.get("rules", []):
+            if rule.get("type") == "alerting" and rule.get("name") not in names:
+                names.append(str(rule.get("name")))
+    return names
+
+
+AlertStates = dict[str, tuple[str, dict[str, str]]]
+"""alertname -> (state, the labels of one instance in that state)."""
+
+_RANK = {"inactive": 0, "pending": 1, "suppressed": 1, "active": 2, "firing": 2}
+
+
+def _merge(states: AlertStates, labels: dict[str, Any], state: str) -> None:
+    name = str(labels.get("alertname", ""))
+    if name and _RANK.get(state, 0) > _RANK.get(states.get(name, ("inactive", {}))[0], -1):
+        states[name] = (state, {str(k): str(v) for k, v in labels.items()})
+
+
+def prometheus_alerts(base_url: str) -> AlertStates:
+    """Every alert Prometheus holds, by name: firing if any instance fires, else pending."""
+    url = f"{base_url.rstrip('/')}/api/v1/alerts"
+    data = _get_json(url)
+    if not isinstance(data, dict) or data.get("status") != "success":
+        raise MonitoringError(f"{url}: alerts query failed: {str(data)[:200]}")
+    states: AlertStates = {}
+    for alert in data.get("data", {}).get("alerts", []):
+        _merge(states, alert.get("labels", {}), str(alert.get("state", "")))
+    return states
+
+
+def alertmanager_alerts(base_url: str) -> AlertStates:
+    """Alertmanager's current (unresolved) alerts by name: active, suppressed or
+    unprocessed (its v2 API leaves resolved alerts out)."""
+    url = f"{base_url.rstrip('/')}/api/v2/alerts"
+    data = _get_json(url)
+    if not isinstance(data, list):
+        raise MonitoringError(f"{url}: expected a list of alerts")
+    states: AlertStates = {}
+    for alert in data:
+        _merge(states, alert.get("labels", {}), str(alert.get("status", {}).get("state", "")))
+    return states
+
+
+def promql_range(base_url: str, query: str, start: float, end: float, step: float
+                 ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+    """A range query: every series with its (time, value) points."""
+    params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
+              "step": f"{max(step, 0.001):g}"}
+    url = f"{base_url.rstrip('/')}/api/v1/query_range?{urlencode(params)}"
+    data = _get_json(url)
+    if not isinstance(data, dict) or data.get("status") != "success":
+        raise MonitoringError(f"{url}: query failed: {str(data)[:200]}")
+    out = []
+    for series in data.get("data", {}).get("result", []):
+        points = [(float(t), float(v)) for t, v in series.get("values", [])]
+        out.append(({str(k): str(v) for k, v in series.get("metric", {}).items()}, points))
+    return out

@@ -874,6 +874,49 @@ class WarmUpCheck(_AfterNodeFault):
     )
 
 
+class _AlertCheckBase(Strict):
+    """What the alert checks share: where the alert's state comes from."""
+
+    notification: bool = Field(
+        default=True,
+        description="Also require (alert_fires, alert_resolves) or forbid (no_false_alarms) "
+        "a notification at the harness's webhook receiver (`monitoring.webhook`): the whole "
+        "path from rule to notification, not only rule evaluation.",
+    )
+
+
+class AlertFiresCheck(_AlertCheckBase):
+    """Alert `alert` reaches firing in Prometheus within `within` of the fault, and (with
+    `notification`) its firing notification reaches the webhook receiver in that time."""
+
+    alert: str = Field(description="Alert name (the alertname label) of a loaded rule.")
+    within: Duration = Field(description="Deadline from the fault's apply (or phase start).")
+    fault: Name | None = Field(
+        default=None,
+        description="The fault whose apply starts the clock (default: the first fault "
+        "applied in the phase, else the phase start).",
+    )
+
+
+class AlertResolvesCheck(_AlertCheckBase):
+    """Alert `alert` is no longer firing in Prometheus within `within` after the fault was
+    reverted, and (with `notification`) its resolved notification arrives in that time."""
+
+    alert: str = Field(description="Alert name (the alertname label) of a loaded rule.")
+    within: Duration = Field(description="Deadline from the fault's revert (or phase start).")
+    fault: Name | None = Field(
+        default=None,
+        description="The fault whose revert starts the clock (default: the last fault "
+        "reverted by the start of the phase, else the phase start).",
+    )
+
+
+class NoFalseAlarmsCheck(_AlertCheckBase):
+    """None of the listed alerts fires (in Prometheus or as a notification) in the phase."""
+
+    alerts: list[str] = Field(min_length=1, description="Alert names that must stay quiet.")
+
+
 CHECK_KINDS = (
     "slo",
     "no_hung_requests",
@@ -886,6 +929,9 @@ CHECK_KINDS = (
     "stream_recovery",
     "warm_up",
     "oom_observed",
+    "alert_fires",
+    "alert_resolves",
+    "no_false_alarms",
 )
 
 
@@ -926,6 +972,21 @@ class Check(Strict):
     )
     oom_observed: OomObservedCheck | None = Field(
         default=None, description="The OOM killer struck in the fault's containers, timed."
+    )
+    alert_fires: AlertFiresCheck | None = Field(
+        default=None, description="An alert fires in time and its notification arrives."
+    )
+    alert_resolves: AlertResolvesCheck | None = Field(
+        default=None, description="An alert resolves in time after the revert, notified."
+    )
+    no_false_alarms: NoFalseAlarmsCheck | None = Field(
+        default=None, description="None of the listed alerts fires in the phase."
+    )
+    enabled: bool = Field(
+        default=True,
+        description="false: the check is not part of the run (not planned, not in the "
+        "result); lets a scenario carry opt-in checks, e.g. "
+        "`enabled: ${LLMDRILL_ALERTS:-false}`.",
     )
 
     @model_validator(mode="after")
@@ -1041,6 +1102,51 @@ class MonitoringEndpoint(Strict):
     url: str = Field(description="Base URL, e.g. http://127.0.0.1:9090.")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class WebhookReceiver(Strict):
+    """An Alertmanager webhook receiver the harness runs for the run's length."""
+
+    listen: str = Field(
+        default="127.0.0.1:18290",
+        description="host:port it listens on; loopback only (point Alertmanager's "
+        "webhook_configs url at http://<listen>/).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got '{listen}'")
+        if host not in LOOPBACK_HOSTS:
+            raise ValueError(f"the receiver listens on loopback only (127.0.0.1), got '{host}'")
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class MonitoringWatch(Strict):
+    """How the run watches the alerting stack (for the alert checks)."""
+
+    webhook: WebhookReceiver | None = Field(
+        default=None,
+        description="Run a webhook receiver that records every notification (while the "
+        "scenario has enabled alert checks).",
+    )
+    poll_interval: Duration = Field(
+        default=1.0,
+        description="How often Prometheus' and Alertmanager's alert state is read.",
+    )
+
+
 class Safety(Strict):
     """Limits on what a run may do, checked before anything is changed."""
 
@@ -1104,6 +1210,10 @@ class Scenario(Strict):
     )
     alertmanager: MonitoringEndpoint | None = Field(
         default=None, description="An Alertmanager, for alert guardrails and checks."
+    )
+    monitoring: MonitoringWatch = Field(
+        default_factory=lambda: MonitoringWatch(),
+        description="The webhook receiver and alert polling of the alert checks.",
     )
 
     @model_validator(mode="after")
@@ -1224,11 +1334,39 @@ class Scenario(Strict):
                 problems.append(
                     (("checks", i, "metric"), "a metric check needs target.metrics_url")
                 )
+            problems += self._alert_check_problems(i, check)
             display = check.display_name(i)
             if display in names:
                 problems.append((("checks", i, "name"), f"duplicate check name '{display}'"))
             names.add(display)
         return problems
+
+    def _alert_check_problems(self, i: int, check: Check
+                              ) -> list[tuple[tuple[str | int, ...], str]]:
+        spec = check.alert_fires or check.alert_resolves or check.no_false_alarms
+        if spec is None or not check.enabled:
+            return []
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if not self.prometheus:
+            problems.append(((("checks", i, check.kind)),
+                             f"an {check.kind} check needs `prometheus: {{url: ...}}`"))
+        if spec.notification and not self.monitoring.webhook:
+            problems.append(
+                (("checks", i, check.kind, "notification"),
+                 "notification: true needs `monitoring: {webhook: {listen: 127.0.0.1:PORT}}` "
+                 "(or notification: false to check rule evaluation only)"))
+        fault = getattr(spec, "fault", None)
+        if fault and fault not in self.faults:
+            problems.append(
+                (("checks", i, check.kind, "fault"),
+                 f"unknown fault '{fault}' (defined: {', '.join(sorted(self.faults))})"))
+        return problems
+
+    @property
+    def alert_checks(self) -> list[Check]:
+        """The enabled checks that need the alerting stack watched."""
+        return [c for c in self.checks if c.enabled
+                and c.kind in ("alert_fires", "alert_resolves", "no_false_alarms")]
 
     @property
     def total_duration(self) -> float:

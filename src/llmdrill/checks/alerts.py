@@ -1,0 +1,294 @@
+"""alert_fires, alert_resolves, no_false_alarms: the alerting stack judged end to end.
+
+The evidence comes from the harness's alert watcher (Prometheus' loaded rules, alert state
+changes in Prometheus and Alertmanager) and its webhook receiver (every notification).
+A check never passes on missing evidence: Prometheus not answering, or an alert name no
+loaded rule has, fails the check and says so. alert_fires tells apart the stages of the
+path, so a failure points at the broken part: the rule never fired; it fired but never
+reached Alertmanager; Alertmanager had it but no notification arrived.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.harness.records import Evidence
+from llmdrill.harness.result import CheckResult, Window
+from llmdrill.scenario.models import AlertFiresCheck, AlertResolvesCheck, NoFalseAlarmsCheck
+
+PROMETHEUS, ALERTMANAGER = "prometheus", "alertmanager"
+FIRING = {PROMETHEUS: ("firing",), ALERTMANAGER: ("active", "suppressed", "unprocessed")}
+
+
+def loaded_rules(evidence: Evidence) -> tuple[list[str] | None, str]:
+    """The alert rule names Prometheus had loaded, or None and why they are unknown."""
+    errors = []
+    for _, detail in evidence.events_of("alert_rules"):
+        if "names" in detail:
+            return [str(n) for n in detail["names"]], ""
+        errors.append(str(detail.get("error", "")))
+    if errors:
+        return None, f"Prometheus did not answer its rules API: {errors[0]}"
+    return None, "the alerting stack was not watched (no Prometheus rules in the evidence)"
+
+
+def unknown_alert(name: str, rules: list[str]) -> str | None:
+    if name in rules:
+        return None
+    similar = difflib.get_close_matches(name, rules, n=3, cutoff=0.6)
+    hint = f"; similar: {', '.join(similar)}" if similar else ""
+    return (f"alert '{name}' is not among the {len(rules)} alert rules Prometheus has "
+            f"loaded{hint}: check the rule files and the name")
+
+
+def state_at(evidence: Evidence, source: str, alert: str, ts: float) -> str:
+    """The alert's state in a source at a moment (inactive until a change says otherwise)."""
+    state = "inactive"
+    for when, d in evidence.events_of("alert_state", end=ts):
+        if d.get("source") == source and d.get("alert") == alert and when <= ts:
+            state = str(d.get("state"))
+    return state
+
+
+def first_change(evidence: Evidence, source: str, alert: str, states: tuple[str, ...],
+                 start: float, end: float) -> float | None:
+    for when, d in evidence.events_of("alert_state", start, end):
+        if d.get("source") == source and d.get("alert") == alert and d.get("state") in states:
+            return when
+    return None
+
+
+def notified(evidence: Evidence, alert: str, status: str, start: float, end: float
+             ) -> list[float]:
+    return [when for when, d in evidence.events_of("alert_notification", start, end)
+            if d.get("alert") == alert and d.get("status") == status]
+
+
+def blind_spans(evidence: Evidence, source: str, start: float, end: float
+                ) -> list[tuple[float, float]]:
+    """Parts of [start, end] during which a source did not answer the watcher."""
+    spans: list[tuple[float, float]] = []
+    down_since: float | None = None
+    for when, d in evidence.events_of("alert_poll"):
+        if d.get("source") != source:
+            continue
+        if not d.get("ok") and down_since is None:
+            down_since = when
+        elif d.get("ok") and down_since is not None:
+            if when >= start and down_since <= end:
+                spans.append((max(down_since, start), min(when, end)))
+            down_since = None
+    if down_since is not None and down_since <= end:
+        spans.append((max(down_since, start), end))
+    return spans
+
+
+def _watched(evidence: Evidence, source: str) -> bool:
+    return any(d.get("source") == source and d.get("ok")
+               for _, d in evidence.events_of("alert_poll"))
+
+
+def fault_time(evidence: Evidence, fault: str | None, window: Window, at: str
+               ) -> tuple[float | None, str]:
+    """When the clock starts: a fault's apply or revert, or the phase start."""
+    if at == "applied":
+        if fault:
+            hit = next((f for f in evidence.faults if f.fault == fault), None)
+            if hit is None:
+                return None, f"fault '{fault}' was never applied"
+            return hit.applied_at, f"fault '{fault}' applied"
+        applied = sorted((f.applied_at, f.fault) for f in evidence.faults
+                         if window.start - 1.0 <= f.applied_at <= window.end)
+        if applied:
+            return applied[0][0], f"fault '{applied[0][1]}' applied"
+        return window.start, f"phase '{window.phase}' start"
+    if fault:
+        hit = next((f for f in evidence.faults if f.fault == fault), None)
+        if hit is None or hit.reverted_at is None:
+            return None, f"fault '{fault}' was never {'applied' if hit is None else 'reverted'}"
+        return hit.reverted_at, f"fault '{fault}' reverted"
+    reverted = sorted((f.reverted_at, f.fault) for f in evidence.faults
+                      if f.reverted_at is not None and f.reverted_at <= window.start + 1.0)
+    if reverted:
+        return reverted[-1][0], f"fault '{reverted[-1][1]}' reverted"
+    return window.start, f"phase '{window.phase}' start"
+
+
+def _rel(ts: float | None, ref: float) -> str:
+    return "-" if ts is None else f"+{fmt(ts - ref, 1)}s"
+
+
+def _preconditions(name: str, kind: str, phase: str, alerts: list[str], evidence: Evidence,
+                   window: Window, expected: dict[str, Any]) -> CheckResult | None:
+    rules, why = loaded_rules(evidence)
+    if rules is None:
+        return make_result(name, kind, phase, "failed", why, window=window, expected=expected)
+    for alert in alerts:
+        problem = unknown_alert(alert, rules)
+        if problem:
+            return make_result(name, kind, phase, "failed", problem, window=window,
+                               expected=expected, observed={"loaded_rules": rules[:50]})
+    return None
+
+
+@register("alert_fires")
+def evaluate_alert_fires(name: str, phase: str, spec: AlertFiresCheck, evidence: Evidence,
+                         window: Window) -> CheckResult:
+    kind = "alert_fires"
+    expected: dict[str, Any] = {"alert": spec.alert, "within_s": spec.within,
+                                "notification": spec.notification}
+    failed = _preconditions(name, kind, phase, [spec.alert], evidence, window, expected)
+    if failed:
+        return failed
+    ref, what = fault_time(evidence, spec.fault, window, "applied")
+    if ref is None:
+        return make_result(name, kind, phase, "failed", f"no clock start: {what}",
+                           window=window, expected=expected)
+    deadline = ref + spec.within
+    end_seen = evidence.run_end or window.end
+    before = state_at(evidence, PROMETHEUS, spec.alert, ref - 1e-6)
+    fired = first_change(evidence, PROMETHEUS, spec.alert, FIRING[PROMETHEUS], ref, deadline)
+    in_am = first_change(evidence, ALERTMANAGER, spec.alert, FIRING[ALERTMANAGER], ref,
+                         deadline)
+    notes = notified(evidence, spec.alert, "firing", ref, deadline)
+    observed: dict[str, Any] = {
+        "clock_start": what, "state_before": before,
+        "firing_after_s": None if fired is None else round(fired - ref, 3),
+        "alertmanager_after_s": None if in_am is None else round(in_am - ref, 3),
+        "notified_after_s": round(notes[0] - ref, 3) if notes else None,
+        "notifications": len(notes),
+    }
+    if before == "firing":
+        return make_result(
+            name, kind, phase, "failed",
+            f"{spec.alert} was already firing before the {what}: the drill cannot show the "
+            f"fault made it fire", window=window, observed=observed, expected=expected)
+    if fired is None:
+        blind = blind_spans(evidence, PROMETHEUS, ref, deadline)
+        state = state_at(evidence, PROMETHEUS, spec.alert, min(deadline, end_seen))
+        extra = (f"; Prometheus did not answer for {fmt(sum(b - a for a, b in blind), 1)}s "
+                 f"of that time" if blind else "")
+        short = (f" (the run ended {fmt(end_seen - ref, 1)}s after it)"
+                 if end_seen < deadline else "")
+        return make_result(
+            name, kind, phase, "failed",
+            f"rule never reached firing: {spec.alert} was {state} in Prometheus "
+            f"{fmt(spec.within)}s after the {what}{short}{extra}",
+            window=window, observed=observed | {"stage": "rule"}, expected=expected)
+    if spec.notification and not notes:
+        am = ("" if not _watched(evidence, ALERTMANAGER) else
+              f"; in Alertmanager at {_rel(in_am, ref)}" if in_am is not None else
+              "; Alertmanager never had it")
+        return make_result(
+            name, kind, phase, "failed",
+            f"firing but no notification: {spec.alert} fired in Prometheus at "
+            f"{_rel(fired, ref)} after the {what}{am}, but no firing notification reached the "
+            f"webhook receiver within {fmt(spec.within)}s (check Alertmanager's route and "
+            f"receiver)", window=window, observed=observed | {"stage": "notification"},
+            expected=expected)
+    via = f", notified at {_rel(notes[0], ref)}" if spec.notification and notes else ""
+    return make_result(
+        name, kind, phase, "passed",
+        f"{spec.alert} firing at {_rel(fired, ref)} after the {what}{via} "
+        f"(within {fmt(spec.within)}s)", window=window, observed=observed, expected=expected)
+
+
+@register("alert_resolves")
+def evaluate_alert_resolves(name: str, phase: str, spec: AlertResolvesCheck,
+                            evidence: Evidence, window: Window) -> CheckResult:
+    kind = "alert_resolves"
+    expected: dict[str, Any] = {"alert": spec.alert, "within_s": spec.within,
+                                "notification": spec.notification}
+    failed = _preconditions(name, kind, phase, [spec.alert], evidence, window, expected)
+    if failed:
+        return failed
+    ref, what = fault_time(evidence, spec.fault, window, "reverted")
+    if ref is None:
+        return make_result(name, kind, phase, "failed", f"no clock start: {what}",
+                           window=window, expected=expected)
+    deadline = ref + spec.within
+    # Firing shortly before the revert counts: Prometheus is polled, not watched.
+    was = state_at(evidence, PROMETHEUS, spec.alert, ref)
+    resolved = first_change(evidence, PROMETHEUS, spec.alert, ("inactive",), ref, deadline)
+    notes = notified(evidence, spec.alert, "resolved", ref, deadline)
+    observed: dict[str, Any] = {
+        "clock_start": what, "state_at_revert": was,
+        "resolved_after_s": None if resolved is None else round(resolved - ref, 3),
+        "notified_after_s": round(notes[0] - ref, 3) if notes else None,
+        "notifications": len(notes),
+    }
+    if was != "firing":
+        return make_result(
+            name, kind, phase, "failed",
+            f"{spec.alert} was {was}, not firing, at the {what}: there was nothing to resolve",
+            window=window, observed=observed, expected=expected)
+    if resolved is None:
+        return make_result(
+            name, kind, phase, "failed",
+            f"{spec.alert} still firing in Prometheus {fmt(spec.within)}s after the {what}",
+            window=window, observed=observed | {"stage": "rule"}, expected=expected)
+    again = first_change(evidence, PROMETHEUS, spec.alert, FIRING[PROMETHEUS], resolved,
+                         window.end)
+    if again is not None:
+        return make_result(
+            name, kind, phase, "failed",
+            f"{spec.alert} resolved at {_rel(resolved, ref)} but fired again at "
+            f"{_rel(again, ref)} after the {what}",
+            window=window, observed=observed | {"fired_again_after_s": round(again - ref, 3)},
+            expected=expected)
+    if spec.notification and not notes:
+        return make_result(
+            name, kind, phase, "failed",
+            f"resolved but no notification: {spec.alert} resolved in Prometheus at "
+            f"{_rel(resolved, ref)} after the {what}, but no resolved notification reached "
+            f"the webhook receiver within {fmt(spec.within)}s (is send_resolved off?)",
+            window=window, observed=observed | {"stage": "notification"}, expected=expected)
+    via = f", notified at {_rel(notes[0], ref)}" if spec.notification and notes else ""
+    return make_result(
+        name, kind, phase, "passed",
+        f"{spec.alert} resolved at {_rel(resolved, ref)} after the {what}{via} "
+        f"(within {fmt(spec.within)}s)", window=window, observed=observed, expected=expected)
+
+
+@register("no_false_alarms")
+def evaluate_no_false_alarms(name: str, phase: str, spec: NoFalseAlarmsCheck,
+                             evidence: Evidence, window: Window) -> CheckResult:
+    kind = "no_false_alarms"
+    expected: dict[str, Any] = {"alerts": list(spec.alerts), "notification": spec.notification}
+    failed = _preconditions(name, kind, phase, list(spec.alerts), evidence, window, expected)
+    if failed:
+        return failed
+    blind = blind_spans(evidence, PROMETHEUS, window.start, window.end)
+    if blind or not _watched(evidence, PROMETHEUS):
+        lost = sum(b - a for a, b in blind) if blind else window.end - window.start
+        return make_result(
+            name, kind, phase, "failed",
+            f"Prometheus did not answer for {fmt(lost, 1)}s of the phase: no evidence that "
+            f"the alerts stayed quiet", window=window, expected=expected)
+    noisy: dict[str, str] = {}
+    for alert in spec.alerts:
+        if state_at(evidence, PROMETHEUS, alert, window.start) == "firing":
+            noisy[alert] = "firing in Prometheus at the phase start"
+            continue
+        fired = first_change(evidence, PROMETHEUS, alert, FIRING[PROMETHEUS], window.start,
+                             window.end)
+        if fired is not None:
+            noisy[alert] = f"firing in Prometheus at {_rel(fired, window.start)}"
+            continue
+        notes = notified(evidence, alert, "firing", window.start, window.end)
+        if spec.notification and notes:
+            noisy[alert] = f"firing notification at {_rel(notes[0], window.start)}"
+    observed = {"fired": noisy}
+    if noisy:
+        return make_result(
+            name, kind, phase, "failed",
+            f"{len(noisy)} of {len(spec.alerts)} alerts fired: "
+            + "; ".join(f"{a} ({why})" for a, why in noisy.items()),
+            window=window, observed=observed, expected=expected)
+    return make_result(
+        name, kind, phase, "passed",
+        f"none of {', '.join(spec.alerts)} fired over {fmt(window.end - window.start, 1)}s"
+        + (" (no notifications either)" if spec.notification else ""),
+        window=window, observed=observed, expected=expected)
