@@ -146,3 +146,78 @@ def test_watchdog_reverts_a_frozen_harness_fault_when_its_lifetime_ends(
     result = json.loads((run / "result.json").read_text())
     cut = next(f for f in result["faults"] if f["name"] == "cut")
     assert cut["reverted_by"] == "watchdog"
+
+
+# --- Docker faults in the trials -------------------------------------------------------------
+
+DOCKER_TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "6"))
+
+# Toxiproxy and Docker faults together, on two busybox containers: paused, squeezed,
+# stopped, a hog with raised OOM scores (its start takes a second). Every phase boundary
+# reverts some faults and applies others.
+DOCKER_SCENARIO = """
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {name: docker-kill-trial}
+target: {base_url: "${LLMDRILL_TARGET_URL}", model: tiny}
+toxiproxy: {default: {url: "${LLMDRILL_TOXIPROXY_URL}"}}
+faults:
+  slow: {toxiproxy: {proxy: vllm, toxic: latency, stream: upstream, latency: 300ms}}
+  freeze: {docker: {action: pause, target: {name: "${BOX0}"}}}
+  squeeze: {docker: {action: memory, memory: 32MiB, target: {name: "${BOX1}"}}}
+  hog:
+    docker: {action: hog, memory: 8MiB, oom_score_adj: 500, target: {name: "${BOX1}"},
+             hog_command: HOG_COMMAND}
+  halt: {docker: {action: stop, grace: 1s, target: {name: "${BOX0}"}}}
+load: {users: 0}
+phases:
+  - {name: a, duration: 1500ms, faults: [slow, freeze, squeeze]}
+  - {name: b, duration: 2500ms, faults: [squeeze, halt, hog]}
+  - {name: c, duration: 1s}
+"""
+
+
+@pytest.mark.docker
+def test_sigkill_with_docker_faults_then_cleanup_leaves_no_container_changed(
+    clean_proxy: Stack, tmp_path: Path
+) -> None:
+    from tests.integration.dockerbox import boxes, docker_engine, hog_command, residue
+
+    rng = random.Random(int(os.environ.get("LLMDRILL_KILL_SEED", "0")) or None)
+    text = DOCKER_SCENARIO.replace("HOG_COMMAND", json.dumps(hog_command()))
+    with docker_engine() as client, boxes(client) as made:
+        env = {"BOX0": made[0].name, "BOX1": made[1].name}
+
+        def left() -> list[str]:
+            return _residue(clean_proxy) + residue(made)
+
+        with_faults = 0
+        kinds: set[str] = set()
+        for trial in range(DOCKER_TRIALS):
+            trial_dir = tmp_path / f"trial-{trial}"
+            trial_dir.mkdir()
+            (trial_dir / "trial.yaml").write_text(text)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmdrill.cli", "run", str(trial_dir / "trial.yaml"),
+                 "--quiet", "--out", str(trial_dir / "reports")],
+                env=clean_proxy.env(**env), cwd=REPO, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            # Spread over the run (start-up, each phase, the reverts): one slot each.
+            time.sleep(0.5 + 5.5 * (trial + rng.random()) / DOCKER_TRIALS)
+            for pid in _watchdog_pids(trial_dir / "reports"):
+                os.kill(pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            found = left()
+            if found:
+                with_faults += 1
+                kinds.update(w for item in found for w in item.split()
+                             if w in ("paused", "exited", "memory", "hog", "oom_score_adj"))
+            done = llmdrill("cleanup", env=clean_proxy.env())
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert left() == [], f"trial {trial}: left behind after cleanup"
+            count("kill -9 trials with Docker faults")
+        print(f"\nkill -9 trials with Docker faults: {DOCKER_TRIALS}, with faults in place at "
+              f"the kill: {with_faults} ({', '.join(sorted(kinds)) or 'none'}), left after "
+              "cleanup: 0")
+        assert with_faults >= DOCKER_TRIALS // 3
