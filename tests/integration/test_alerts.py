@@ -142,6 +142,21 @@ def mon(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterator[Moni
         yield m
 
 
+@pytest.fixture
+def quiet(clean_proxy: Stack, mon: Monitoring) -> Stack:
+    """Every drill starts on a quiet stack: an alert of the test before (the gateway was
+    down until its revert) must have resolved, or the next baseline rightly fails."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        data = httpx.get(f"{mon.prometheus_url}/api/v1/alerts", timeout=5).json()
+        if not [a for a in data["data"]["alerts"]
+                if a["labels"]["alertname"].startswith("Llm")
+                and not a["labels"]["alertname"].startswith("LlmdrillTest")]:
+            break
+        time.sleep(0.5)
+    return clean_proxy
+
+
 def _env(stack: Stack, mon: Monitoring, **extra: str) -> dict[str, str]:
     return stack.env(LLMDRILL_PROMETHEUS_URL=mon.prometheus_url,
                      LLMDRILL_ALERTMANAGER_URL=mon.alertmanager_url,
@@ -172,8 +187,9 @@ def _listening(listen: str) -> bool:
 
 
 def test_gateway_down_alert_fires_notifies_and_resolves(
-    clean_proxy: Stack, mon: Monitoring, tmp_path: Path
+    quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:
+    clean_proxy = quiet
     env = _env(clean_proxy, mon, BASELINE="6s", DOWN="10s", RECOVER="10s",
                ALERT_FIRE_WITHIN="8s", ALERT_RESOLVE_WITHIN="8s", ENGINE_DOWN_FOR="10s")
     code, result, output = _run(REPO / "scenarios" / "alerts.yaml", env, tmp_path / "r")
@@ -189,17 +205,18 @@ def test_gateway_down_alert_fires_notifies_and_resolves(
 
 
 def test_broken_alerting_fails_each_check_for_its_own_reason(
-    clean_proxy: Stack, mon: Monitoring, tmp_path: Path
+    quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:
+    clean_proxy = quiet
     code, result, output = _run(_scenario(tmp_path, BROKEN), _env(clean_proxy, mon),
                                 tmp_path / "r")
     checks = _checks(result)
     assert code == 1, output
     summaries = {name: c["summary"] for name, c in checks.items()}
     assert checks["fires-control"]["status"] == "passed", summaries
-    quiet = checks["quiet-always-firing"]
-    assert quiet["status"] == "failed"
-    assert "LlmdrillTestAlwaysFiring (firing in Prometheus at the phase start)" in quiet["summary"]
+    noisy = checks["quiet-always-firing"]
+    assert noisy["status"] == "failed"
+    assert "LlmdrillTestAlwaysFiring (firing in Prometheus at the phase start)" in noisy["summary"]
     impossible = checks["fires-impossible"]
     assert impossible["status"] == "failed"
     assert impossible["summary"].startswith("rule never reached firing: LlmdrillTestImpossible")
@@ -214,8 +231,9 @@ def test_broken_alerting_fails_each_check_for_its_own_reason(
 
 
 def test_missing_prometheus_fails_the_check(
-    clean_proxy: Stack, mon: Monitoring, tmp_path: Path
+    quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:
+    clean_proxy = quiet
     env = _env(clean_proxy, mon) | {"LLMDRILL_PROMETHEUS_URL": NOBODY}
     code, result, output = _run(_scenario(tmp_path, BLIND), env, tmp_path / "r")
     assert code == 1, output
@@ -225,8 +243,9 @@ def test_missing_prometheus_fails_the_check(
 
 
 def test_alert_guardrail_aborts_reverts_and_stops_the_receiver(
-    clean_proxy: Stack, mon: Monitoring, tmp_path: Path
+    quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:
+    clean_proxy = quiet
     started = time.time()
     code, result, output = _run(_scenario(tmp_path, GUARDED), _env(clean_proxy, mon),
                                 tmp_path / "r")
@@ -241,8 +260,9 @@ def test_alert_guardrail_aborts_reverts_and_stops_the_receiver(
 
 
 def test_timeout_spike_opt_in_alert_checks(
-    clean_proxy: Stack, mon: Monitoring, tmp_path: Path
+    quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:
+    clean_proxy = quiet
     env = _env(clean_proxy, mon, LLMDRILL_ALERTS="true")
     _code, result, output = _run(REPO / "scenarios" / "timeout-spike.yaml", env, tmp_path / "r")
     checks = _checks(result)

@@ -161,6 +161,22 @@ def test_no_false_alarms() -> None:
     assert result.status == "failed" and "did not answer for 8s" in result.summary
 
 
+def test_a_late_delivery_of_an_earlier_alert_is_no_alarm() -> None:
+    """Alertmanager retries a receiver that was down: the next run's receiver gets the
+    firing and resolved notifications of an alert that ended before it started."""
+    stale = {"alert": "LlmTargetDown", "fingerprint": "f1",
+             "starts_at": "2023-11-14T22:13:15.412345678Z", "labels": {}}
+    events = watched((T0 + 0.6, "alert_notification", {**stale, "status": "firing",
+                                                        "ends_at": "0001-01-01T00:00:00Z"}),
+                     (T0 + 0.6, "alert_notification", {**stale, "status": "resolved",
+                                                        "ends_at": "2023-11-14T22:13:18Z"}))
+    assert judge(events, "baseline", **QUIET).status == "passed"
+    late = {**stale, "status": "resolved", "ends_at": "2023-11-14T22:13:21Z"}  # after T0
+    events = watched((T0 + 0.6, "alert_notification", {**stale, "status": "firing"}),
+                     (T0 + 0.6, "alert_notification", late))
+    assert judge(events, "baseline", **QUIET).status == "failed"
+
+
 def test_a_disabled_check_is_skipped() -> None:
     result = judge([], "down", enabled=False, **FIRES)
     assert result.status == "skipped" and "not enabled" in result.summary
@@ -291,3 +307,15 @@ def test_alert_checks_need_prometheus_and_a_webhook_unless_disabled() -> None:
 def test_webhook_listens_on_loopback_only(listen: str) -> None:
     with pytest.raises(ValueError):
         Scenario.model_validate({**BASE, "monitoring": {"webhook": {"listen": listen}}})
+
+
+def test_promql_queries_need_prometheus_and_metric_checks_name_them() -> None:
+    metric = {"phase": "p", "metric": {"series": ["promql:up"], "min": 1}}
+    problems = _problems(checks=[metric], monitoring={"queries": {"upp": "up"}})
+    assert "PromQL queries need `prometheus: {url: ...}`" in problems
+    assert "'promql:up' names no query in monitoring.queries (defined: upp)" in problems
+    assert not any("metrics_url" in m for m in problems)  # Prometheus, not /metrics
+    assert _problems(checks=[metric], monitoring={"queries": {"up": "up"}},
+                     prometheus={"url": "http://127.0.0.1:9090"}) == []
+    plain = _problems(checks=[{"phase": "p", "metric": {"series": ["x"], "min": 1}}])
+    assert "a metric check needs target.metrics_url" in plain

@@ -11,6 +11,8 @@ reached Alertmanager; Alertmanager had it but no notification arrived.
 from __future__ import annotations
 
 import difflib
+import re
+from datetime import datetime
 from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
@@ -60,10 +62,36 @@ def first_change(evidence: Evidence, source: str, alert: str, states: tuple[str,
     return None
 
 
+def rfc3339(text: str) -> float | None:
+    """Alertmanager's times (nanosecond fractions, Z) as epoch seconds; None if unset."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", text)
+    if not match or text.startswith("0001-"):
+        return None
+    head, frac, zone = match.groups()
+    stamp = datetime.fromisoformat(f"{head}{(frac or '')[:7]}{'+00:00' if zone == 'Z' else zone}")
+    return stamp.timestamp()
+
+
+def _ended_before(evidence: Evidence, detail: dict[str, Any], ts: float) -> bool:
+    """A resolved notification says this alert (same fingerprint, same start) ended
+    before `ts`: a late delivery of an earlier alert (Alertmanager retries a receiver
+    that was down), not an alarm after `ts`."""
+    for _, d in evidence.events_of("alert_notification"):
+        if (d.get("status") == "resolved" and d.get("fingerprint") == detail.get("fingerprint")
+                and d.get("starts_at") == detail.get("starts_at")):
+            ended = rfc3339(str(d.get("ends_at", "")))
+            if ended is not None and ended < ts:
+                return True
+    return False
+
+
 def notified(evidence: Evidence, alert: str, status: str, start: float, end: float
              ) -> list[float]:
+    """When notifications of an alert arrived in [start, end], leaving out firing ones of
+    an alert known to have ended before `start`."""
     return [when for when, d in evidence.events_of("alert_notification", start, end)
-            if d.get("alert") == alert and d.get("status") == status]
+            if d.get("alert") == alert and d.get("status") == status
+            and not (status == "firing" and _ended_before(evidence, d, start))]
 
 
 def blind_spans(evidence: Evidence, source: str, start: float, end: float

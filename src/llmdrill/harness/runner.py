@@ -52,6 +52,7 @@ from llmdrill.harness.webhook import WebhookReceiver
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
 from llmdrill.load.runner import LocustProcess
 from llmdrill.probes.engine_metrics import MetricsScraper
+from llmdrill.probes.monitoring import promql_range
 from llmdrill.report import write_reports
 from llmdrill.scenario.models import Scenario
 
@@ -323,6 +324,7 @@ class Runner:
                 alert_watch.stop()
             if webhook is not None:
                 webhook.stop()
+            self._read_queries(store, t0, run_end)
             journal.run_finished()
             stop_watchdog(watchdog)
             journal.finish()
@@ -358,6 +360,22 @@ class Runner:
                 webhook.stop()
             raise
         return webhook, watcher
+
+    def _read_queries(self, store: EvidenceStore, t0: float, run_end: float) -> None:
+        """The scenario's PromQL range queries over the run, as `promql:<name>` series."""
+        prom = self.scenario.prometheus
+        if prom is None or not self.phase_results:
+            return
+        step = self.scenario.monitoring.query_step
+        for name, query in self.scenario.monitoring.queries.items():
+            try:
+                found = promql_range(prom.url, query, t0, run_end, step)
+            except Exception as exc:  # in the teardown path: an odd answer must not stop it
+                store.add_event(time.time(), "promql_failed",
+                                {"query": name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            store.add_metrics([MetricSample(ts, f"promql:{name}", value, labels)
+                               for labels, points in found for ts, value in points])
 
     def _write_reports(self, result: RunResult) -> dict[str, str]:
         # result.json first, alone: whatever goes wrong in a renderer, the canonical

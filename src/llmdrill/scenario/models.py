@@ -1145,6 +1145,15 @@ class MonitoringWatch(Strict):
         default=1.0,
         description="How often Prometheus' and Alertmanager's alert state is read.",
     )
+    queries: dict[Name, str] = Field(
+        default_factory=dict,
+        description="PromQL expressions read from `prometheus` as range queries over the "
+        "run when it ends, kept as series `promql:<name>` (with their labels) that `metric` "
+        "checks can judge: an alternative to scraping /metrics directly.",
+    )
+    query_step: Duration = Field(
+        default=1.0, description="Resolution of those range queries."
+    )
 
 
 class Safety(Strict):
@@ -1283,6 +1292,7 @@ class Scenario(Strict):
                     (("guardrails", i, "abort_if", "engine_down"),
                      "engine_down watches target.metrics_url, which is not set")
                 )
+        problems += self._query_problems()
         names: set[str] = set()
         for i, check in enumerate(self.checks):
             if check.phase not in phase_names:
@@ -1330,7 +1340,8 @@ class Scenario(Strict):
                     problems.append(
                         (("checks", i, kind), f"a {kind} check needs target.metrics_url")
                     )
-            if check.metric and not self.target.metrics_url:
+            if check.metric and not self.target.metrics_url and not all(
+                    name.startswith("promql:") for name in check.metric.series):
                 problems.append(
                     (("checks", i, "metric"), "a metric check needs target.metrics_url")
                 )
@@ -1339,6 +1350,21 @@ class Scenario(Strict):
             if display in names:
                 problems.append((("checks", i, "name"), f"duplicate check name '{display}'"))
             names.add(display)
+        return problems
+
+    def _query_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.monitoring.queries and not self.prometheus:
+            problems.append((("monitoring", "queries"),
+                             "PromQL queries need `prometheus: {url: ...}`"))
+        for i, check in enumerate(self.checks):
+            for name in check.metric.series if check.metric else []:
+                query = name.removeprefix("promql:")
+                if name.startswith("promql:") and query not in self.monitoring.queries:
+                    defined = ", ".join(sorted(self.monitoring.queries)) or "none"
+                    problems.append(
+                        (("checks", i, "metric", "series"),
+                         f"'{name}' names no query in monitoring.queries (defined: {defined})"))
         return problems
 
     def _alert_check_problems(self, i: int, check: Check
