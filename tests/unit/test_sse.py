@@ -52,3 +52,10 @@ def test_wrapped_transport_errors_are_classified_by_their_cause() -> None:
     assert classify_exception(ConnectionResetError(), got_response=True)[0] == (
         "incomplete_stream")
     assert classify_exception(ConnectionResetError(), got_response=False)[0] == "reset"
+    # The server closed the connection without answering: a reset (retryable), as the
+    # flood's httpx client says too, not a protocol error.
+    from geventhttpclient.response import HTTPConnectionClosed
+
+    closed = HTTPConnectionClosed("connection closed.")
+    assert classify_exception(closed, got_response=False) == ("reset", "HTTPConnectionClosed")
+    assert classify_exception(closed, got_response=True)[0] == "incomplete_stream"

@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 import gevent
+from geventhttpclient.response import HTTPConnectionClosed
 from geventhttpclient.useragent import ConnectionError as GhcConnectionError
 
 
@@ -28,7 +29,11 @@ def classify_exception(exc: BaseException, got_response: bool) -> tuple[str, str
         return "timeout", name
     if isinstance(exc, ConnectionRefusedError):
         return "connect", name
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+    # A connection the server closed without answering (a dying engine, a gateway that
+    # dropped it) is a reset, retryable like one: the request never got an answer. The
+    # flood's httpx client classifies the same case the same way.
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                        HTTPConnectionClosed)):
         return ("incomplete_stream" if got_response else "reset"), name
     if isinstance(exc, socket.gaierror):
         return "connect", name
