@@ -1,6 +1,7 @@
 """A local Docker Engine and a vLLM container for the node drills, idempotently.
 
-- install: Debian's docker.io (dockerd, containerd, runc) and busybox-static, if missing.
+- install: Debian's docker.io (dockerd, containerd, runc), busybox-static and
+           docker-compose, if missing.
 - engine:  `dockerd --bridge=none --iptables=false --ip6tables=false` in the background,
            in a session of its own, pid file and log under <stack>/run; an engine that
            already answers is reused (and never stopped by us).
@@ -92,8 +93,11 @@ class DockerStack:
     # -- install ------------------------------------------------------------------------
 
     def install(self) -> None:
+        # docker-compose (Debian's 1.29): the parser that checks docker-compose.yml, and
+        # what runs its topology from local images in the tests.
         missing = [pkg for pkg, present in (("docker.io", shutil.which("dockerd")),
-                                            ("busybox-static", _static(BUSYBOX)))
+                                            ("busybox-static", _static(BUSYBOX)),
+                                            ("docker-compose", shutil.which("docker-compose")))
                    if not present]
         if not missing:
             return

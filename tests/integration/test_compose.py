@@ -1,0 +1,154 @@
+"""docker-compose.yml, checked by a real compose parser (Debian's docker-compose 1.29) and
+run: its topology (engine, Toxiproxy, gateway, Prometheus, Alertmanager, the llmdrill
+runner) from images built here, as there is no registry to pull the published ones from
+(deploy/compose/local-images.yml). The runner runs the quickstart suite against the
+stack through the gateway and Toxiproxy; its reports land in a mounted folder.
+
+Not run here: the published images themselves (vllm/vllm-openai on a GPU, toxiproxy,
+nginx, prom/*) and the two Dockerfiles (their base images cannot be pulled); the
+`config` checks below cover the file that uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmdrill.stack.docker_stack import DockerStack, _python_home
+from tests.integration.conftest import REPO, Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+COMPOSE = REPO / "docker-compose.yml"
+LOCAL = REPO / "deploy" / "compose" / "local-images.yml"
+PROJECT = "llmdrillci"
+RUN_TIMEOUT = 900.0
+
+
+@pytest.fixture(scope="module")
+def compose() -> Iterator[str]:
+    """The docker-compose command, and a running engine (installed if missing)."""
+    stack = DockerStack()
+    stack.install()
+    already = stack.engine_ok()
+    stack.start_engine()
+    stack.build_image()
+    yield "docker-compose"
+    if not already:
+        stack.stop_engine()
+
+
+def run(compose: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+        files: tuple[Path, ...] = (COMPOSE,)) -> subprocess.CompletedProcess[str]:
+    cmd = [compose, "-p", PROJECT]
+    for f in files:
+        cmd += ["-f", str(f)]
+    return subprocess.run([*cmd, *args], cwd=REPO, env=env or dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def resolved(compose: str, profile: str, files: tuple[Path, ...] = (COMPOSE,),
+             env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = run(compose, "config", env={**(env or os.environ), "COMPOSE_PROFILES": profile},
+               files=files)
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def test_the_compose_file_is_valid_for_both_profiles_and_its_parts_agree(compose: str) -> None:
+    for profile in ("gpu", "cpu"):
+        config = resolved(compose, profile)
+        services = config["services"]
+        assert {"toxiproxy", "gateway", "prometheus", "alertmanager", "llmdrill"} <= set(
+            services)
+        for name, svc in services.items():
+            assert svc["network_mode"] == "host", name  # the host's loopback, nothing else
+            for volume in svc.get("volumes", []):
+                source = str(volume).split(":")[0]
+                if source.startswith(str(REPO)) and "reports" not in source \
+                        and ".cache" not in source:
+                    assert Path(source).exists(), f"{name} mounts missing {source}"
+        binds = json.dumps(services)
+        assert re.findall(r"0\.0\.0\.0|--host=(?!127\.0\.0\.1)", binds) == []
+    assert (REPO / ".env").read_text().count("COMPOSE_PROFILES=gpu") == 1
+    # The path of a request, as the files wire it: runner -> nginx -> Toxiproxy -> vLLM.
+    runner = resolved(compose, "cpu")["services"]["llmdrill"]["environment"]
+    nginx = (REPO / "deploy" / "nginx" / "staging-gateway.conf").read_text()
+    assert runner["LLMDRILL_TARGET_URL"] == "http://127.0.0.1:18080"
+    assert "listen 127.0.0.1:18080;" in nginx and "server 127.0.0.1:18001;" in nginx
+    proxies = json.loads((REPO / "deploy" / "toxiproxy" / "toxiproxy.json").read_text())
+    assert proxies == [{"name": "vllm", "listen": "127.0.0.1:18001",
+                        "upstream": "127.0.0.1:18000", "enabled": True}]
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]}
+    assert "127.0.0.1:18000" in targets
+    assert runner["LLMDRILL_METRICS_URL"] == "http://127.0.0.1:18000/metrics"
+
+
+def local_env(tmp_path: Path) -> dict[str, str]:
+    stack_dir = Path(os.environ.get("LLMDRILL_STACK_DIR", REPO / ".stack")).resolve()
+    venv = Path(os.environ.get("VIRTUAL_ENV") or REPO / ".venv").resolve()
+    home = _python_home(stack_dir / "vllm-venv")
+    assert _python_home(venv) == home, "both venvs must come from one Python installation"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    return {**os.environ, "COMPOSE_PROFILES": "cpu", "LLMDRILL_STACK_DIR": str(stack_dir),
+            "LLMDRILL_VENV": str(venv), "LLMDRILL_PYTHON_HOME": str(home),
+            "LLMDRILL_REPO": str(REPO), "LLMDRILL_REPORTS_DIR": str(reports),
+            "LLMDRILL_TAGS": "quickstart"}
+
+
+def in_stack(url: str) -> Any:
+    """GET a URL inside the stack's own network namespace (busybox wget in `net`)."""
+    out = subprocess.run(["docker", "exec", f"{PROJECT}_net_1", "wget", "-qO-", url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if out.stdout.startswith("{") else out.stdout
+
+
+def test_the_compose_topology_runs_the_suite_from_local_images(
+        compose: str, stack: Stack, tmp_path: Path) -> None:
+    env = local_env(tmp_path)
+    files = (COMPOSE, LOCAL)
+    assert resolved(compose, "cpu", files, env)["services"]["net"]["network_mode"] == "none"
+    run(compose, "down", "-v", "-t", "5", env=env, files=files)  # a leftover of a killed run
+    try:
+        up = run(compose, "up", "-d", env=env, files=files, timeout=300)
+        assert up.returncode == 0, up.stderr
+        started = time.time()
+        waited = subprocess.run(["docker", "wait", f"{PROJECT}_llmdrill_1"],
+                                capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        logs = subprocess.run(["docker", "logs", "--tail", "60", f"{PROJECT}_llmdrill_1"],
+                              capture_output=True, text=True, timeout=30)
+        assert waited.stdout.strip() == "0", logs.stdout + logs.stderr
+        print(f"\ncompose stack: the runner's suite ended after {time.time() - started:.0f}s")
+        reports = Path(env["LLMDRILL_REPORTS_DIR"])
+        results = {json.loads(p.read_text())["scenario"]["name"]: json.loads(p.read_text())
+                   for p in reports.glob("*/result.json")}
+        assert set(results) == {"caps", "timeout-spike"}
+        assert all(r["status"] == "passed" for r in results.values())
+        assert (reports / "junit.xml").exists()
+        # The monitoring half: both scrape targets up, the project's rules loaded,
+        # Alertmanager ready and known to Prometheus.
+        targets = in_stack("http://127.0.0.1:9090/api/v1/targets")["data"]["activeTargets"]
+        assert {(t["labels"]["job"], t["health"]) for t in targets} == {
+            ("vllm", "up"), ("gateway", "up")}
+        groups = in_stack("http://127.0.0.1:9090/api/v1/rules")["data"]["groups"]
+        assert [g["name"] for g in groups] == ["llm-serving"] and groups[0]["rules"]
+        managers = in_stack("http://127.0.0.1:9090/api/v1/alertmanagers")
+        assert managers["data"]["activeAlertmanagers"]
+        assert in_stack("http://127.0.0.1:9093/-/ready").strip() == "OK"
+    finally:
+        down = run(compose, "down", "-v", "-t", "5", env=env, files=files)
+        assert down.returncode == 0, down.stderr
