@@ -94,7 +94,7 @@ def plan(
     out.print(table)
     if check:
         from llmdrill.drills.base import EnvironmentProblem
-        from llmdrill.harness.preflight import check_metrics, check_target
+        from llmdrill.harness.preflight import check_alerting, check_metrics, check_target
         from llmdrill.harness.secrets import SecretMissing, auth_headers
 
         try:
@@ -106,6 +106,8 @@ def plan(
                 inj = make_injector(ctx, name, scenario.faults[name])
                 for line in inj.preflight():
                     out.print(line, highlight=False)
+            for line in check_alerting(scenario):
+                out.print(line, highlight=False)
         except (EnvironmentProblem, SecretMissing) as exc:
             err.print(f"preflight failed: {exc}", markup=False, highlight=False)
             raise typer.Exit(EXIT_INVALID) from None

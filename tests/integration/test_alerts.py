@@ -242,6 +242,20 @@ def test_missing_prometheus_fails_the_check(
     assert check["summary"].startswith(f"Prometheus did not answer its rules API: {NOBODY}")
 
 
+def test_plan_check_finds_the_rules_and_refuses_an_unknown_alert(
+    stack: Stack, mon: Monitoring, tmp_path: Path
+) -> None:
+    env = _env(stack, mon)
+    proc = llmdrill("plan", str(REPO / "scenarios" / "alerts.yaml"), "--check", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"prometheus {mon.prometheus_url}: 14 alert rules, all 6 the checks name" in (
+        proc.stdout)
+    broken = _scenario(tmp_path, BROKEN)
+    proc = llmdrill("plan", str(broken), "--check", env=env)
+    assert proc.returncode == 2
+    assert "has no alert rule named LlmdrillTestNoSuchAlert" in proc.stderr
+
+
 def test_alert_guardrail_aborts_reverts_and_stops_the_receiver(
     quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from llmdrill import alert_rules
 from llmdrill.checks import evaluate_check
 from llmdrill.drills.base import EnvironmentProblem
 from llmdrill.harness.alert_watch import AlertWatcher
+from llmdrill.harness.preflight import check_alerting
 from llmdrill.harness.records import Evidence, FaultEvent, PhaseWindow
 from llmdrill.harness.result import CheckResult
 from llmdrill.harness.webhook import WebhookReceiver, notifications
@@ -319,3 +320,24 @@ def test_promql_queries_need_prometheus_and_metric_checks_name_them() -> None:
                      prometheus={"url": "http://127.0.0.1:9090"}) == []
     plain = _problems(checks=[{"phase": "p", "metric": {"series": ["x"], "min": 1}}])
     assert "a metric check needs target.metrics_url" in plain
+
+
+def test_plan_check_preflight_of_the_alerting_stack() -> None:
+    assert check_alerting(Scenario.model_validate(BASE)) == []
+    port = _free_port()
+    checks = [{"phase": "p", "no_false_alarms": {"alerts": ["A"]}}]
+    dead = Scenario.model_validate({**BASE, "checks": checks,
+                                    "prometheus": {"url": f"http://127.0.0.1:{port}"},
+                                    "monitoring": {"webhook": {"listen": f"127.0.0.1:{port}"}}})
+    with pytest.raises(EnvironmentProblem, match=f"127.0.0.1:{port}/api/v1/rules"):
+        check_alerting(dead)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = Scenario.model_validate({
+            **BASE, "checks": [{**checks[0], "no_false_alarms": {"alerts": ["A"],
+                                                                  "notification": True}}],
+            "prometheus": {"url": f"http://127.0.0.1:{port}"},
+            "monitoring": {"webhook": {"listen": f"127.0.0.1:{taken.getsockname()[1]}"}}})
+        with pytest.raises(EnvironmentProblem, match="cannot listen on"):
+            check_alerting(busy)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 
 from llmdrill.drills.base import EnvironmentProblem
 from llmdrill.probes.engine_metrics import MAX_SCRAPE_BYTES, parse_metrics
 from llmdrill.probes.http import bounded_get
-from llmdrill.scenario.models import Target
+from llmdrill.probes.monitoring import MonitoringError, alert_rule_names, alertmanager_alerts
+from llmdrill.scenario.models import Scenario, Target
 
 DEADLINE_S = 5.0
 
@@ -66,3 +69,44 @@ def check_metrics(url: str, headers: dict[str, str]) -> str:
         ) from None
     engine = sum(1 for s in samples if s.name.startswith("vllm:"))
     return f"metrics {url}: {len(samples)} samples ({engine} from vLLM)"
+
+
+def check_alerting(scenario: Scenario) -> list[str]:
+    """For the enabled alert checks: Prometheus answers and has a rule for every alert
+    they name, Alertmanager answers, and the webhook receiver's port is free."""
+    if not scenario.alert_checks:
+        return []
+    lines: list[str] = []
+    wanted: list[str] = []
+    for check in scenario.alert_checks:
+        spec = check.alert_fires or check.alert_resolves
+        wanted += [spec.alert] if spec else list(check.no_false_alarms.alerts
+                                                 if check.no_false_alarms else [])
+    hook = scenario.monitoring.webhook
+    if hook is not None:
+        with socket.socket(socket.AF_INET6 if ":" in hook.host else socket.AF_INET) as sock:
+            # As the receiver's server does: a port in TIME_WAIT from the last run is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((hook.host, hook.port))
+            except OSError as exc:
+                raise EnvironmentProblem(
+                    f"the alert webhook receiver cannot listen on {hook.listen}: "
+                    f"{exc.strerror or exc}") from None
+        lines.append(f"webhook receiver {hook.listen}: free")
+    try:
+        if scenario.prometheus is not None:
+            rules = alert_rule_names(scenario.prometheus.url)
+            missing = sorted({a for a in wanted if a not in rules})
+            if missing:
+                raise EnvironmentProblem(
+                    f"Prometheus {scenario.prometheus.url} has no alert rule named "
+                    f"{', '.join(missing)} ({len(rules)} alert rules loaded)")
+            lines.append(f"prometheus {scenario.prometheus.url}: {len(rules)} alert rules, "
+                         f"all {len(set(wanted))} the checks name")
+        if scenario.alertmanager is not None:
+            active = alertmanager_alerts(scenario.alertmanager.url)
+            lines.append(f"alertmanager {scenario.alertmanager.url}: {len(active)} alerts now")
+    except MonitoringError as exc:
+        raise EnvironmentProblem(str(exc)) from None
+    return lines
