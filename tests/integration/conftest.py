@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,40 @@ def llmdrill(*args: str, env: dict[str, str], timeout: float = 300,
         [sys.executable, "-m", "llmdrill.cli", *args], env=env, cwd=cwd, capture_output=True,
         text=True, timeout=timeout,
     )
+
+
+# --- Docker (marker `docker`) ------------------------------------------------------------------
+
+DOCKER_VLLM_PORT = 18100
+DOCKER_VLLM_NAME = "llmdrill-test-vllm"
+# Restarts after a crash (exit 137) and after an OOM (vLLM exits 0 then, which
+# `on-failure` would not restart): one engine container serves every Docker drill test.
+DOCKER_VLLM_POLICY = "unless-stopped"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A client of the local Docker Engine, started here (and stopped at the end) if it
+    was not running; the busybox base image built."""
+    from tests.integration.dockerbox import docker_engine
+
+    with docker_engine() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def docker_vllm(docker_client: Any) -> Iterator[Any]:
+    """The real vLLM in a container of its own (127.0.0.1:18100, the other core), started
+    once for the session: starting it takes 25-50 s."""
+    from llmdrill.stack.docker_stack import DockerStack, DockerStackConfig
+
+    config = DockerStackConfig.from_env()
+    config.vllm_port, config.container = DOCKER_VLLM_PORT, DOCKER_VLLM_NAME
+    config.restart = DOCKER_VLLM_POLICY
+    vllm = DockerStack(config)
+    if vllm.vllm_healthy():
+        pytest.fail(f"something already serves 127.0.0.1:{DOCKER_VLLM_PORT}; stop it first "
+                    "(python -m llmdrill.stack.docker_stack down)")
+    vllm.start_vllm()
+    yield vllm
+    vllm.remove_vllm()

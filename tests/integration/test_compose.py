@@ -16,14 +16,13 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from llmdrill.stack.docker_stack import DockerStack, _python_home
+from llmdrill.stack.docker_stack import _python_home
 from tests.integration.conftest import REPO, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -34,17 +33,10 @@ PROJECT = "llmdrillci"
 RUN_TIMEOUT = 900.0
 
 
-@pytest.fixture(scope="module")
-def compose() -> Iterator[str]:
-    """The docker-compose command, and a running engine (installed if missing)."""
-    stack = DockerStack()
-    stack.install()
-    already = stack.engine_ok()
-    stack.start_engine()
-    stack.build_image()
-    yield "docker-compose"
-    if not already:
-        stack.stop_engine()
+@pytest.fixture
+def compose(docker_client: Any) -> str:
+    """The docker-compose command (installed with the engine, which runs)."""
+    return "docker-compose"
 
 
 def run(compose: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,13 +180,13 @@ phases:
 
 @pytest.mark.docker
 def test_sigkill_with_docker_faults_then_cleanup_leaves_no_container_changed(
-    clean_proxy: Stack, tmp_path: Path
+    clean_proxy: Stack, docker_client: Any, tmp_path: Path
 ) -> None:
-    from tests.integration.dockerbox import boxes, docker_engine, hog_command, residue
+    from tests.integration.dockerbox import boxes, hog_command, residue
 
     rng = random.Random(int(os.environ.get("LLMDRILL_KILL_SEED", "0")) or None)
     text = DOCKER_SCENARIO.replace("HOG_COMMAND", json.dumps(hog_command()))
-    with docker_engine() as client, boxes(client) as made:
+    with boxes(docker_client) as made:
         env = {"BOX0": made[0].name, "BOX1": made[1].name}
 
         def left() -> list[str]:

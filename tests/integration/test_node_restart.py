@@ -35,34 +35,28 @@ from llmdrill.harness.context import RunContext
 from llmdrill.harness.evidence import EvidenceStore
 from llmdrill.harness.progress import Progress
 from llmdrill.scenario.models import Scenario
-from llmdrill.stack.docker_stack import BASE_IMAGE, DockerStack, DockerStackConfig
+from llmdrill.stack.docker_stack import BASE_IMAGE, DockerStack
 from tests.conftest import count
-from tests.integration.conftest import REPO, Stack, llmdrill
+from tests.integration.conftest import (
+    DOCKER_VLLM_NAME,
+    DOCKER_VLLM_POLICY,
+    REPO,
+    Stack,
+    llmdrill,
+)
 
 # Needs a Docker engine: run with `make docker-test` (not yet part of `make test`).
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "8"))
-VLLM_PORT = 18100
-VLLM_NAME = "llmdrill-test-vllm"
+TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "6"))
+VLLM_NAME = DOCKER_VLLM_NAME
 SCENARIO = REPO / "scenarios" / "node-restart.yaml"
 BOX_MEMORY = 64 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    import docker
-
-    stack = DockerStack()
-    stack.install()
-    already = stack.engine_ok()
-    stack.start_engine()
-    stack.build_image()
-    client = docker.DockerClient(base_url=stack.config.host, timeout=30)
-    yield client
-    client.close()
-    if not already:  # leave running only what was running before
-        stack.stop_engine()
+@pytest.fixture
+def engine(docker_client: Any) -> Any:
+    return docker_client
 
 
 @pytest.fixture
@@ -136,8 +130,13 @@ def test_each_fault_is_applied_then_reverted_from_its_journal_json(
     assert box.name in "\n".join(injector.preflight())
     action = json.loads(json.dumps(injector.prepare()))  # only what the journal keeps
     injector.apply()
-    box.reload()
-    assert expect(box.attrs), f"{spec['action']} did not take: {box.attrs['State']}"
+
+    def took() -> bool:
+        box.reload()
+        return bool(expect(box.attrs))
+
+    # Docker learns of a death (kill via the process) from containerd a moment later.
+    assert _wait_for(took, 5), f"{spec['action']} did not take: {box.attrs['State']}"
     if spec["action"] == "hog":
         assert any("sleep 999" in p[-1] for p in box.top()["Processes"])
     time.sleep(0.5)
@@ -274,24 +273,23 @@ def test_sigkill_at_random_moments_then_cleanup_leaves_nothing(
 # --- the node-restart drill on a real vLLM in a container -------------------------------------
 
 
-@pytest.fixture(scope="module")
-def vllm(engine: Any) -> Iterator[DockerStack]:
-    config = DockerStackConfig.from_env()
-    config.vllm_port, config.container, config.restart = VLLM_PORT, VLLM_NAME, "on-failure"
-    stack = DockerStack(config)
-    if stack.vllm_healthy():
-        pytest.fail(f"something already serves 127.0.0.1:{VLLM_PORT}; stop it first "
-                    "(python -m llmdrill.stack.docker_stack down)")
-    stack.start_vllm()
-    yield stack
-    stack.remove_vllm()
+@pytest.fixture
+def vllm(docker_vllm: DockerStack) -> DockerStack:
+    """The session's engine container (restart policy DOCKER_VLLM_POLICY)."""
+    return docker_vllm
+
+
+# Shorter than the scenario's defaults (15s, 110s), with room for a restart here (25-50s
+# to healthy): the Docker tests must fit the CI budget.
+TEST_PHASES = {"BASELINE_PHASE": "10s", "CRASH_PHASE": "75s"}
 
 
 def drill(stack: Stack, vllm: DockerStack, tmp_path: Path, **env: str) -> dict[str, Any]:
     run = llmdrill("run", str(SCENARIO), "--quiet", "--out", str(tmp_path / "reports"),
                    env=stack.env(LLMDRILL_DOCKER_TARGET_URL=vllm.config.url,
                                  LLMDRILL_DOCKER_METRICS_URL=f"{vllm.config.url}/metrics",
-                                 LLMDRILL_DOCKER_CONTAINER=VLLM_NAME, **env),
+                                 LLMDRILL_DOCKER_CONTAINER=VLLM_NAME,
+                                 **{**TEST_PHASES, **env}),
                    timeout=600)
     results = list((tmp_path / "reports").glob("*/result.json"))
     assert results, run.stdout + run.stderr
@@ -358,7 +356,7 @@ def test_a_container_without_a_restart_policy_fails_the_recovery_checks(
         fault = next(f for f in result["faults"] if f["name"] == "crash")
         assert fault["reverted_at"] and not fault.get("revert_error")
     finally:
-        container.update(restart_policy={"Name": "on-failure"})
+        container.update(restart_policy={"Name": DOCKER_VLLM_POLICY})
     wait_healthy(vllm)
     assert httpx.get(f"{vllm.config.url}/health", timeout=5).status_code == 200
 

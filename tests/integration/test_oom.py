@@ -13,58 +13,50 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmdrill.stack.docker_stack import DockerStack, DockerStackConfig
-from tests.integration.conftest import REPO, Stack, llmdrill
+from llmdrill.stack.docker_stack import DockerStack
+from tests.integration.conftest import (
+    DOCKER_VLLM_NAME,
+    DOCKER_VLLM_POLICY,
+    REPO,
+    Stack,
+    llmdrill,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-VLLM_PORT = 18100
-VLLM_NAME = "llmdrill-test-vllm"
+VLLM_NAME = DOCKER_VLLM_NAME
 SCENARIO = REPO / "scenarios" / "oom.yaml"
 LIMIT = 6 * 1024**3  # DockerStackConfig.memory
-POLICY = "unless-stopped"
+POLICY = DOCKER_VLLM_POLICY
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Any]:
-    import docker
-
-    stack = DockerStack()
-    stack.install()
-    already = stack.engine_ok()
-    stack.start_engine()
-    stack.build_image()
-    client = docker.DockerClient(base_url=stack.config.host, timeout=30)
-    yield client
-    client.close()
-    if not already:
-        stack.stop_engine()
+@pytest.fixture
+def engine(docker_client: Any) -> Any:
+    return docker_client
 
 
-@pytest.fixture(scope="module")
-def vllm(engine: Any) -> Iterator[DockerStack]:
-    config = DockerStackConfig.from_env()
-    config.vllm_port, config.container, config.restart = VLLM_PORT, VLLM_NAME, POLICY
-    stack = DockerStack(config)
-    if stack.vllm_healthy():
-        pytest.fail(f"something already serves 127.0.0.1:{VLLM_PORT}; stop it first "
-                    "(python -m llmdrill.stack.docker_stack down)")
-    stack.start_vllm()
-    yield stack
-    stack.remove_vllm()
+@pytest.fixture
+def vllm(docker_vllm: DockerStack) -> DockerStack:
+    """The session's engine container, restart policy `unless-stopped` (POLICY)."""
+    return docker_vllm
+
+
+# Shorter than the scenario's defaults (15s, 100s), with room for the OOM (5-9s after the
+# hog starts) and the restart (25-50s to healthy): the Docker tests must fit the CI budget.
+TEST_PHASES = {"BASELINE_PHASE": "10s", "OOM_PHASE": "75s", "AFTER_PHASE": "8s"}
 
 
 def drill(stack: Stack, vllm: DockerStack, tmp_path: Path, **env: str) -> dict[str, Any]:
     run = llmdrill("run", str(SCENARIO), "--quiet", "--out", str(tmp_path / "reports"),
                    env=stack.env(LLMDRILL_DOCKER_TARGET_URL=vllm.config.url,
                                  LLMDRILL_DOCKER_METRICS_URL=f"{vllm.config.url}/metrics",
-                                 LLMDRILL_DOCKER_CONTAINER=VLLM_NAME, **env),
+                                 LLMDRILL_DOCKER_CONTAINER=VLLM_NAME,
+                                 **{**TEST_PHASES, **env}),
                    timeout=600)
     results = list((tmp_path / "reports").glob("*/result.json"))
     assert results, run.stdout + run.stderr
@@ -152,7 +144,7 @@ def test_without_a_restart_policy_the_recovery_checks_fail(
     container = engine.containers.get(VLLM_NAME)
     container.update(restart_policy={"Name": "no"})
     try:
-        result = drill(stack, vllm, tmp_path, OOM_PHASE="35s", AFTER_PHASE="3s")
+        result = drill(stack, vllm, tmp_path, OOM_PHASE="30s", AFTER_PHASE="3s")
         checks = checks_of(result)
         assert checks["oom-observed"]["status"] == "passed", summaries(result)
         for name in ("stream-recovery", "warm-up"):
