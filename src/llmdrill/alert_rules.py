@@ -42,7 +42,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tokens_baseline_window", "1h",
               "LlmTokensPerSecondDrop: the range the normal tokens/s is taken over."),
     Parameter("kv_cache_usage", "0.9",
-              "LlmKvCacheHeadroomLow: KV-cache usage (0-1) above this."),
+              "LlmKvCacheHeadroomLow: KV-cache usage (0-1) peaking above this within every "
+              "`window` (peaks, because preemptions free blocks: under pressure the usage "
+              "swings between full and much less)."),
     Parameter("waiting_requests", "10", "LlmWaitingQueueLong: waiting requests above this."),
     Parameter("requests_metric", "http_requests_total",
               "Counter of HTTP requests by status (vLLM's API server exposes it, grouped as "
@@ -107,13 +109,13 @@ groups:
 
       - alert: LlmKvCacheHeadroomLow
         expr: >
-          max by (instance) (vllm:kv_cache_usage_perc{job="<<engine_job>>"}
-            or vllm:gpu_cache_usage_perc{job="<<engine_job>>"}) > <<kv_cache_usage>>
+          max by (instance) (max_over_time(vllm:kv_cache_usage_perc{job="<<engine_job>>"}[<<window>>])
+            or max_over_time(vllm:gpu_cache_usage_perc{job="<<engine_job>>"}[<<window>>])) > <<kv_cache_usage>>
         for: <<for>>
         labels: {severity: warning}
         annotations:
           summary: "KV cache {{ $value | humanizePercentage }} full on {{ $labels.instance }}"
-          description: "KV-cache usage above <<kv_cache_usage>>: requests get preempted or queued."
+          description: "KV-cache usage peaked above <<kv_cache_usage>> in every <<window>> for <<for>>: requests get preempted or queued."
 
       - alert: LlmWaitingQueueLong
         expr: sum by (instance) (vllm:num_requests_waiting{job="<<engine_job>>"}) > <<waiting_requests>>

@@ -16,7 +16,7 @@ from llmdrill.checks import evaluate_check
 from llmdrill.drills.base import EnvironmentProblem
 from llmdrill.harness.alert_watch import AlertWatcher
 from llmdrill.harness.preflight import check_alerting
-from llmdrill.harness.records import Evidence, FaultEvent, PhaseWindow
+from llmdrill.harness.records import Evidence, FaultEvent, MetricSample, PhaseWindow
 from llmdrill.harness.result import CheckResult
 from llmdrill.harness.webhook import WebhookReceiver, notifications
 from llmdrill.scenario.models import Check, Scenario
@@ -176,6 +176,23 @@ def test_a_late_delivery_of_an_earlier_alert_is_no_alarm() -> None:
     events = watched((T0 + 0.6, "alert_notification", {**stale, "status": "firing"}),
                      (T0 + 0.6, "alert_notification", late))
     assert judge(events, "baseline", **QUIET).status == "failed"
+
+
+def test_prometheus_own_alerts_series_beats_a_late_poll() -> None:
+    """A busy harness polls late; the ALERTS range read at the end has the real time."""
+    ranged = [MetricSample(T0 + t, "promql:ALERTS", 1.0,
+                           {"alertname": "LlmTargetDown", "alertstate": "firing"})
+              for t in (13.0, 14.0, 15.0)]
+    events = watched(state(19, "LlmTargetDown", "firing"), note(14, "LlmTargetDown"))
+    check = Check.model_validate({"phase": "down", **FIRES})
+    result = evaluate_check(check, 0, Evidence(metrics=ranged, phases=PHASES, faults=FAULTS,
+                                               run_end=T0 + 50, events=events))
+    assert result.status == "passed" and result.observed["firing_after_s"] == 3.0
+    quiet = Check.model_validate({"phase": "down", "no_false_alarms": {
+        "alerts": ["LlmTargetDown"], "notification": False}})
+    missed = evaluate_check(quiet, 0, Evidence(metrics=ranged, phases=PHASES, faults=FAULTS,
+                                               run_end=T0 + 50, events=watched()))
+    assert missed.status == "failed" and "firing in Prometheus at +3s" in missed.summary
 
 
 def test_a_disabled_check_is_skipped() -> None:

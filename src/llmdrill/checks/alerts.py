@@ -18,9 +18,41 @@ from typing import Any
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.harness.records import Evidence
 from llmdrill.harness.result import CheckResult, Window
-from llmdrill.scenario.models import AlertFiresCheck, AlertResolvesCheck, NoFalseAlarmsCheck
+from llmdrill.scenario.models import (
+    AlertFiresCheck,
+    AlertResolvesCheck,
+    NoFalseAlarmsCheck,
+    Scenario,
+)
 
 PROMETHEUS, ALERTMANAGER = "prometheus", "alertmanager"
+# The run's range query of Prometheus' ALERTS series for the watched alerts, kept as
+# `promql:ALERTS` samples labelled alertname and alertstate (harness/runner.py).
+ALERTS_QUERY = "ALERTS"
+
+
+def alert_names(scenario: Scenario) -> set[str]:
+    """Every alert the scenario's enabled alert checks name."""
+    names: set[str] = set()
+    for check in scenario.alert_checks:
+        spec = check.alert_fires or check.alert_resolves
+        names.update([spec.alert] if spec else
+                     (check.no_false_alarms.alerts if check.no_false_alarms else []))
+    return names
+
+
+def recorded_firing(evidence: Evidence, alert: str, start: float, end: float) -> float | None:
+    """The first evaluation in [start, end] at which Prometheus' ALERTS series has the
+    alert firing (from the range query at the run's end)."""
+    times = [ts for ts, _ in evidence.series(f"promql:{ALERTS_QUERY}",
+                                             {"alertname": alert, "alertstate": "firing"})
+             if start <= ts <= end]
+    return min(times) if times else None
+
+
+def _earliest(*times: float | None) -> float | None:
+    found = [t for t in times if t is not None]
+    return min(found) if found else None
 FIRING = {PROMETHEUS: ("firing",), ALERTMANAGER: ("active", "suppressed", "unprocessed")}
 
 
@@ -177,7 +209,9 @@ def evaluate_alert_fires(name: str, phase: str, spec: AlertFiresCheck, evidence:
     deadline = ref + spec.within
     end_seen = evidence.run_end or window.end
     before = state_at(evidence, PROMETHEUS, spec.alert, ref - 1e-6)
-    fired = first_change(evidence, PROMETHEUS, spec.alert, FIRING[PROMETHEUS], ref, deadline)
+    fired = _earliest(
+        first_change(evidence, PROMETHEUS, spec.alert, FIRING[PROMETHEUS], ref, deadline),
+        recorded_firing(evidence, spec.alert, ref, deadline))
     in_am = first_change(evidence, ALERTMANAGER, spec.alert, FIRING[ALERTMANAGER], ref,
                          deadline)
     notes = notified(evidence, spec.alert, "firing", ref, deadline)
@@ -253,9 +287,13 @@ def evaluate_alert_resolves(name: str, phase: str, spec: AlertResolvesCheck,
             f"{spec.alert} was {was}, not firing, at the {what}: there was nothing to resolve",
             window=window, observed=observed, expected=expected)
     if resolved is None:
+        end_seen = evidence.run_end or window.end
+        short = (f" (the run ended {fmt(end_seen - ref, 1)}s after it: make the phase longer)"
+                 if end_seen < deadline else "")
         return make_result(
             name, kind, phase, "failed",
-            f"{spec.alert} still firing in Prometheus {fmt(spec.within)}s after the {what}",
+            f"{spec.alert} still firing in Prometheus {fmt(spec.within)}s after the "
+            f"{what}{short}",
             window=window, observed=observed | {"stage": "rule"}, expected=expected)
     again = first_change(evidence, PROMETHEUS, spec.alert, FIRING[PROMETHEUS], resolved,
                          window.end)
@@ -300,8 +338,10 @@ def evaluate_no_false_alarms(name: str, phase: str, spec: NoFalseAlarmsCheck,
         if state_at(evidence, PROMETHEUS, alert, window.start) == "firing":
             noisy[alert] = "firing in Prometheus at the phase start"
             continue
-        fired = first_change(evidence, PROMETHEUS, alert, FIRING[PROMETHEUS], window.start,
-                             window.end)
+        fired = _earliest(
+            first_change(evidence, PROMETHEUS, alert, FIRING[PROMETHEUS], window.start,
+                         window.end),
+            recorded_firing(evidence, alert, window.start, window.end))
         if fired is not None:
             noisy[alert] = f"firing in Prometheus at {_rel(fired, window.start)}"
             continue

@@ -6,6 +6,7 @@ import socket
 
 import httpx
 
+from llmdrill.checks.alerts import alert_names
 from llmdrill.drills.base import EnvironmentProblem
 from llmdrill.probes.engine_metrics import MAX_SCRAPE_BYTES, parse_metrics
 from llmdrill.probes.http import bounded_get
@@ -77,11 +78,7 @@ def check_alerting(scenario: Scenario) -> list[str]:
     if not scenario.alert_checks:
         return []
     lines: list[str] = []
-    wanted: list[str] = []
-    for check in scenario.alert_checks:
-        spec = check.alert_fires or check.alert_resolves
-        wanted += [spec.alert] if spec else list(check.no_false_alarms.alerts
-                                                 if check.no_false_alarms else [])
+    wanted = alert_names(scenario)
     hook = scenario.monitoring.webhook
     if hook is not None:
         with socket.socket(socket.AF_INET6 if ":" in hook.host else socket.AF_INET) as sock:
@@ -103,7 +100,7 @@ def check_alerting(scenario: Scenario) -> list[str]:
                     f"Prometheus {scenario.prometheus.url} has no alert rule named "
                     f"{', '.join(missing)} ({len(rules)} alert rules loaded)")
             lines.append(f"prometheus {scenario.prometheus.url}: {len(rules)} alert rules, "
-                         f"all {len(set(wanted))} the checks name")
+                         f"all {len(wanted)} the checks name")
         if scenario.alertmanager is not None:
             active = alertmanager_alerts(scenario.alertmanager.url)
             lines.append(f"alertmanager {scenario.alertmanager.url}: {len(active)} alerts now")

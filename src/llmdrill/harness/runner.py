@@ -8,6 +8,7 @@ Whatever happens (a check failing, an exception, Ctrl-C, SIGTERM, a guardrail), 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from llmdrill.checks import evaluate_check
+from llmdrill.checks.alerts import ALERTS_QUERY, alert_names
 from llmdrill.checks.probes import RunningProbe, probe_for
 from llmdrill.checks.stats import client_series, request_stats
 from llmdrill.drills.base import EnvironmentProblem, Injector
@@ -367,13 +369,24 @@ class Runner:
         if prom is None or not self.phase_results:
             return
         step = self.scenario.monitoring.query_step
-        for name, query in self.scenario.monitoring.queries.items():
+        queries = dict(self.scenario.monitoring.queries)
+        alerts = sorted(alert_names(self.scenario))
+        if alerts:
+            # Prometheus' own record of when each watched alert was pending and firing, at
+            # its evaluation resolution: the alert checks trust it over the polled state,
+            # which a busy harness may read late.
+            pattern = "|".join(re.escape(a) for a in alerts)
+            queries[ALERTS_QUERY] = f'ALERTS{{alertname=~"{pattern}"}}'
+        for name, query in queries.items():
             try:
                 found = promql_range(prom.url, query, t0, run_end, step)
             except Exception as exc:  # in the teardown path: an odd answer must not stop it
                 store.add_event(time.time(), "promql_failed",
                                 {"query": name, "error": f"{type(exc).__name__}: {exc}"})
                 continue
+            if name == ALERTS_QUERY:  # only what the checks read: fewer rows
+                found = [({k: v for k, v in labels.items() if k in ("alertname", "alertstate")},
+                          points) for labels, points in found]
             store.add_metrics([MetricSample(ts, f"promql:{name}", value, labels)
                                for labels, points in found for ts, value in points])
 
