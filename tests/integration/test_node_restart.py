@@ -365,10 +365,22 @@ def test_a_restart_whose_sigterm_leaves_streams_hanging_fails_stream_recovery(
         stack: Stack, vllm: DockerStack, tmp_path: Path) -> None:
     """`docker restart`: SIGTERM, then SIGKILL after the grace period. vLLM 0.32 stops
     its engine at SIGTERM and closes its listening socket, but keeps the streams in flight
-    open, silent, until the SIGKILL: clients hang for the whole grace period."""
-    wait_healthy(vllm)
-    result = drill(stack, vllm, tmp_path, NODE_ACTION="restart", RESTART_GRACE="15s")
-    recovery = checks_of(result)["stream-recovery"]
+    open, silent, until the SIGKILL: clients hang for the whole grace period. Not always:
+    in some runs it ends the streams at once and exits within a second (the check then
+    rightly passes), so the drill is tried up to 3 times for a shutdown that hangs."""
+    recovery: dict[str, Any] = {}
+    for attempt in range(3):
+        wait_healthy(vllm)
+        result = drill(stack, vllm, tmp_path / f"try-{attempt}", NODE_ACTION="restart",
+                       RESTART_GRACE="15s")
+        recovery = checks_of(result)["stream-recovery"]
+        died = recovery["observed"].get("died_after_s")
+        if died is None or died >= 10:  # it waited for the SIGKILL: the case shown here
+            break
+        assert recovery["status"] == "passed", recovery["summary"]  # a clean shutdown
+    else:
+        pytest.skip("vLLM ended its streams at SIGTERM and exited at once in 3 tries: no "
+                    "hanging shutdown to catch")
     assert recovery["status"] == "failed", recovery["summary"]
     assert "hung past 5s after the kill" in recovery["summary"]
     observed = recovery["observed"]
