@@ -57,8 +57,9 @@ unit: venv
 integration: stack
 	$(BIN)/pytest -m "integration and not docker" -q
 
-# The Docker backend's drills (node restart): installs docker.io and starts dockerd.
-# Not yet part of `make test` (about 10 more minutes); see docs/drills/node-restart.md.
+# The Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials, the
+# docker-compose stack): installs docker.io and docker-compose, starts dockerd.
+# Not yet part of `make test` (about 13 more minutes); see docs/drills/node-restart.md.
 docker-test: stack
 	$(BIN)/python -m llmdrill.stack.docker_stack install
 	$(BIN)/pytest -m docker -q -p no:cacheprovider
