@@ -7,7 +7,7 @@ export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
 export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
-.PHONY: all venv system-deps stack up down demo test lint unit integration docker-test clean
+.PHONY: all venv system-deps stack docker-stack up down demo test lint unit integration docker-test clean
 
 all: test
 
@@ -53,20 +53,26 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -m unit -q
 
-# The session fixture starts vLLM and Toxiproxy (if not already up) and stops what it started.
-integration: stack
-	$(BIN)/pytest -m "integration and not docker" -q
-
-# The Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials, the
-# docker-compose stack): installs docker.io and docker-compose, starts dockerd.
-# Not yet part of `make test` (about 13 more minutes); see docs/drills/node-restart.md.
-docker-test: stack
+# Docker engine (Debian's docker.io, started with the flags in ../shared/ENVIRONMENT.md),
+# docker-compose, and the locally built images the Docker tests use.
+docker-stack: stack
 	$(BIN)/python -m llmdrill.stack.docker_stack install
+
+# The session fixture starts vLLM and Toxiproxy (if not already up) and stops what it started.
+integration: stack docker-stack
+	$(BIN)/pytest -m integration -q
+
+# Only the Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials,
+# the docker-compose stack): about 13 minutes.
+docker-test: docker-stack
 	$(BIN)/pytest -m docker -q -p no:cacheprovider
 
-test: lint stack
+# Lint, type checks, unit tests, then every integration test against the real components
+# (vLLM, Toxiproxy, nginx, Prometheus, Alertmanager, a Docker engine). pytest exits non-zero
+# when it collects no test (exit code 5), and make stops at the first failing step.
+test: lint stack docker-stack
 	$(BIN)/pytest -m unit -q
-	$(BIN)/pytest -m "integration and not docker" -q -p no:cacheprovider
+	$(BIN)/pytest -m integration -q -p no:cacheprovider
 
 clean: down
 	rm -rf $(VENV) reports
