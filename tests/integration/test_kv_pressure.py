@@ -51,7 +51,7 @@ def _variant(tmp_path: Path, change: dict[str, dict[str, Any]],
     if keep_checks is not None:
         doc["checks"] = [c for c in doc["checks"] if c["name"] in keep_checks]
     for check in doc["checks"]:
-        kind = next(k for k in check if k not in ("name", "phase"))
+        kind = next(k for k in check if k not in ("name", "phase", "enabled"))
         check[kind].update(change.get(check["name"], {}))
     path = tmp_path / "kv-pressure-variant.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
