@@ -9,7 +9,11 @@ a blink). Shown here:
 - a SIGTERM to the harness mid-drill leaves no paused, stopped or squeezed container;
 - SIGKILL of harness and watchdog at random moments, then `llmdrill cleanup`: nothing left;
 - the drill passes with a restart policy and retrying clients; fails without a restart
-  policy (the recovery checks), and fails stream recovery for clients that do not retry.
+  policy (the recovery checks), and fails stream recovery for clients that do not retry;
+- its opt-in alert checks pass against a real Prometheus (127.0.0.1:18281) scraping the
+  engine in its container and a real Alertmanager (127.0.0.1:18282) notifying the
+  harness's webhook receiver (127.0.0.1:18280): LlmTargetDown and LlmEngineRestarted fire
+  and notify, LlmEngineRestarted resolves; an alert the kill cannot fire fails.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmdrill.alert_rules import render
 from llmdrill.drills.base import EnvironmentProblem, revert
 from llmdrill.drills.registry import make_injector
 from llmdrill.harness.context import RunContext
@@ -40,10 +45,12 @@ from tests.conftest import count
 from tests.integration.conftest import (
     DOCKER_VLLM_NAME,
     DOCKER_VLLM_POLICY,
+    DOCKER_VLLM_PORT,
     REPO,
     Stack,
     llmdrill,
 )
+from tests.integration.monitoring import monitoring
 
 # Needs a Docker engine: run with `make docker-test` (not yet part of `make test`).
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -284,8 +291,9 @@ def vllm(docker_vllm: DockerStack) -> DockerStack:
 TEST_PHASES = {"BASELINE_PHASE": "10s", "CRASH_PHASE": "75s"}
 
 
-def drill(stack: Stack, vllm: DockerStack, tmp_path: Path, **env: str) -> dict[str, Any]:
-    run = llmdrill("run", str(SCENARIO), "--quiet", "--out", str(tmp_path / "reports"),
+def drill(stack: Stack, vllm: DockerStack, tmp_path: Path, scenario_path: Path = SCENARIO,
+          **env: str) -> dict[str, Any]:
+    run = llmdrill("run", str(scenario_path), "--quiet", "--out", str(tmp_path / "reports"),
                    env=stack.env(LLMDRILL_DOCKER_TARGET_URL=vllm.config.url,
                                  LLMDRILL_DOCKER_METRICS_URL=f"{vllm.config.url}/metrics",
                                  LLMDRILL_DOCKER_CONTAINER=VLLM_NAME,
@@ -388,4 +396,76 @@ def test_a_restart_whose_sigterm_leaves_streams_hanging_fails_stream_recovery(
     assert observed["in_flight_last_end_s"] >= 14  # cut only by the SIGKILL
     actions = [(e["action"], e.get("signal")) for e in observed["docker_events"]]
     assert ("kill", 15) in actions and ("kill", 9) in actions
+    wait_healthy(vllm)
+
+
+# --- the drill's opt-in alert checks, with a real Prometheus and Alertmanager -------------------
+
+WEBHOOK = "127.0.0.1:18280"
+PROMETHEUS_PORT, ALERTMANAGER_PORT = 18281, 18282
+# The crash phase must outlast the restart (25-50s here) and restart_window the crash
+# phase: LlmEngineRestarted fires once the new process start time is scraped, is still
+# firing at the crash's revert (65s after the kill), and resolves when the old start time
+# leaves the window (75s after the kill), in the after phase.
+ALERT_PHASES = {"CRASH_PHASE": "65s", "AFTER_PHASE": "18s", "ALERT_RESOLVE_WITHIN": "15s"}
+ALERT_RULES = render({"for": "1s", "for_down": "1s", "window": "10s",
+                      "tokens_baseline_window": "30s", "restart_window": "75s"})
+ALERTMANAGER = f"""
+route: {{receiver: harness, group_by: [alertname], group_wait: 0s, group_interval: 1s,
+        repeat_interval: 1h}}
+receivers:
+  - name: harness
+    webhook_configs: [{{url: "http://{WEBHOOK}/", send_resolved: true}}]
+"""
+ALERT_CHECKS = ["baseline-no-false-alarms", "crash-target-down-alert-fires",
+                "crash-restart-alert-fires", "after-target-down-resolved",
+                "after-restart-alert-resolves"]
+
+
+def test_node_restart_alerts_fire_notify_and_resolve(
+        stack: Stack, vllm: DockerStack, tmp_path: Path) -> None:
+    wait_healthy(vllm)
+    # The shipped drill plus one check a plain Docker host cannot pass: there is no
+    # cAdvisor, so the OOM alert has no metric and the kill cannot make it fire.
+    text = SCENARIO.read_text()
+    assert text.count("\nchecks:\n") == 1
+    path = tmp_path / "node-restart.yaml"
+    path.write_text(text.replace("\nchecks:\n", "\nchecks:\n  - {name: crash-oom-alert-fires, "
+                                 "phase: crash, alert_fires: {alert: LlmEngineOomKilled, "
+                                 "fault: crash, within: 15s}}\n"))
+    engine = f"127.0.0.1:{DOCKER_VLLM_PORT}"
+    with monitoring(tmp_path / "monitoring", ALERT_RULES, engine=engine,
+                    alertmanager_config=ALERTMANAGER, prometheus_port=PROMETHEUS_PORT,
+                    alertmanager_port=ALERTMANAGER_PORT) as mon:
+
+        def scraped() -> bool:  # the old process start time must be in Prometheus
+            data = httpx.get(f"{mon.prometheus_url}/api/v1/query",
+                             params={"query": 'up{job="vllm"} == 1'}, timeout=5).json()
+            return bool(data["data"]["result"])
+
+        assert _wait_for(scraped, 30), "Prometheus did not scrape the engine"
+        result = drill(stack, vllm, tmp_path, scenario_path=path, LLMDRILL_ALERTS="true",
+                       LLMDRILL_PROMETHEUS_URL=mon.prometheus_url,
+                       LLMDRILL_ALERTMANAGER_URL=mon.alertmanager_url,
+                       LLMDRILL_WEBHOOK_LISTEN=WEBHOOK, **ALERT_PHASES)
+    checks = checks_of(result)
+    summary = json.dumps({k: v["summary"] for k, v in checks.items()}, indent=1)
+    assert {n: checks[n]["status"] for n in ALERT_CHECKS} == dict.fromkeys(
+        ALERT_CHECKS, "passed"), summary
+    down, restarted = (checks["crash-target-down-alert-fires"]["observed"],
+                       checks["crash-restart-alert-fires"]["observed"])
+    resolved = checks["after-restart-alert-resolves"]["observed"]
+    assert down["notified_after_s"] is not None and down["alertmanager_after_s"] is not None
+    assert restarted["notified_after_s"] is not None
+    assert resolved["state_at_revert"] == "firing" and resolved["notified_after_s"] is not None
+    assert restarted["firing_after_s"] > down["firing_after_s"]  # down first, then back
+    oom = checks["crash-oom-alert-fires"]
+    assert oom["status"] == "failed"
+    assert oom["summary"].startswith("rule never reached firing: LlmEngineOomKilled was "
+                                     "inactive"), oom["summary"]
+    print(f"\nnode restart alerts: target down firing +{down['firing_after_s']}s, notified "
+          f"+{down['notified_after_s']}s; restarted firing +{restarted['firing_after_s']}s, "
+          f"notified +{restarted['notified_after_s']}s; resolved "
+          f"+{resolved['resolved_after_s']}s after the revert, notified "
+          f"+{resolved['notified_after_s']}s")
     wait_healthy(vllm)
