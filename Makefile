@@ -63,7 +63,7 @@ integration: stack docker-stack
 	$(BIN)/pytest -m integration -q
 
 # Only the Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials,
-# the docker-compose stack): about 13 minutes.
+# the docker-compose stack): about 15 minutes.
 docker-test: docker-stack
 	$(BIN)/pytest -m docker -q -p no:cacheprovider
 
