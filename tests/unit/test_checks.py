@@ -6,7 +6,13 @@ import pytest
 
 from llmdrill.checks import base, evaluate_check, evaluator_for, register, registered_kinds
 from llmdrill.checks.metric import increase
-from llmdrill.harness.records import Evidence, MetricSample, PhaseWindow, RequestRecord
+from llmdrill.harness.records import (
+    Evidence,
+    FaultEvent,
+    MetricSample,
+    PhaseWindow,
+    RequestRecord,
+)
 from llmdrill.harness.result import CheckResult, Window
 from llmdrill.scenario.models import Check
 
@@ -310,6 +316,28 @@ def test_recovers_fails_when_never_recovered() -> None:
     assert "never recovered" in result.summary
     assert result.observed["recovery_time_s"] is None
     assert len(result.observed["steps"]) == 57  # (30 - 2) / 0.5 + 1
+
+
+def test_recovers_does_not_take_requests_before_a_late_fault_for_recovery() -> None:
+    # The fault of the checked phase was applied 3s after the phase started (a busy
+    # harness): the requests before it were fast, the ones after it never recovered.
+    ev = evidence(every(0, 30, ttft=0.1) + every(30, 63, ttft=0.1) + every(63, 90, ttft=2.0))
+    late = FaultEvent("slow", applied_at=T0 + 63, reverted_at=T0 + 90)
+    ev.faults = [late]
+    result = evaluate_check(_recovers(), 0, ev)
+    assert result.status == "failed", result.summary
+    assert "never recovered" in result.summary
+    assert result.observed["judged_from_s"] == pytest.approx(3.0)
+    # Without the fault event the same requests look like a recovery at once.
+    ev.faults = []
+    assert evaluate_check(_recovers(), 0, ev).status == "passed"
+    # A recovery after a late fault is timed from the phase start, as always.
+    healed = evidence(every(0, 30, ttft=0.1) + every(30, 63, ttft=0.1)
+                      + every(63, 66, ttft=2.0) + every(66, 90, ttft=0.1))
+    healed.faults = [late]
+    result = evaluate_check(_recovers(), 0, healed)
+    assert result.status == "passed", result.summary
+    assert result.observed["recovery_time_s"] == pytest.approx(6.0)
 
 
 def test_recovers_slack_widens_the_band() -> None:

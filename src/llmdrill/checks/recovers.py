@@ -3,6 +3,10 @@
 The baseline is the measure over a healthy phase. A window of `window` seconds slides
 over the checked phase in 0.5 s steps; the first window whose value is inside the band
 marks recovery, at (window start - phase start). Recovery must come within `within`.
+
+A fault applied during the checked phase (late: a busy harness, or a fault that starts
+after the phase does) moves the first window to when it was applied: requests sent before
+the fault was in place show the healthy system, not a recovery from it.
 """
 
 from __future__ import annotations
@@ -130,24 +134,29 @@ def evaluate_recovers(
         limit = baseline * (1 + spec.tolerance) + spec.slack
         expected["band"] = {"max": limit}
 
-    duration = window.end - window.start
+    applied = [f.applied_at for f in evidence.faults
+               if window.start < f.applied_at < window.end]
+    first = max([window.start, *applied])
+    duration = window.end - first
     length = min(spec.window, duration)  # a phase shorter than the window is one step
-    steps = math.floor((duration - length) / STEP_S + _EPS) + 1
+    steps = max(0, math.floor((duration - length) / STEP_S + _EPS)) + 1
     # The whole run's requests: for throughput, a request started in the fault phase
     # that completes in the window counts towards it.
     slider = _Slider(spec.measure, evidence.requests)
     points: list[list[float | None]] = []
     recovered_at: float | None = None
     value_at: float | None = None
+    offset = first - window.start
     for i in range(steps):
-        t = window.start + i * STEP_S
+        t = first + i * STEP_S
         value = slider.value(t, length)
-        points.append([round(i * STEP_S, 3), value])
+        points.append([round(offset + i * STEP_S, 3), value])
         if recovered_at is None and _in_band(spec.measure, value, limit):
-            recovered_at, value_at = i * STEP_S, value
+            recovered_at, value_at = round(offset + i * STEP_S, 3), value
 
     observed = {
         "baseline": baseline,
+        "judged_from_s": round(offset, 3),
         "recovery_time_s": recovered_at,
         "value_at_recovery": value_at,
         "steps": _thin(points),
