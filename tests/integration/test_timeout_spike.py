@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,11 +102,19 @@ def test_cleanup_reverts_after_kill_9(clean_proxy: Stack, tmp_path: Path) -> Non
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmdrill.cli", "run", SCENARIO, "--out", str(tmp_path / "reports")],
         env=clean_proxy.env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not clean_proxy.toxics():
         time.sleep(0.2)
-    proc.kill()
+    # The harness and its watchdog together (a whole machine's processes gone): the
+    # watchdog alone would revert the fault by itself, and cleanup would find nothing to do.
+    watchdogs = subprocess.run(
+        ["pgrep", "-f", f"llmdrill.harness.watchdog {tmp_path / 'reports'}"],
+        capture_output=True, text=True).stdout.split()
+    for pid in watchdogs:
+        os.kill(int(pid), signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     try:
         assert clean_proxy.toxics(), "a kill -9 cannot revert: the toxic must still be there"
