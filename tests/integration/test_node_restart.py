@@ -50,15 +50,15 @@ from tests.integration.conftest import (
     Stack,
     llmdrill,
 )
+from tests.integration.dockerbox import BOX_MEMORY, residue
 from tests.integration.monitoring import monitoring
 
-# Needs a Docker engine: run with `make docker-test` (not yet part of `make test`).
+# Needs a Docker engine: `make docker-stack` starts one (`make docker-test` runs only these).
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "6"))
 VLLM_NAME = DOCKER_VLLM_NAME
 SCENARIO = REPO / "scenarios" / "node-restart.yaml"
-BOX_MEMORY = 64 * 1024 * 1024
 
 
 @pytest.fixture
@@ -78,22 +78,6 @@ def boxes(engine: Any) -> Iterator[tuple[str, list[Any]]]:
     yield label, made
     for c in made:
         c.remove(force=True)
-
-
-def residue(containers: list[Any]) -> list[str]:
-    """What a fault left on a busybox container: anything but running, unpaused, with its
-    original limits."""
-    left = []
-    for c in containers:
-        c.reload()
-        state, hc = c.attrs["State"], c.attrs["HostConfig"]
-        if state["Status"] != "running":
-            left.append(f"{c.name} {state['Status']}")
-        if hc["Memory"] != BOX_MEMORY or hc["MemorySwap"] != 2 * BOX_MEMORY:
-            left.append(f"{c.name} memory {hc['Memory']}/{hc['MemorySwap']}")
-        if hc["CpuQuota"] not in (0, -1):
-            left.append(f"{c.name} cpu quota {hc['CpuQuota']}")
-    return left
 
 
 def scenario(faults: dict[str, Any], base_url: str = "http://127.0.0.1:18000",
