@@ -1,5 +1,6 @@
 """The `llmdrill` command line. Exit codes: 0 passed, 1 a check failed, 2 invalid scenario
-or environment, 3 aborted (faults reverted)."""
+or environment, 3 aborted (faults reverted), 4 inconclusive (a fault that left no trace, too
+little evidence, or nothing judged: not a pass)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.table import Table
 from llmdrill import __version__
 from llmdrill.scenario.errors import ScenarioError
 
-EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
 
 app = typer.Typer(
     name="llmdrill",
@@ -126,6 +127,8 @@ def run(
     """Run scenarios: load, faults, checks, reports. Exit code says how it went."""
     from llmdrill.harness.progress import Progress
     from llmdrill.harness.runner import RunOptions, run_scenario
+    from llmdrill.harness.verdict import EXIT_CODES
+    from llmdrill.harness.verdict import exit_code as suite_exit_code
     from llmdrill.report import write_suite_index, write_suite_junit
     from llmdrill.scenario.loader import load_scenarios
 
@@ -150,9 +153,8 @@ def run(
         finally:
             progress.stop()
         results.append((result, Path(result.files.get("html", out_dir)).parent))
-        code = {"passed": EXIT_PASSED, "failed": EXIT_FAILED, "aborted": EXIT_ABORTED,
-                "error": EXIT_INVALID}[result.status]
-        codes.append(code)
+        code = EXIT_CODES[result.status]
+        codes.append(result.status)
         _print_result(result)
         if code == EXIT_ABORTED:
             break  # an interrupted suite stops; the faults of this one are reverted
@@ -161,14 +163,15 @@ def run(
     if len(results) > 1:
         index = write_suite_index(results, out_dir)
         err.print(f"suite index: {index}", highlight=False)
-    raise typer.Exit(max(codes, key=lambda c: (c == EXIT_ABORTED, c == EXIT_INVALID, c)))
+    raise typer.Exit(suite_exit_code(codes))
 
 
 def _print_result(result: object) -> None:
     from llmdrill.harness.result import RunResult
 
     assert isinstance(result, RunResult)
-    color = {"passed": "green", "failed": "red", "aborted": "yellow", "error": "red"}
+    color = {"passed": "green", "failed": "red", "aborted": "yellow", "error": "red",
+             "inconclusive": "magenta", "skipped": "white"}
     table = Table("check", "phase", "status", "summary", title=f"{result.scenario.name}")
     for c in result.checks:
         table.add_row(c.name, c.phase, f"[{color.get(c.status, 'white')}]{c.status}[/]",

@@ -55,6 +55,8 @@ class DrillFile(pytest.File):
 
         scenario = load_scenario(self.path)
         for i, check in enumerate(scenario.checks):
+            if not check.enabled:  # opt-in checks left off are not part of the run
+                continue
             yield DrillCheck.from_parent(self, name=check.display_name(i))
 
     def run_once(self) -> RunResult:
@@ -76,6 +78,9 @@ class DrillCheck(pytest.Item):
         if check is None or check.status != "passed":
             summary = check.summary if check else f"run {result.status}: {result.abort_reason}"
             raise DrillFailed(f"{self.name}: {summary}")
+        if result.status != "passed":  # a passed check in a run that is not a pass
+            raise DrillFailed(f"{self.name}: passed, but the run is {result.status}: "
+                              f"{result.abort_reason}")
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> str:
         if isinstance(excinfo.value, DrillFailed):

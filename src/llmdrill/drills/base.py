@@ -9,7 +9,11 @@ is what lets `llmdrill cleanup` undo a fault after the harness was killed with -
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from llmdrill.harness.records import Evidence
+    from llmdrill.harness.verdict import FaultEffect
 
 RevertAction = dict[str, Any]
 """Must carry "backend": the key of the function that reverts it."""
@@ -38,6 +42,17 @@ class Injector(Protocol):
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop live activity the fault runs in this process (client-side faults)."""
+        ...
+
+
+class JudgesEffect(Protocol):
+    """An injector that can tell, from the run's evidence, whether its fault landed."""
+
+    def effect(self, evidence: Evidence) -> FaultEffect:
+        """Whether the run's evidence shows this fault reached the traffic or the target.
+
+        Called after the run with everything it observed; a fault that left no trace makes
+        the run inconclusive, never a pass."""
         ...
 
 

@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field
 
 RESULT_SCHEMA = "llmdrill.result/v1"
 
-RunStatus = Literal["passed", "failed", "aborted", "error"]
-CheckStatus = Literal["passed", "failed", "error", "skipped"]
+RunStatus = Literal["passed", "failed", "aborted", "error", "inconclusive"]
+CheckStatus = Literal["passed", "failed", "error", "skipped", "inconclusive"]
+FaultEffectLabel = Literal["seen", "missed", "unknown"]
 
 
 class ScenarioInfo(BaseModel):
@@ -50,6 +51,10 @@ class FaultResult(BaseModel):
     reverted_at: float | None = None
     reverted_by: str = "harness"
     revert_error: str | None = None
+    effect: FaultEffectLabel | None = Field(
+        default=None, description="Whether the fault reached the traffic or the target: "
+        "seen, missed, or unknown (no evidence either way). None when it was never applied.")
+    effect_detail: str = Field(default="", description="The evidence behind `effect`.")
 
 
 class Window(BaseModel):

@@ -37,7 +37,7 @@ from llmdrill.harness.live import LiveStats
 from llmdrill.harness.plan import Plan, PlannedPhase, compile_plan
 from llmdrill.harness.preflight import check_metrics, check_target
 from llmdrill.harness.progress import Progress
-from llmdrill.harness.records import FaultEvent, MetricSample, PhaseWindow
+from llmdrill.harness.records import Evidence, FaultEvent, MetricSample, PhaseWindow
 from llmdrill.harness.result import (
     CheckResult,
     FaultResult,
@@ -49,6 +49,7 @@ from llmdrill.harness.result import (
     TargetInfo,
 )
 from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redact
+from llmdrill.harness.verdict import FaultEffect, decide_run_status
 from llmdrill.harness.versions import engine_version, harness_versions
 from llmdrill.harness.webhook import WebhookReceiver
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
@@ -494,15 +495,10 @@ class Runner:
         if unreverted and not self.error:
             self.error = (f"could not revert {'; '.join(unreverted)}: the fault may still be "
                           "in place; fix the backend and run `llmdrill cleanup`")
+        self._judge_effects(evidence)
         status: RunStatus
-        if self.error:
-            status = "error"
-        elif self.abort_reason:
-            status = "aborted"
-        elif any(c.status in ("failed", "error") for c in checks):
-            status = "failed"
-        else:
-            status = "passed"
+        status, reason = decide_run_status(self.error, self.abort_reason, checks,
+                                           list(self.fault_results.values()))
         phases = [p for p in self.phase_results]
         planned_names = {p.name for p in phases}
         for planned in self.plan.phases:  # phases that never started, for the timeline
@@ -517,7 +513,7 @@ class Runner:
                                   description=self.scenario.metadata.description,
                                   tags=list(self.scenario.metadata.tags)),
             status=status,
-            abort_reason=self.abort_reason or self.error,
+            abort_reason=reason,
             started_at=started_at,
             ended_at=time.time(),
             target=TargetInfo(base_url=target.base_url, model=target.model,
@@ -529,6 +525,22 @@ class Runner:
             stats=stats,
             series=series,
         )
+
+    def _judge_effects(self, evidence: Evidence) -> None:
+        """Ask each applied fault's backend whether the evidence shows it landed."""
+        for name, result in self.fault_results.items():
+            if result.applied_at is None:
+                continue
+            injector = self.injectors.get(name)
+            judge = getattr(injector, "effect", None)
+            if judge is None:
+                continue  # a backend without effect evidence is judged by its checks alone
+            try:
+                effect: FaultEffect = judge(evidence)
+            except Exception as exc:  # a bug in one backend's judgement is no evidence
+                effect = FaultEffect(None, f"could not judge: {type(exc).__name__}: {exc}")
+            result.effect = effect.label  # type: ignore[assignment]
+            result.effect_detail = effect.detail
 
     @staticmethod
     def _engine_series(metrics: list[MetricSample], t0: float

@@ -18,6 +18,7 @@ STATUS_LABELS: dict[str, str] = {
     "aborted": "ABORTED",
     "error": "ERROR",
     "skipped": "SKIPPED",
+    "inconclusive": "INCONCLUSIVE",
 }
 
 # XML 1.0 forbids these code points even when escaped; server error bodies and user files
@@ -156,7 +157,7 @@ def ordered_stats(result: RunResult) -> list[tuple[str, RequestStats]]:
 
 
 def check_counts(result: RunResult) -> dict[str, int]:
-    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    counts = {"passed": 0, "failed": 0, "error": 0, "inconclusive": 0, "skipped": 0}
     for check in result.checks:
         counts[check.status] = counts.get(check.status, 0) + 1
     return counts
@@ -166,5 +167,6 @@ def checks_text(result: RunResult) -> str:
     """'2 of 3 checks passed, 1 failed': only the non-zero outcomes after the first."""
     counts = check_counts(result)
     text = f"{counts['passed']} of {len(result.checks)} checks passed"
-    rest = [f"{counts[k]} {k}" for k in ("failed", "error", "skipped") if counts[k]]
+    rest = [f"{counts[k]} {k}" for k in ("failed", "error", "inconclusive", "skipped")
+            if counts[k]]
     return ", ".join([text, *rest])

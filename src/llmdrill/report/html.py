@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 import llmdrill
 from llmdrill.harness.result import CheckResult, FaultResult, RunResult
+from llmdrill.harness.verdict import RUN_SEVERITY, worst_status
 from llmdrill.report import figures
 from llmdrill.report.fmt import (
     DASH,
@@ -47,8 +48,8 @@ _INLINE_ITEMS = 12  # a list of scalars or short tuples prints on one line
 # What the template renders recursively: text, a list, or a key/value mapping.
 Pruned: TypeAlias = "str | list[Pruned] | dict[str, Pruned]"
 
-# Worst first: the suite verdict is the worst run status.
-_SEVERITY = {"error": 3, "aborted": 2, "failed": 1, "passed": 0}
+# The suite verdict is the worst run status, in the one order the exit codes use too.
+_SEVERITY = RUN_SEVERITY
 
 
 def _is_scalar(value: Any) -> bool:
@@ -123,6 +124,8 @@ class FaultView:
     active: str
     revert_error: str | None
     never_reverted: bool
+    effect: str = ""  # seen / missed / unknown, or "" when never applied
+    effect_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def _check_view(check: CheckResult, t0: float) -> CheckView:
         expected=prune(check.expected),
         evidence=prune(check.evidence),
         # Failures open by default: they are what a reader (or a printout) needs.
-        open=check.status in ("failed", "error"),
+        open=check.status in ("failed", "error", "inconclusive"),
     )
 
 
@@ -173,6 +176,8 @@ def _fault_view(fault: FaultResult, result: RunResult, t0: float) -> FaultView:
         else DASH,
         revert_error=fault.revert_error,
         never_reverted=never,
+        effect=fault.effect or "",
+        effect_detail=fault.effect_detail,
     )
 
 
@@ -221,7 +226,8 @@ def render_html(result: RunResult) -> str:
         "status": result.status,
         "status_label": status_label(result.status),
         "checks_text": checks_text(result),
-        "failing": [c.name for c in result.checks if c.status in ("failed", "error")],
+        "failing": [c.name for c in result.checks
+                    if c.status in ("failed", "error", "inconclusive")],
         "started": fmt_ts(result.started_at),
         "ended": fmt_ts(result.ended_at),
         "duration": fmt_duration(result.duration_s),
@@ -266,7 +272,7 @@ def render_index(entries: Sequence[tuple[RunResult, str]]) -> str:
         }
         for r, href in entries
     ]
-    worst = max((r.status for r, _ in entries), key=lambda s: _SEVERITY.get(s, 3), default=None)
+    worst = worst_status(r.status for r, _ in entries)
     tally = {s: sum(1 for r, _ in entries if r.status == s) for s in _SEVERITY}
     context = {
         "rows": rows,

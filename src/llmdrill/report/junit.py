@@ -73,6 +73,10 @@ def _testcase(result: RunResult, check: CheckResult, t0: float) -> ET.Element:
     elif check.status == "error":
         child = ET.SubElement(case, "error", {"message": message, "type": _clean(check.kind)})
         child.text = _check_details(check, t0)
+    elif check.status == "inconclusive":  # not a pass: CI must not go green on it
+        child = ET.SubElement(case, "failure", {"message": f"inconclusive: {message}",
+                                                "type": "inconclusive"})
+        child.text = _check_details(check, t0)
     elif check.status == "skipped":
         ET.SubElement(case, "skipped", {"message": message})
     return case
@@ -115,7 +119,7 @@ def _properties(result: RunResult) -> ET.Element:
 def build_testsuite(result: RunResult) -> ET.Element:
     t0 = time_origin(result)
     cases = [_testcase(result, check, t0) for check in result.checks]
-    if result.status in ("aborted", "error"):
+    if result.status in ("aborted", "error", "inconclusive"):
         cases.append(_run_testcase(result))
     counts = {
         "failures": sum(1 for c in cases if c.find("failure") is not None),
