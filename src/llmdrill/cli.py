@@ -132,6 +132,10 @@ def run(
     from llmdrill.report import write_suite_index, write_suite_junit
     from llmdrill.scenario.loader import load_scenarios
 
+    # Resolved once, here: every process of the run (Locust, the watchdog) may run in
+    # another working directory.
+    out_dir = out_dir.expanduser().resolve()
+    junit = junit.expanduser().resolve() if junit else None
     try:
         loaded = load_scenarios(paths)
     except ScenarioError as exc:
@@ -221,7 +225,7 @@ def report(
     except (OSError, ValueError) as exc:
         err.print(f"{result_json}: cannot read result ({exc})", markup=False)
         raise typer.Exit(EXIT_INVALID) from None
-    files = write_reports(result, out_dir or result_json.parent)
+    files = write_reports(result, (out_dir or result_json.parent).expanduser().resolve())
     for kind, path in files.items():
         out.print(f"{kind}: {path}", highlight=False)
 

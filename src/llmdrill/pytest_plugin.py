@@ -28,7 +28,7 @@ def _run(path: Path, out: Path) -> RunResult:
     from llmdrill.harness.runner import RunOptions, run_scenario
     from llmdrill.scenario.loader import load_scenario
 
-    return run_scenario(path, load_scenario(path), RunOptions(out_dir=out))
+    return run_scenario(path, load_scenario(path), RunOptions(out_dir=out.resolve()))
 
 
 @pytest.fixture

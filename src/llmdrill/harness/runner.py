@@ -117,7 +117,7 @@ class Runner:
         self.plan: Plan = compile_plan(scenario)
         started = datetime.now(UTC)
         self.run_id = f"{started:%Y%m%dT%H%M%SZ}-{scenario.metadata.name}"
-        self.run_dir = options.out_dir / self.run_id
+        self.run_dir = options.out_dir.expanduser().resolve() / self.run_id
         self.progress = progress or Progress(quiet=True)
         self.fault_results: dict[str, FaultResult] = {}
         self.journal_ids: dict[str, str] = {}
@@ -127,6 +127,7 @@ class Runner:
         self.live = LiveStats()
         self.injectors: dict[str, Injector] = {}
         self.live_probes: list[RunningProbe] = []
+        self.watchdog: subprocess.Popen[bytes] | None = None
         self.guard_poller = GuardPoller(scenario, lambda msg: None)
         # Until the run starts there is no store: a plan-time context records nothing.
         self.ctx = RunContext(self.run_id, scenario, None, {}, self.progress, self.run_dir)
@@ -267,7 +268,7 @@ class Runner:
             self.ctx = RunContext(self.run_id, self.scenario, store, headers, self.progress,
                                   self.run_dir)
             check_safety(self.scenario, self.options.allow_production)
-            watchdog = start_watchdog(journal.path)
+            watchdog = self.watchdog = start_watchdog(journal.path)
             for setup in self._proxy_setups():
                 if not setup.exists():
                     entry = journal.intent(f"proxy:{setup.name}", setup.describe(),
@@ -447,7 +448,16 @@ class Runner:
                     store.add_requests(new)
                     self.live.add(new)
                 if not locust.alive():
-                    raise Aborted("the load generator exited early (see locust.log)")
+                    raise Aborted(helper_died(
+                        "the load generator (Locust)", locust.returncode(),
+                        self.run_dir / "locust.log",
+                        "check the target URL, the model name and the load settings"))
+            if self.watchdog is not None and self.watchdog.poll() is not None:
+                raise Aborted(helper_died(
+                    "the fault watchdog", self.watchdog.returncode,
+                    self.run_dir / "watchdog.log",
+                    "the harness reverts this run's faults itself; if the harness is killed "
+                    "too, run `llmdrill cleanup`"))
             reason = self.live.guardrail_breach(guard, now,
                                                 scraper.last_ok if scraper else None,
                                                 self.guard_poller.latest)
@@ -527,18 +537,21 @@ class Runner:
         )
 
     def _judge_effects(self, evidence: Evidence) -> None:
-        """Ask each applied fault's backend whether the evidence shows it landed."""
+        """Ask each applied fault's backend whether the evidence shows it landed. Fails
+        closed: a backend that cannot say, or whose judgement breaks, gives "unknown"."""
         for name, result in self.fault_results.items():
             if result.applied_at is None:
                 continue
             injector = self.injectors.get(name)
             judge = getattr(injector, "effect", None)
+            effect: FaultEffect
             if judge is None:
-                continue  # a backend without effect evidence is judged by its checks alone
-            try:
-                effect: FaultEffect = judge(evidence)
-            except Exception as exc:  # a bug in one backend's judgement is no evidence
-                effect = FaultEffect(None, f"could not judge: {type(exc).__name__}: {exc}")
+                effect = FaultEffect(None, "its backend reports no evidence of its effect")
+            else:
+                try:
+                    effect = judge(evidence)
+                except Exception as exc:  # a bug in one backend's judgement is no evidence
+                    effect = FaultEffect(None, f"could not judge: {type(exc).__name__}: {exc}")
             result.effect = effect.label  # type: ignore[assignment]
             result.effect_detail = effect.detail
 
@@ -580,6 +593,25 @@ def check_safety(scenario: Scenario, allow_production: bool) -> None:
                     f"fault '{name}' would touch {radius} things (streams, requests or "
                     f"targets), over safety.max_blast_radius {limit}"
                 )
+
+
+def log_tail(path: Path, lines: int = 12, max_chars: int = 2000) -> str:
+    """The last lines of a helper's log, for a message a person reads."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    tail = "\n".join(line.rstrip() for line in text.splitlines()[-lines:] if line.strip())
+    return tail[-max_chars:] or "(the log is empty)"
+
+
+def helper_died(what: str, code: int | None, log: Path, advice: str) -> str:
+    """Why the run stops when a helper process it relies on exits before the end."""
+    return (f"{what} exited early (exit code {code}); last lines of {log}:\n"
+            f"{log_tail(log)}\nWhat to do: {advice}; the whole log is {log}")
 
 
 def start_watchdog(journal: Path) -> subprocess.Popen[bytes]:

@@ -34,7 +34,7 @@ class LocustProcess:
         self._partial = ""
 
     def start(self) -> None:
-        config_path = self.workdir / "load-config.json"
+        config_path = (self.workdir / "load-config.json").resolve()
         self.config.dump(config_path)
         Path(self.config.samples_path).touch()
         env = {**os.environ, "LLMDRILL_LOAD_CONFIG": str(config_path),
@@ -51,6 +51,9 @@ class LocustProcess:
             cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
             start_new_session=True,  # our Ctrl-C must not reach it before we stop it in order
         )
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

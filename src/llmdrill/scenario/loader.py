@@ -363,6 +363,17 @@ def load_scenario(path: str | Path, env: Mapping[str, str] | None = None) -> Sce
             line, col = _mark_for(loc, marks)
             issues.append(ScenarioIssue(shown, line, col, _dotted(loc), message))
         raise ScenarioError(issues)
+    return _anchor_paths(scenario, Path(path))
+
+
+def _anchor_paths(scenario: Scenario, path: Path) -> Scenario:
+    """Make the scenario's relative file paths relative to the scenario file's folder, and
+    absolute, once: the run's processes (Locust, the watchdog) work in other folders."""
+    key_file = scenario.target.api_key_file
+    if key_file and not Path(key_file).expanduser().is_absolute():
+        anchored = str(path.resolve().parent / key_file)
+        target = scenario.target.model_copy(update={"api_key_file": anchored})
+        return scenario.model_copy(update={"target": target})
     return scenario
 
 

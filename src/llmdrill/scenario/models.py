@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -18,6 +19,28 @@ from llmdrill.scenario.units import Duration, Fraction, PositiveInt, Size
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
 
+
+
+def http_url(url: str) -> str:
+    """An http(s) URL that every HTTP client can use, or a ValueError saying what is wrong.
+
+    Refused at load time, so a typo never gets as far as a run: a URL with spaces or control
+    characters, no host, an unclosed IPv6 bracket or a port that is not a number.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got '{url}'")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"must not contain spaces or control characters, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc}): '{url}'") from None
+    if not parts.hostname:
+        raise ValueError(f"has no host: '{url}'")
+    if port == 0:
+        raise ValueError(f"port 0 is not a port to connect to: '{url}'")
+    return url
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,7 +68,10 @@ class Target(Strict):
     api_key_env: str | None = Field(
         default=None, description="Name of an environment variable that holds the API key."
     )
-    api_key_file: str | None = Field(default=None, description="A file that holds the API key.")
+    api_key_file: str | None = Field(
+        default=None,
+        description="A file that holds the API key; a relative path is relative to the "
+        "scenario file's folder.")
     production: bool = Field(
         default=False, description="Marks a production target; drills refuse it unless allowed."
     )
@@ -53,9 +79,7 @@ class Target(Strict):
     @field_validator("base_url", "metrics_url")
     @classmethod
     def _url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got '{url}'")
-        return url
+        return None if url is None else http_url(url)
 
     @field_validator("api_key_file")
     @classmethod
@@ -72,6 +96,11 @@ class ToxiproxyServer(Strict):
     url: str = Field(
         default="http://127.0.0.1:8474", description="Base URL of the Toxiproxy HTTP API."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return http_url(url)
 
 
 class _ToxicBase(Strict):
@@ -234,6 +263,11 @@ class CancelStormFault(Strict):
         default=None, description="Where the storm goes (default: target.base_url)."
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
+
 
 class RequestFloodFault(Strict):
     """Client-side: a flood of long requests (long prompts, long outputs) while it lasts."""
@@ -263,9 +297,7 @@ class RequestFloodFault(Strict):
     @field_validator("base_url")
     @classmethod
     def _url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got '{url}'")
-        return url
+        return None if url is None else http_url(url)
 
 
 class DockerTarget(Strict):
@@ -448,6 +480,11 @@ class RequestShape(Strict):
     )
 
 
+# Beyond this, one Locust process (one core) cannot keep its users' timings honest: the
+# measured ceiling is a few thousand requests/s in total (see benchmarks/).
+MAX_USERS_PER_PROCESS = 2000
+
+
 class Load(Strict):
     users: int = Field(
         default=4, ge=0,
@@ -467,6 +504,16 @@ class Load(Strict):
         default_factory=Timeouts, description="Client deadlines for each attempt."
     )
     retries: Retries = Field(default_factory=Retries, description="The client's retry policy.")
+
+    @field_validator("users")
+    @classmethod
+    def _one_process(cls, users: int) -> int:
+        if users > MAX_USERS_PER_PROCESS:
+            raise ValueError(
+                f"{users} users is more than one load process can drive with honest timings "
+                f"(at most {MAX_USERS_PER_PROCESS}); lower it, or run several llmdrill "
+                "instances against the target, each with its share")
+        return users
 
 
 # --- phases ---------------------------------------------------------------------------
@@ -757,9 +804,7 @@ class EngineHealthyCheck(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got '{url}'")
-        return url
+        return None if url is None else http_url(url)
 
 
 # How a request cut by a kill may end: the connection broke (closed before any answer is
@@ -788,9 +833,7 @@ class _AfterNodeFault(Strict):
     @field_validator("health_url")
     @classmethod
     def _url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got '{url}'")
-        return url
+        return None if url is None else http_url(url)
 
 
 class StreamRecoveryCheck(_AfterNodeFault):
@@ -1100,6 +1143,11 @@ class AbortIf(Strict):
 
 class MonitoringEndpoint(Strict):
     url: str = Field(description="Base URL, e.g. http://127.0.0.1:9090.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return http_url(url)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")

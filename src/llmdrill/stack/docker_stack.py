@@ -42,6 +42,8 @@ APPLETS = ("sh", "sleep", "kill", "cat", "ls", "ps", "echo", "true", "false", "w
 ENGINE_LABEL = {"llmdrill.role": "engine"}
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 ENGINE_START_TIMEOUT = 60.0
+# Another apt-get (unattended upgrades, a second job) may hold the dpkg lock: wait for it.
+APT_LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
 
 
 class DockerStackError(Exception):
@@ -103,10 +105,12 @@ class DockerStack:
             return
         _say(f"installing {', '.join(missing)} (apt)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if subprocess.run(cmd, env=env, timeout=900).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, timeout=600, check=False)
-            if subprocess.run(cmd, env=env, timeout=900).returncode != 0:
+        cmd = ["apt-get", *APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends",
+               *missing]
+        if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
+            subprocess.run(["apt-get", *APT_LOCK_WAIT, "update", "-q"], env=env, timeout=1200,
+                           check=False)
+            if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
                 raise DockerStackError(f"apt-get install {' '.join(missing)} failed")
 
     # -- the engine -----------------------------------------------------------------------
