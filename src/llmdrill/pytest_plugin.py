@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from llmdrill.harness.result import RunResult
+from llmdrill.scenario.errors import ScenarioError
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,16 +54,23 @@ class DrillFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         from llmdrill.scenario.loader import load_scenario
 
-        scenario = load_scenario(self.path)
-        for i, check in enumerate(scenario.checks):
-            if not check.enabled:  # opt-in checks left off are not part of the run
-                continue
-            yield DrillCheck.from_parent(self, name=check.display_name(i))
+        try:
+            scenario = load_scenario(self.path)
+        except ScenarioError as exc:  # the user's file:line:field, not a traceback
+            raise self.CollectError("\n".join(str(i) for i in exc.issues)) from None
+        enabled = [check.display_name(i) for i, check in enumerate(scenario.checks)
+                   if check.enabled]  # opt-in checks left off are not part of the run
+        # No enabled check: one item for the run, which is inconclusive, so never a pass.
+        for name in enabled or [RUN_ITEM]:
+            yield DrillCheck.from_parent(self, name=name)
 
     def run_once(self) -> RunResult:
         if self.result is None:
             self.result = _run(self.path, Path(self.config.getoption("--llmdrill-out")))
         return self.result
+
+
+RUN_ITEM = "run"
 
 
 class DrillFailed(Exception):
@@ -74,11 +82,17 @@ class DrillCheck(pytest.Item):
         parent = self.parent
         assert isinstance(parent, DrillFile)
         result = parent.run_once()
+        if self.name == RUN_ITEM and not result.checks:
+            if result.status != "passed":
+                raise DrillFailed(f"run {result.status}: {result.abort_reason}")
+            return
         check = next((c for c in result.checks if c.name == self.name), None)
         if check is None or check.status != "passed":
             summary = check.summary if check else f"run {result.status}: {result.abort_reason}"
             raise DrillFailed(f"{self.name}: {summary}")
-        if result.status != "passed":  # a passed check in a run that is not a pass
+        # A passed check in a run with no verdict (a fault that missed, an abort) is not a
+        # pass; beside another check that failed, it is.
+        if result.status not in ("passed", "failed"):
             raise DrillFailed(f"{self.name}: passed, but the run is {result.status}: "
                               f"{result.abort_reason}")
 
