@@ -40,10 +40,33 @@ def _fail_invalid(exc: ScenarioError) -> None:
     raise typer.Exit(EXIT_INVALID)
 
 
+STRICT_HELP = "Checks that can never fail (toothless limits) are errors (exit 2), not warnings."
+
+
+def _lint(loaded: list[tuple[Path, object]], strict: bool) -> None:
+    """Print the warnings of `find_toothless_checks` (stderr); with strict, fail on them."""
+    from llmdrill.scenario.lint import find_toothless_checks, format_warning
+    from llmdrill.scenario.models import Scenario
+
+    warnings = []
+    for path, scenario in loaded:
+        assert isinstance(scenario, Scenario)
+        warnings += find_toothless_checks(scenario, path)
+    if strict and warnings:
+        _fail_invalid(ScenarioError(warnings))
+    for warning in warnings:
+        err.print(format_warning(warning), markup=False, highlight=False, soft_wrap=True)
+    if warnings:
+        err.print(f"{len(warnings)} warning(s): checks that can never fail "
+                  "(--strict makes them errors)", style="yellow")
+
+
 @app.command()
-def validate(paths: Annotated[list[Path], typer.Argument(help="Scenario files or folders.")]
+def validate(paths: Annotated[list[Path], typer.Argument(help="Scenario files or folders.")],
+             strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
              ) -> None:
-    """Check scenario files; exit 0 if all are valid, 2 with every problem otherwise."""
+    """Check scenario files; exit 0 if all are valid, 2 with every problem otherwise.
+    Checks that can never fail are warned about (errors with --strict)."""
     from llmdrill.scenario.loader import load_scenarios
 
     try:
@@ -51,6 +74,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Scenario files or
     except ScenarioError as exc:
         _fail_invalid(exc)
         return
+    _lint(list(loaded), strict)
     for path, scenario in loaded:
         out.print(f"ok {path} ({scenario.metadata.name})", highlight=False)
 
@@ -59,8 +83,10 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Scenario files or
 def plan(
     path: Annotated[Path, typer.Argument(help="A scenario file.")],
     check: Annotated[bool, typer.Option(help="Also check every backend is reachable.")] = False,
+    strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
 ) -> None:
-    """Print the timeline (phases, fault apply/revert, checks). Changes nothing."""
+    """Print the timeline (phases, fault apply/revert, checks). Changes nothing.
+    Checks that can never fail are warned about (errors with --strict)."""
     from llmdrill.harness.plan import compile_plan
     from llmdrill.scenario.loader import load_scenario
 
@@ -69,6 +95,7 @@ def plan(
     except ScenarioError as exc:
         _fail_invalid(exc)
         return
+    _lint([(path, scenario)], strict)
     compiled = compile_plan(scenario)
     from llmdrill.drills.registry import make_injector
     from llmdrill.harness.context import RunContext
