@@ -37,6 +37,13 @@ def test_a_fault_that_left_no_trace_is_inconclusive(effect: str) -> None:
     assert reason is not None and "spike" in reason and "0 of 40" in reason
 
 
+def test_an_applied_fault_never_judged_is_inconclusive() -> None:
+    # Fail closed: a backend that says nothing about its effect does not make a pass.
+    status, reason = decide_run_status(None, None, [check("passed")], [fault(None)])
+    assert status == "inconclusive"
+    assert reason is not None and "spike" in reason and "no evidence" in reason
+
+
 def test_a_fault_never_applied_is_not_judged_by_its_effect() -> None:
     assert decide_run_status(None, None, [check("passed")], [fault(None, applied=False)]
                              )[0] == "passed"

@@ -8,11 +8,13 @@ is what lets `llmdrill cleanup` undo a fault after the harness was killed with -
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from llmdrill.harness.records import Evidence
+    from llmdrill.harness.records import Evidence, RequestRecord
     from llmdrill.harness.verdict import FaultEffect
 
 RevertAction = dict[str, Any]
@@ -44,16 +46,13 @@ class Injector(Protocol):
         """Stop live activity the fault runs in this process (client-side faults)."""
         ...
 
-
-class JudgesEffect(Protocol):
-    """An injector that can tell, from the run's evidence, whether its fault landed."""
-
     def effect(self, evidence: Evidence) -> FaultEffect:
         """Whether the run's evidence shows this fault reached the traffic or the target.
 
         Called after the run with everything it observed; a fault that left no trace makes
         the run inconclusive, never a pass."""
         ...
+
 
 
 def register_reverter(backend: str) -> Callable[[Callable[[RevertAction], None]], Callable[
@@ -79,3 +78,76 @@ def _load_backends() -> None:
     from llmdrill.drills.registry import load_backends
 
     load_backends()
+
+
+# --- evidence that a fault landed (shared by the backends' `effect`) ------------------------
+
+# Error classes a broken, cut or stalled connection gives a client.
+NETWORK_ERRORS = frozenset({"timeout", "connect", "reset", "incomplete_stream", "protocol",
+                            "empty", "http_5xx"})
+
+
+@dataclass(frozen=True, slots=True)
+class FaultWindow:
+    """When one fault was in place: from its apply to its revert (or the end of the run)."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
+
+
+def fault_window(evidence: Evidence, fault: str) -> FaultWindow | None:
+    """The fault's own window, from the run's fault events; None if it was never applied.
+    A fault applied in several phases spans from its first apply to its last revert."""
+    events = [f for f in evidence.faults if f.fault == fault]
+    if not events:
+        return None
+    start = min(f.applied_at for f in events)
+    ends = [f.reverted_at for f in events]
+    end: float | None
+    if any(e is None for e in ends):
+        end = evidence.run_end
+        if end is None:
+            end = max((r.end for r in evidence.requests), default=start)
+    else:
+        end = max(e for e in ends if e is not None)
+    return FaultWindow(start, max(start, end))
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """Typical timings of requests that ended before a fault, per request shape."""
+
+    ttft: dict[str | None, float]
+    duration: dict[str | None, float]
+    count: int
+
+    def of(self, table: dict[str | None, float], shape: str | None) -> float | None:
+        if shape in table:
+            return table[shape]
+        return table.get("*")
+
+
+def baseline_before(requests: Sequence[RequestRecord], start: float) -> Baseline:
+    """Median TTFT and duration of the successful requests that ended before `start`,
+    per shape and over all ("*"): the yardstick for "slower during the fault"."""
+    before = [r for r in requests if r.ok and r.end <= start]
+    ttft: dict[str | None, float] = {}
+    duration: dict[str | None, float] = {}
+    groups: dict[str | None, list[RequestRecord]] = {"*": before}
+    for r in before:
+        groups.setdefault(r.shape, []).append(r)
+    for shape, group in groups.items():
+        ttfts = [r.ttft for r in group if r.ttft is not None]
+        if ttfts:
+            ttft[shape] = statistics.median(ttfts)
+        if group:
+            duration[shape] = statistics.median(r.duration for r in group)
+    return Baseline(ttft, duration, len(before))
+
+
+def share_text(hit: int, total: int) -> str:
+    return f"{hit} of {total} request{'s' if total != 1 else ''}"

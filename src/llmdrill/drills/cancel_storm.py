@@ -36,14 +36,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.drills.client import ClientActivity
+from llmdrill.drills.client import ClientActivity, engine_queue, queue_rise
 from llmdrill.drills.registry import register_injector
+from llmdrill.harness.verdict import FaultEffect
 from llmdrill.load.sse import StreamTally, error_type_of_body
 from llmdrill.scenario.models import CancelStormFault
 from llmdrill.scenario.units import format_duration
 
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
+    from llmdrill.harness.records import Evidence
 
 BACKEND = "cancel_storm"
 SHAPE = "cancel_storm"  # the request shape of storm samples, kept apart from the load's
@@ -732,6 +734,58 @@ class CancelStorm(ClientActivity):
                                 for o, p in zip(done, plans, strict=True)])
             store.add_event(started, EVENT, detail)
         self.ctx.progress.event(wave_line(self.fault_name, detail, s.waves))
+
+    def effect(self, evidence: Evidence) -> FaultEffect:
+        """Whether the storm's streams reached an engine (see `judge_storm`)."""
+        return judge_storm(self.fault_name, evidence)
+
+
+def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
+    """A storm landed when its waves dropped streams that had started: streams that got
+    the engine's answer (a 200 head, tokens) before they were dropped. A wave whose streams
+    all failed before any answer did not; nor did a wave the engine never saw: when the
+    engine's metrics were scraped during the wave and its queue (running + waiting) never
+    rose, the answers came from somewhere else (another engine, a cache, a stub)."""
+    waves = [d for _, d in evidence.events_of(EVENT) if d.get("fault") == fault]
+    if not waves:
+        return FaultEffect(None, "no storm wave was recorded while the fault was on (it was "
+                                 "reverted before its first wave?): nothing to judge from")
+    queue = engine_queue(evidence)
+    landed, unanswered, unseen = [], [], []
+    for d in sorted(waves, key=lambda w: int(w.get("wave", 0))):
+        number = int(d.get("wave", 0)) + 1
+        start, dropped = float(d.get("started_at", 0.0)), float(d.get("dropped_at", 0.0))
+        samples = [r for r in evidence.requests if r.shape == SHAPE
+                   and start <= r.start <= dropped + 0.001]
+        answered = sum(1 for r in samples if r.status == 200 or r.ttft is not None)
+        answered = min(int(d.get("streams", answered)), answered)
+        if not answered and int(d.get("tokens", 0)) > 0:
+            answered = int(d.get("aborted", 0))
+        if not answered or not int(d.get("aborted", 0)):
+            errors = ", ".join(f"{k} {v}" for k, v in (d.get("errors") or {}).items())
+            unanswered.append(f"wave {number}: {answered} of {d.get('streams')} streams "
+                              f"answered, {d.get('aborted', 0)} dropped"
+                              + (f" ({errors})" if errors else ""))
+            continue
+        first = min((r.start for r in samples), default=start)
+        rise = queue_rise(queue, first, dropped)
+        if rise is not None and rise[1] <= rise[0]:
+            unseen.append(f"wave {number}: the engine's running+waiting stayed at "
+                          f"{rise[0]:g} (max {rise[1]:g}) while its {answered} answered "
+                          "streams were open")
+            continue
+        landed.append(f"wave {number}: {d.get('aborted')} of {d.get('streams')} streams "
+                      f"dropped {d.get('abort_after', '')}, {answered} of them answered"
+                      + (f", engine queue {rise[0]:g} -> {rise[1]:g}" if rise else ""))
+    notes = "; ".join(unanswered + [f"{u} (a wave the engine never saw)" for u in unseen])
+    if landed:
+        return FaultEffect(True, f"{len(landed)} of {len(waves)} waves landed ("
+                                 + "; ".join(landed) + ")" + (f"; {notes}" if notes else ""))
+    why = ("the streams never got an answer: is the storm's base_url the API the engine "
+           "serves, reachable from here?" if unanswered else
+           "the streams were answered, but the engine whose metrics were scraped never "
+           "saw them: does metrics_url belong to the engine behind the storm's base_url?")
+    return FaultEffect(False, f"no wave landed ({notes}): {why}")
 
 
 @register_injector(BACKEND)

@@ -6,10 +6,18 @@ with the harness), which is what the reverter records."""
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from llmdrill.drills.base import RevertAction, register_reverter
 
+if TYPE_CHECKING:
+    from llmdrill.harness.records import Evidence
+
 BACKEND = "client"
+# The engine's queue: requests running plus waiting. A client-side fault that reaches the
+# engine makes it rise.
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
 
 
 class ClientActivity:
@@ -52,6 +60,26 @@ class ClientActivity:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def engine_queue(evidence: Evidence) -> list[tuple[float, float]]:
+    """running + waiting per scrape, from the engine's metrics ([] when not scraped)."""
+    per_ts: dict[float, float] = {}
+    for name in (RUNNING, WAITING):
+        for ts, value in evidence.series(name):
+            per_ts[ts] = per_ts.get(ts, 0.0) + value
+    return sorted(per_ts.items())
+
+
+def queue_rise(queue: list[tuple[float, float]], start: float, end: float
+               ) -> tuple[float, float] | None:
+    """(level before `start`, highest level in [start, end]) of the engine's queue, or None
+    when no scrape fell in the window (nothing to tell from)."""
+    inside = [v for ts, v in queue if start <= ts <= end]
+    if not inside:
+        return None
+    before = [v for ts, v in queue if ts < start]
+    return (before[-1] if before else 0.0), max(inside)
 
 
 @register_reverter(BACKEND)

@@ -25,13 +25,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmdrill.drills.base import EnvironmentProblem, RevertAction, register_reverter
+from llmdrill.drills.base import (
+    NETWORK_ERRORS,
+    EnvironmentProblem,
+    RevertAction,
+    baseline_before,
+    fault_window,
+    register_reverter,
+    share_text,
+)
 from llmdrill.drills.registry import register_injector
+from llmdrill.harness.verdict import FaultEffect
+from llmdrill.probes.docker_events import KIND as EVENT_KIND
 from llmdrill.probes.docker_events import DockerEventRecorder
 from llmdrill.scenario.models import DockerFault, DockerTarget
 
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
+    from llmdrill.harness.records import Evidence
 
 BACKEND = "docker"
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -45,6 +56,7 @@ HOG_PY = ("import sys, time\nb = bytearray(int(sys.argv[1]))\n"
 # Container states in which nothing needs starting at revert time.
 UP_STATES = ("running", "restarting", "paused")
 STATE_EVENT = "docker_state"  # a container's state, as inspected when its fault ends
+HOG_EVENT = "docker_hog"  # whether the hog was running once apply stopped watching it
 # oom_score_adj of every process in the container, read, raised and written back through
 # `docker exec sh` (so it works for a remote engine too); the exec'd shell skips itself.
 # Raising needs no privilege; writing back the old (lower) value is allowed down to the
@@ -430,6 +442,12 @@ class DockerInjector:
                     f"the hog could not run in container '{container.name}' (exit "
                     f"{info.get('ExitCode')}: is '{command[0]}' there?); set hog_command")
             time.sleep(0.1)
+        store = self.ctx.store
+        if store is not None:  # evidence that the hog ran, for effect()
+            info = client.api.exec_inspect(exec_id["Id"])
+            store.add_event(time.time(), HOG_EVENT, {
+                "fault": self.fault_name, "container": container.name,
+                "running": bool(info.get("Running")), "exit_code": info.get("ExitCode")})
 
     def stop(self, timeout: float = 30.0) -> None:
         """The change itself is the journal's to revert; only the event recorder runs.
@@ -448,11 +466,19 @@ class DockerInjector:
             with connect(self.host, min(self.spec.timeout, 10.0)) as client:
                 for attrs in self._targets:
                     info = client.api.inspect_container(str(attrs["Id"]))
-                    store.add_event(time.time(), STATE_EVENT,
-                                    state_detail(info, self.fault_name))
+                    detail = state_detail(info, self.fault_name)
+                    if self.spec.action in ("memory", "cpu"):
+                        # The limits as they stand while the squeeze is on: read back.
+                        detail |= limits_detail(info)
+                    store.add_event(time.time(), STATE_EVENT, detail)
         except Exception as exc:  # evidence lost, never the run (nor the revert)
             store.add_event(time.time(), STATE_EVENT,
                             {"fault": self.fault_name, "error": f"{type(exc).__name__}: {exc}"})
+
+    def effect(self, evidence: Evidence) -> FaultEffect:
+        """What the engine's events and the containers' states read back show (see
+        `judge_docker`)."""
+        return judge_docker(self.spec, self.fault_name, evidence)
 
 
 def state_detail(info: dict[str, Any], fault: str) -> dict[str, Any]:
@@ -461,6 +487,146 @@ def state_detail(info: dict[str, Any], fault: str) -> dict[str, Any]:
             "status": state.get("Status"), "oom_killed": bool(state.get("OOMKilled")),
             "exit_code": state.get("ExitCode"), "restart_count": info.get("RestartCount"),
             "started_at": state.get("StartedAt"), "finished_at": state.get("FinishedAt")}
+
+
+def limits_detail(info: dict[str, Any]) -> dict[str, Any]:
+    host = info.get("HostConfig") or {}
+    return {"memory": int(host.get("Memory") or 0),
+            "cpu_quota": int(host.get("CpuQuota") or 0),
+            "cpu_period": int(host.get("CpuPeriod") or 0)}
+
+
+# --- did the fault land? ---------------------------------------------------------------------
+
+# pause: a request started while paused counts when it failed or lasted this much longer.
+PAUSE_SLOWER_S = 1.0
+WRONG_TARGET = ("wrong container or label? (the clients may be served by another one)")
+
+
+def _parse_time(text: Any) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, Z) as epoch seconds; None when unset."""
+    from datetime import datetime
+
+    value = str(text or "")
+    if not value or value.startswith("0001-"):
+        return None
+    main, _, frac = value.rstrip("Z").partition(".")
+    try:
+        base = datetime.fromisoformat(main + "+00:00").timestamp()
+    except ValueError:
+        return None
+    digits = "".join(c for c in frac if c.isdigit())
+    return base + (float("0." + digits) if digits else 0.0)
+
+
+def judge_docker(spec: DockerFault, fault: str, evidence: Evidence) -> FaultEffect:
+    """Whether the fault's containers show it, from the evidence the backend recorded:
+
+    kill, restart, stop: a `die` event of a targeted container (or its state read back at
+    the fault's end: not running, or started again after the fault began); pause: the
+    container paused (event or state) and requests started meanwhile stalled or failed;
+    memory, hog: an `oom` event or OOMKilled state, else the squeezed limit read back
+    (memory) or the hog seen running (hog); cpu: only the setting can be shown, so the CFS
+    quota read back. No record at all (the event stream and the inspect both lost): unknown.
+    """
+    window = fault_window(evidence, fault)
+    if window is None:
+        return FaultEffect(None, "the fault has no apply time in the evidence")
+    mine = [(ts, k, d) for ts, k, d in evidence.events if d.get("fault") == fault]
+    began = min((ts for ts, k, _ in mine if k == "docker_action"), default=window.start)
+    events = [(ts, d) for ts, k, d in mine if k == EVENT_KIND]
+    hogs = [d for _, k, d in mine if k == HOG_EVENT]
+    actions = [str(d.get("action")) for _, d in events]
+    states = [d for _, d in evidence.events_of(STATE_EVENT)
+              if d.get("fault") == fault and "error" not in d]
+    names = sorted({str(d.get("container")) for _, d in events} | {
+        str(d.get("container")) for d in states}) or ["?"]
+    who = ", ".join(f"'{n}'" for n in names)
+    if not events and not states and not hogs:
+        return FaultEffect(None, "no Docker event and no container state was recorded for "
+                                 "the fault (the event stream or the inspect failed): no "
+                                 "evidence either way")
+    action = spec.action
+    seen_events = ", ".join(sorted(set(actions))) or "none"
+    if action in ("kill", "restart", "stop"):
+        dies = [(ts, d) for ts, d in events if d.get("action") == "die"]
+        if dies:
+            ts, d = dies[0]
+            code = d.get("exit_code")
+            return FaultEffect(True, f"{len(dies)} die event(s) of {who} while the fault was "
+                                     f"on, the first {max(0.0, ts - began):.1f}s after the "
+                                     f"{action}" + (f" (exit code {code})" if code is not None
+                                                    else "") + _cut_text(evidence, window))
+        moved = [d for d in states if d.get("status") not in ("running", None)
+                 or (_parse_time(d.get("started_at")) or 0.0) >= began - 1.0]
+        if moved:
+            d = moved[0]
+            return FaultEffect(True, f"no die event recorded, but container "
+                                     f"'{d.get('container')}' read back {d.get('status')} "
+                                     f"(started at {d.get('started_at')}) at the fault's end"
+                                     + _cut_text(evidence, window))
+        return FaultEffect(False, f"no die event of {who} (events: {seen_events}) and it read "
+                                  f"back running since before the {action}: the signal was "
+                                  f"ignored or caught, or it is the {WRONG_TARGET}")
+    if action == "pause":
+        paused = "pause" in actions or any(d.get("status") == "paused" for d in states)
+        if not paused:
+            return FaultEffect(False, f"no pause event of {who} (events: {seen_events}) and "
+                                      "it did not read back paused")
+        inside = evidence.requests_started_in(window.start, window.end)
+        if not inside:
+            return FaultEffect(True, f"{who} paused (event/state read back); no client "
+                                     "request started meanwhile to show its effect")
+        base = baseline_before(evidence.requests, window.start)
+        hit = [r for r in inside if not r.ok or r.attempts > 1 or (
+            (b := base.of(base.duration, r.shape)) is not None
+            and r.duration >= b + PAUSE_SLOWER_S)
+            or (b is None and r.duration >= PAUSE_SLOWER_S)]
+        counted = (f"{share_text(len(hit), len(inside))} started while {who} was paused "
+                   f"failed or took >= {PAUSE_SLOWER_S:g}s longer than before")
+        if hit:
+            return FaultEffect(True, counted)
+        return FaultEffect(False, f"{counted}: {who} paused but the traffic did not stall; "
+                                  f"{WRONG_TARGET}")
+    ooms = [(ts, d) for ts, d in events if d.get("action") == "oom"]
+    killed = [d for d in states if d.get("oom_killed")]
+    if action in ("memory", "hog") and (ooms or killed):
+        what = (f"{len(ooms)} oom event(s) of {who}" if ooms
+                else f"{who} read back OOMKilled")
+        return FaultEffect(True, f"{what} while the fault was on")
+    if action == "hog":
+        running = [d for d in hogs if d.get("running")]
+        if running:
+            return FaultEffect(True, f"the hog ran in {who} (seen running after "
+                                     f"{HOG_CHECK_S:g}s); no OOM followed")
+        codes = ", ".join(str(d.get("exit_code")) for d in hogs) or "not recorded"
+        return FaultEffect(False, f"no OOM in {who} and the hog was not running after "
+                                  f"{HOG_CHECK_S:g}s (exit {codes}): it ended early or never "
+                                  "filled its memory")
+    want = squeezed_limits(spec)
+    key, field = (("Memory", "memory") if action == "memory" else ("CpuQuota", "cpu_quota"))
+    read = [d for d in states if field in d]
+    if not read:
+        return FaultEffect(None, f"the {action} limit of {who} was not read back "
+                                 f"(events: {seen_events}); no evidence either way")
+    held = [d for d in read if d.get(field) == want[key]]
+    unit = fmt_size(want[key]) if action == "memory" else f"{want[key]} us per {CPU_PERIOD_US} us"
+    if len(held) == len(read):
+        tail = ("; no OOM followed" if action == "memory" else
+                "; only the setting can be shown, not its effect on the engine")
+        return FaultEffect(True, f"the {action} limit of {who} read back as {unit} while the "
+                                 f"fault was on{tail}")
+    got = ", ".join(f"{d.get('container')}: {d.get(field)}" for d in read)
+    return FaultEffect(False, f"the {action} limit read back as {got}, not {unit}")
+
+
+def _cut_text(evidence: Evidence, window: Any) -> str:
+    """A note of the client requests the fault cut (errors), for the detail."""
+    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
+    cut = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1]
+    if not inside:
+        return ""
+    return f"; {share_text(len(cut), len(inside))} in flight meanwhile failed or were retried"
 
 
 @register_injector(BACKEND)

@@ -26,13 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from llmdrill.drills.client import ClientActivity
+from llmdrill.drills.base import fault_window
+from llmdrill.drills.client import ClientActivity, engine_queue, queue_rise
 from llmdrill.drills.registry import register_injector
+from llmdrill.harness.verdict import FaultEffect
 from llmdrill.load.sse import StreamTally, error_type_of_body
 from llmdrill.scenario.models import RequestFloodFault
 
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
+    from llmdrill.harness.records import Evidence
 
 BACKEND_KEY = "request_flood"
 MAX_BODY_BYTES = 1 << 20  # a whole (non-streamed) answer
@@ -306,6 +309,13 @@ class RequestFlood(ClientActivity):
         self.ctx.progress.event(f"{self.fault_name} stopped: {sum(self.outcomes.values())} "
                                 f"requests recorded ({counts or 'none'})")
 
+    def effect(self, evidence: Evidence) -> FaultEffect:
+        """Whether the flood reached the engine (see `judge_flood`)."""
+        window = fault_window(evidence, self.fault_name)
+        if window is None:
+            return FaultEffect(None, "the fault has no apply time in the evidence")
+        return judge_flood(self.spec.name, evidence, window.start, window.end)
+
 
 class _Worker:
     """One request at a time, back to back, each on its own connection."""
@@ -391,6 +401,38 @@ class _Worker:
                 return read_whole(body, flight.tally)
         except (httpx.HTTPError, OSError) as exc:
             return classify_exception(exc, flight.status is not None)
+
+
+REFUSALS = (429, 503)
+
+
+def judge_flood(shape: str, evidence: Evidence, start: float, end: float) -> FaultEffect:
+    """A flood landed when its requests reached the engine: answered (tokens or a 200) or
+    refused (429/503: the server pushed back), and, when the engine's metrics were scraped
+    meanwhile, its queue (running + waiting) rose, or refusals show it was full."""
+    sent = [r for r in evidence.requests if r.shape == shape and start <= r.start < end]
+    if not sent:
+        return FaultEffect(None, f"no flood request (shape '{shape}') was recorded while the "
+                                 "fault was on: nothing to judge from")
+    answered = [r for r in sent if r.status == 200 and (r.ok or r.output_tokens or r.ttft)]
+    refused = [r for r in sent if r.status in REFUSALS]
+    errors = Counter(r.error_class or "ok" for r in sent)
+    tally = ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+    counted = (f"{len(sent)} flood requests sent: {len(answered)} answered, "
+               f"{len(refused)} refused (429/503) [{tally}]")
+    if not answered and not refused:
+        return FaultEffect(False, f"{counted}: none reached the engine; is the flood's "
+                                  "base_url the API, reachable from here?")
+    rise = queue_rise(engine_queue(evidence), start, end)
+    if rise is None:
+        return FaultEffect(True, f"{counted}; no engine metrics scraped meanwhile, judged "
+                                 "from the answers alone")
+    queue = f"engine running+waiting {rise[0]:g} before, up to {rise[1]:g} during"
+    if rise[1] > rise[0] or refused:
+        return FaultEffect(True, f"{counted}; {queue}")
+    return FaultEffect(False, f"{counted}, but {queue}: the engine whose metrics were scraped "
+                              "never saw the flood; does metrics_url belong to the engine "
+                              "behind the flood's base_url?")
 
 
 @register_injector(BACKEND_KEY)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmdrill.drills.base import EnvironmentProblem, RevertAction, register_reverter
+from llmdrill.drills.base import (
+    NETWORK_ERRORS,
+    Baseline,
+    EnvironmentProblem,
+    RevertAction,
+    baseline_before,
+    fault_window,
+    register_reverter,
+    share_text,
+)
 from llmdrill.drills.registry import register_injector
 from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.harness.verdict import FaultEffect
 from llmdrill.scenario import models as m
+
+if TYPE_CHECKING:
+    from llmdrill.harness.records import Evidence, RequestRecord
 
 BACKEND = "toxiproxy"
 # Toxics that hold data in flight: removing them from links whose client left can hang.
@@ -52,6 +65,7 @@ class ToxiproxyFault:
         self.fault_name = fault_name
         # Unique per run so cleanup removes exactly what this run added.
         self.toxic_name = f"llmdrill-{run_id}-{fault_name}"
+        self.listen: str | None = None  # the proxy's listen address, read at prepare()
 
     def describe(self) -> str:
         spec = self.spec
@@ -89,6 +103,7 @@ class ToxiproxyFault:
         with ToxiproxyClient(self.server_url) as client:
             proxy = client.get_proxy(self.spec.proxy)
         if proxy is not None:
+            self.listen = proxy.get("listen") or None
             action["listen"] = proxy.get("listen")
             action["upstream"] = proxy.get("upstream")
         if self.spec.toxic == "down":
@@ -109,6 +124,91 @@ class ToxiproxyFault:
             else:
                 client.add_toxic(spec.proxy, self.toxic_name, spec.toxic, spec.stream,
                                  spec.toxicity, toxic_attributes(spec))
+
+    def effect(self, evidence: Evidence) -> FaultEffect:
+        """Did the clients' requests feel the toxic? Counted over the requests that started
+        while it was on, against those that ended before it (see `judge_toxic`)."""
+        window = fault_window(evidence, self.fault_name)
+        if window is None:
+            return FaultEffect(None, "the fault has no apply time in the evidence")
+        return judge_toxic(self.spec, evidence.requests, window.start, window.end,
+                           self.listen)
+
+
+# --- did the toxic land? ---------------------------------------------------------------------
+
+# A latency toxic counts on a request whose TTFT (or duration) rose by this share of it.
+LATENCY_SHARE = 0.5
+# bandwidth / slicer: a request this much slower than before (ratio, and at least SLOW_MIN_S).
+SLOW_RATIO, SLOW_MIN_S = 1.5, 0.05
+# down / timeout / reset_peer / limit_data / slow_close: a request that lasted this much
+# longer than before (ratio, and at least LONG_MIN_S) counts even without an error.
+LONG_RATIO, LONG_MIN_S = 2.0, 1.0
+# Seen when at least this share of the requests the toxic should touch (toxicity x count)
+# show it.
+SEEN_SHARE = 0.5
+
+
+def _slowed(r: RequestRecord, base: Baseline, ttft_by: float, duration_by: float,
+            ratio: float) -> bool:
+    """Whether the request's TTFT or duration exceeded its shape's baseline by `ttft_by` /
+    `duration_by` seconds and by the ratio (no baseline: absolute `ttft_by`)."""
+    base_ttft = base.of(base.ttft, r.shape)
+    base_dur = base.of(base.duration, r.shape)
+    if r.ttft is not None and r.ttft >= (base_ttft or 0.0) * ratio + ttft_by:
+        return True
+    return base_dur is not None and r.duration >= base_dur * ratio + duration_by
+
+
+def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: float,
+                listen: str | None = None) -> FaultEffect:
+    """Whether the requests that started in [start, end) show the toxic `spec`.
+
+    latency: TTFT (or duration) raised by at least half the latency over the baseline;
+    bandwidth, slicer: slower than the baseline (or a network error); down, timeout,
+    reset_peer, limit_data, slow_close: a network error (connect, reset, timeout,
+    incomplete stream...), a retried attempt, or a much longer request. No request in the
+    window: unknown; requests there and too few affected: missed."""
+    kind = spec.toxic
+    where = f"proxy '{spec.proxy}'" + (f" ({listen})" if listen else "")
+    inside = [r for r in requests if start <= r.start < end]
+    if not inside:
+        return FaultEffect(None, f"no request started while the {kind} toxic was on {where} "
+                                 f"({end - start:.1f}s): nothing shows whether it landed")
+    base = baseline_before(requests, start)
+    if kind == "latency":
+        added = float(spec.latency)
+        by = LATENCY_SHARE * added
+        hit = [r for r in inside if _slowed(r, base, by, by, 1.0)
+               or r.error_class == "timeout" or r.attempts > 1]
+        yardstick = ("the TTFT before the fault" if base.ttft else "0 (no request before it)")
+        what = (f"had TTFT or duration >= {LATENCY_SHARE:g} x {added * 1000:.0f} ms over "
+                f"{yardstick}, or timed out")
+    elif kind in ("bandwidth", "slicer"):
+        hit = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1
+               or _slowed(r, base, SLOW_MIN_S, SLOW_MIN_S, SLOW_RATIO)]
+        what = (f"were >= {SLOW_RATIO:g}x slower than before the fault or failed on the "
+                "network")
+    else:
+        hit = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1
+               or _slowed(r, base, LONG_MIN_S, LONG_MIN_S, LONG_RATIO)]
+        what = (f"failed on the network (connect, reset, timeout, incomplete stream, 5xx), "
+                f"were retried, or took >= {LONG_RATIO:g}x longer than before")
+    counted = f"{share_text(len(hit), len(inside))} started while the {kind} toxic was on " \
+              f"{where} {what}"
+    expected = float(spec.toxicity) * len(inside)
+    if len(hit) >= max(1.0, SEEN_SHARE * expected):
+        return FaultEffect(True, counted)
+    if kind == "slow_close" and not hit:
+        return FaultEffect(None, f"{counted}: a slow close delays only the end of a "
+                                 "connection, which clients that read their answer to the end "
+                                 "do not see; no evidence either way")
+    if expected < 1.0 and not hit:
+        return FaultEffect(None, f"{counted}: at toxicity {spec.toxicity:g} fewer than one "
+                                 "of them was expected to get the toxic; too few to tell")
+    return FaultEffect(False, f"{counted}: the traffic did not feel it. Are the clients "
+                              f"pointed at {where}'s listen address, and not at the engine "
+                              "or another proxy? Is it the right direction (stream)?")
 
 
 @register_injector(BACKEND)

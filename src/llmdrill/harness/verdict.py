@@ -72,8 +72,8 @@ def decide_run_status(error: str | None, abort_reason: str | None,
         return "inconclusive", f"{why}: a run with nothing judged is not a pass"
     reasons: list[str] = []
     for fault in faults:
-        # effect None on an applied fault: its backend does not judge effects (yet)
-        if fault.applied_at is None or fault.effect in ("seen", None):
+        # An applied fault whose effect was never judged (None) is as unknown as "unknown".
+        if fault.applied_at is None or fault.effect == "seen":
             continue
         what = ("had no observable effect" if fault.effect == "missed"
                 else "left no evidence that it landed")

@@ -683,7 +683,8 @@ class MetricCheck(Strict):
 
 class KvCacheCleanupCheck(Strict):
     """After each cancel-storm wave (or the phase start), the engine's running requests
-    and KV-cache usage return to their pre-storm baseline within `within`."""
+    and KV-cache usage return to their pre-storm baseline within `within`, and the engine
+    does not go on generating (or finish requests) for the clients that left."""
 
     within: Duration = Field(default=2.0, description="Deadline for each wave's cleanup.")
     running_tolerance: float = Field(
@@ -703,6 +704,21 @@ class KvCacheCleanupCheck(Strict):
     )
     baseline_phase: str | None = Field(
         default=None, description="With after: phase_start, the phase whose level is normal."
+    )
+    min_scrapes: int = Field(
+        default=3, ge=1,
+        description="Scrapes of the engine after each drop (until the next wave or the end "
+        "of the window) needed to judge it; a wave with fewer is inconclusive.",
+    )
+    drop_grace: Duration = Field(
+        default=0.2,
+        description="Time after a drop the engine may take to notice it: tokens generated "
+        "and requests finished later count as work for clients that left.",
+    )
+    tokens_after_drop: float = Field(
+        default=32, ge=0,
+        description="Tokens per dropped stream the engine may generate after the drop (and "
+        "`drop_grace`) beyond what the other traffic explains; more fails the wave.",
     )
 
 
