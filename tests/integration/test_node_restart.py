@@ -10,6 +10,9 @@ a blink). Shown here:
 - SIGKILL of harness and watchdog at random moments, then `llmdrill cleanup`: nothing left;
 - the drill passes with a restart policy and retrying clients; fails without a restart
   policy (the recovery checks), and fails stream recovery for clients that do not retry;
+- a `docker restart` of a server whose SIGTERM holds its streams open, silent, until the
+  SIGKILL (holding_server.py, 127.0.0.1:18150, a container of its own) fails stream
+  recovery on every run; the same server killed at once passes it;
 - its opt-in alert checks pass against a real Prometheus (127.0.0.1:18281) scraping the
   engine in its container and a real Alertmanager (127.0.0.1:18282) notifying the
   harness's webhook receiver (127.0.0.1:18280): LlmTargetDown and LlmEngineRestarted fire
@@ -18,6 +21,7 @@ a blink). Shown here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -353,34 +357,115 @@ def test_a_container_without_a_restart_policy_fails_the_recovery_checks(
     assert httpx.get(f"{vllm.config.url}/health", timeout=5).status_code == 200
 
 
+# --- the negative control: a server whose graceful shutdown hangs, every time ---------------
+
+HOLDING_PORT = 18150
+HOLDING_NAME = "llmdrill-test-holding"
+HOLDING_SERVER = Path(__file__).resolve().with_name("holding_server.py")
+HOLDING_GRACE = 10  # seconds between SIGTERM and SIGKILL: twice the check's 5s deadline
+# The load takes 5-8s to start here: a baseline of 12s still sees some 20 requests.
+HOLDING_PHASES = {"BASELINE_PHASE": "12s", "CRASH_PHASE": "30s", "AFTER_PHASE": "5s"}
+
+
+def holding_healthy() -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{HOLDING_PORT}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def holding(docker_client: Any) -> Iterator[str]:
+    """tests/integration/holding_server.py in a busybox container (host network,
+    127.0.0.1:18150), run by the host's Python mounted read-only like the vLLM container's:
+    at SIGTERM it holds its streams open, silent, until Docker's SIGKILL. Its URL."""
+    import docker
+
+    with contextlib.suppress(docker.errors.NotFound):  # left by a crashed run
+        docker_client.containers.get(HOLDING_NAME).remove(force=True)
+    if holding_healthy():
+        pytest.fail(f"something already serves 127.0.0.1:{HOLDING_PORT}")
+    home = Path(sys.base_prefix).resolve()
+    python = home / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    mounts = {"/usr", "/lib", "/lib64", "/etc", str(HOLDING_SERVER.parent)}
+    if not any(home.is_relative_to(m) for m in mounts):
+        mounts.add(str(home))
+    container = docker_client.containers.run(
+        BASE_IMAGE, [str(python), str(HOLDING_SERVER), "--port", str(HOLDING_PORT),
+                     "--model", "tiny", "--token-interval", "0.02", "--max-stream-tokens", "50"],
+        name=HOLDING_NAME, detach=True, network_mode="host",
+        volumes={m: {"bind": m, "mode": "ro"} for m in mounts},
+        environment={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+        # Brought back after a crash (the kill control below); `docker restart` needs none.
+        restart_policy={"Name": "unless-stopped"},
+        labels={"llmdrill.test": "holding"})
+    try:
+        if not _wait_for(holding_healthy, 60):
+            container.reload()
+            logs = container.logs(tail=20).decode(errors="replace")
+            pytest.fail(f"the holding server did not start ({container.status}):\n{logs}")
+        yield f"http://127.0.0.1:{HOLDING_PORT}"
+    finally:
+        container.remove(force=True)
+
+
+def holding_drill(url: str, tmp_path: Path, **env: str) -> dict[str, Any]:
+    run = llmdrill("run", str(SCENARIO), "--quiet", "--out", str(tmp_path / "reports"),
+                   env={**os.environ, "LLMDRILL_DOCKER_TARGET_URL": url,
+                        "LLMDRILL_DOCKER_METRICS_URL": f"{url}/metrics",
+                        "LLMDRILL_DOCKER_CONTAINER": HOLDING_NAME, **HOLDING_PHASES, **env},
+                   timeout=600)
+    results = list((tmp_path / "reports").glob("*/result.json"))
+    assert results, run.stdout + run.stderr
+    result: dict[str, Any] = json.loads(results[0].read_text())
+    result["_exit"] = run.returncode
+    return result
+
+
 def test_a_restart_whose_sigterm_leaves_streams_hanging_fails_stream_recovery(
-        stack: Stack, vllm: DockerStack, tmp_path: Path) -> None:
-    """`docker restart`: SIGTERM, then SIGKILL after the grace period. vLLM 0.32 stops
-    its engine at SIGTERM and closes its listening socket, but keeps the streams in flight
-    open, silent, until the SIGKILL: clients hang for the whole grace period. Not always:
-    in some runs it ends the streams at once and exits within a second (the check then
-    rightly passes), so the drill is tried up to 3 times for a shutdown that hangs."""
-    recovery: dict[str, Any] = {}
-    for attempt in range(3):
-        wait_healthy(vllm)
-        result = drill(stack, vllm, tmp_path / f"try-{attempt}", NODE_ACTION="restart",
-                       RESTART_GRACE="15s")
-        recovery = checks_of(result)["stream-recovery"]
-        died = recovery["observed"].get("died_after_s")
-        if died is None or died >= 10:  # it waited for the SIGKILL: the case shown here
-            break
-        assert recovery["status"] == "passed", recovery["summary"]  # a clean shutdown
-    else:
-        pytest.skip("vLLM ended its streams at SIGTERM and exited at once in 3 tries: no "
-                    "hanging shutdown to catch")
-    assert recovery["status"] == "failed", recovery["summary"]
-    assert "hung past 5s after the kill" in recovery["summary"]
+        holding: str, tmp_path: Path) -> None:
+    """`docker restart` (SIGTERM, SIGKILL 10s later) of a server that holds its streams
+    open, silent, from SIGTERM to SIGKILL: the clients of the streams in flight hang for
+    the whole grace period, and stream-recovery (5s deadline) must fail. Every run: no
+    retry, no skip (vLLM itself ends its streams at SIGTERM in some runs)."""
+    assert _wait_for(holding_healthy, 60)
+    result = holding_drill(holding, tmp_path, NODE_ACTION="restart",
+                           RESTART_GRACE=f"{HOLDING_GRACE}s")
+    checks = checks_of(result)
+    summary = json.dumps({k: v["summary"] for k, v in checks.items()}, indent=1)
+    assert checks["baseline-healthy"]["status"] == "passed", summary  # a fair comparison
+    recovery = checks["stream-recovery"]
+    assert result["status"] == "failed" and result["_exit"] == 1, summary
+    assert recovery["status"] == "failed", summary
+    assert "hung past 5s after the kill" in recovery["summary"], summary
     observed = recovery["observed"]
-    assert observed["in_flight_hung"] >= 1
-    assert observed["in_flight_last_end_s"] >= 14  # cut only by the SIGKILL
-    actions = [(e["action"], e.get("signal")) for e in observed["docker_events"]]
-    assert ("kill", 15) in actions and ("kill", 9) in actions
-    wait_healthy(vllm)
+    assert observed["in_flight_hung"] >= 1, summary
+    # Held until the SIGKILL, not ended by a timeout of the client's own (read: 30s).
+    assert HOLDING_GRACE - 1 <= observed["in_flight_last_end_s"] <= HOLDING_GRACE + 10, summary
+    events = observed["docker_events"]
+    actions = [(e["action"], e.get("signal")) for e in events]
+    assert ("kill", 15) in actions and ("kill", 9) in actions, actions
+    die = next(e for e in events if e["action"] == "die")
+    assert die["exit_code"] == 137 and die["at_s"] >= HOLDING_GRACE - 1, events
+    assert observed.get("healthy_after_s") is not None, summary  # it came back: only the hang
+    print(f"\nholding server restart: {observed['in_flight_hung']}/{observed['in_flight']} "
+          f"streams in flight hung, the last ended {observed['in_flight_last_end_s']}s after "
+          f"the SIGTERM; stream-recovery: {recovery['summary']}")
+    assert _wait_for(holding_healthy, 60)
+
+
+def test_the_holding_server_killed_at_once_passes_stream_recovery(
+        holding: str, tmp_path: Path) -> None:
+    """The control of the control: the same server, killed (SIGKILL, its restart policy
+    brings it back), cuts its streams at once and passes: the failure above is the hang."""
+    assert _wait_for(holding_healthy, 60)
+    result = holding_drill(holding, tmp_path, NODE_ACTION="kill", CRASH_PHASE="20s")
+    recovery = checks_of(result)["stream-recovery"]
+    assert recovery["status"] == "passed", recovery["summary"]
+    observed = recovery["observed"]
+    assert observed["in_flight"] >= 1 and observed["in_flight_hung"] == 0
+    assert observed["in_flight_last_end_s"] < 5
+    assert _wait_for(holding_healthy, 60)
 
 
 # --- the drill's opt-in alert checks, with a real Prometheus and Alertmanager -------------------
