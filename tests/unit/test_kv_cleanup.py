@@ -9,7 +9,7 @@ import pytest
 
 from llmdrill.checks import evaluate_check
 from llmdrill.checks.kv_cleanup import Point, counter_increase, first_clean, join
-from llmdrill.harness.records import Evidence, MetricSample, PhaseWindow
+from llmdrill.harness.records import Evidence, MetricSample, PhaseWindow, RequestRecord
 from llmdrill.harness.result import CheckResult
 from llmdrill.scenario.models import Check, KvCacheCleanupCheck
 
@@ -63,10 +63,11 @@ def scrapes(level: Level, start: float = 0.0, end: float = 40.0, kv_name: str = 
 
 
 def evaluate(metrics: list[MetricSample], events: list[tuple[float, str, dict[str, Any]]],
-             **spec: Any) -> CheckResult:
+             requests: list[RequestRecord] | None = None, **spec: Any) -> CheckResult:
     check = Check.model_validate({"name": "cleanup", "phase": spec.pop("phase", "storm"),
                                   "kv_cache_cleanup": {"within": "3s", **spec}})
-    evidence = Evidence(metrics=metrics, phases=PHASES, events=events)
+    evidence = Evidence(metrics=metrics, phases=PHASES, events=events,
+                        requests=requests or [])
     return evaluate_check(check, 0, evidence)
 
 
@@ -171,32 +172,33 @@ def test_no_wave_in_the_window_fails() -> None:
     assert "no storm wave in the window" in result.summary
 
 
-def test_no_scrape_after_the_drop_fails() -> None:
+def test_no_scrape_after_the_drop_is_inconclusive() -> None:
     result = evaluate(scrapes(engine([(10, 11)]), end=10.9), [wave(1, 10, 11)])
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert ("wave 1: no scrape of the engine was answered between the drop and when the "
             "window ended (19s later;") in result.summary
     assert result.summary.endswith("(no evidence)")
 
 
-def test_no_scrape_before_the_wave_fails() -> None:
+def test_no_scrape_before_the_wave_is_inconclusive() -> None:
     result = evaluate(scrapes(engine([(10, 11)]), start=10.0), [wave(1, 10, 11)])
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert "no baseline" in result.summary
 
 
-def test_a_storm_that_never_reached_the_engine_fails() -> None:
+def test_a_storm_that_did_not_happen_is_inconclusive() -> None:
     result = evaluate(scrapes(engine([])), [wave(1, 10, 11, aborted=0)])
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert "no stream reached its abort point" in result.summary
     assert "connect 30" in result.summary
 
 
-def test_gauges_that_never_rose_fail_as_no_evidence() -> None:
+def test_gauges_that_never_rose_are_no_evidence() -> None:
     # Streams were dropped, but no scrape ever saw them on the engine: nothing was shown.
     result = evaluate(scrapes(engine([])), [wave(1, 10, 11)])
-    assert result.status == "failed"
-    assert "never showed the storm" in result.summary
+    assert result.status == "inconclusive"
+    assert "wave 1: the storm never reached the scraped engine" in result.summary
+    assert "no sample of its streams says whether they were answered" in result.summary
 
 
 def tokens_counter(per_wave: dict[float, float], end: float = 40.0) -> list[MetricSample]:
@@ -221,7 +223,7 @@ def test_a_storm_the_gauges_missed_counts_when_the_token_counter_saw_it() -> Non
     assert seen.observed["waves"][0]["client_tokens"] == 900
     # Another engine than the one the storm hit: its counter did not move.
     other = evaluate(scrapes(engine([])) + tokens_counter({}), events)
-    assert other.status == "failed"
+    assert other.status == "inconclusive"
     assert "is metrics_url the engine behind base_url?" in other.summary
 
 
@@ -251,7 +253,7 @@ def test_clients_that_saw_the_server_stream_on_after_their_fin_fail_the_wave() -
 
 def test_a_wave_dropped_far_later_than_planned_is_no_evidence() -> None:
     result = evaluate(scrapes(engine(busy_for([0.1]))), [wave(1, 10, 11, late_s=17.1)])
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert ("wave 1: the harness dropped the streams 17.1s later than planned (the machine "
             "starved it)") in result.summary
     # A few seconds late is normal on a busy machine: the drop is timed as it happened.
@@ -323,7 +325,7 @@ def test_phase_start_mode_times_from_the_phase_start() -> None:
     assert slow.status == "failed"
     assert "phase start: cleaned up only after 5" in slow.summary
     idle = evaluate(scrapes(engine([])), [], **spec)
-    assert idle.status == "failed" and "never showed the storm" in idle.summary
+    assert idle.status == "inconclusive" and "never showed the storm" in idle.summary
 
 
 def test_join_holds_the_last_value_of_each_gauge() -> None:
@@ -356,3 +358,95 @@ def test_a_slow_scrape_does_not_date_a_clean_reading_early() -> None:
     result = evaluate(metrics, [wave(1, 10, 11)])
     assert result.status == "failed", result.summary
     assert "wave 1: cleaned up only after 4.1s (limit 3s)" in result.summary
+
+
+# --- judged on work, not only gauges ---------------------------------------------------
+
+GENERATED = "vllm:generation_tokens_total"
+FINISHED = "vllm:request_success_total"
+
+
+def counter(name: str, growth: Callable[[float], float], times: list[float],
+            labels: dict[str, str] | None = None) -> list[MetricSample]:
+    """A counter scraped at `times` (seconds after T0); `growth(t)` is its value."""
+    return [MetricSample(T0 + t, name, 1000.0 + growth(t), labels or {}) for t in times]
+
+
+def storm_streams(started: float, n: int = 30, status: int | None = 200
+                  ) -> list[RequestRecord]:
+    return [RequestRecord(start=T0 + started + 0.01, end=T0 + started + 1, shape="cancel_storm",
+                          status=status, output_tokens=10 if status == 200 else 0)
+            for _ in range(n)]
+
+
+def every_step(start: float, end: float) -> list[float]:
+    return [round(start + i * STEP, 6) for i in range(int((end - start) / STEP))]
+
+
+def test_gauges_back_fast_but_work_went_on_after_the_drop_is_not_a_pass() -> None:
+    # The reproduction: a gateway that keeps the engine generating after its clients left.
+    # The gauges are back within a second, and the busy API server answered only 2 scrapes
+    # in the window, while the engine generated 13,008 tokens for nobody and 30 dropped
+    # streams ran to their end ("length").
+    times = [*every_step(0, 23.0), 23.3, 25.1, *every_step(30.2, 40)]
+    def level(t: float) -> tuple[float, float]:
+        return STORM if 22 <= t < 23 else BACKGROUND
+    metrics = []
+    for t in times:
+        run_v, kv_v = level(t)
+        metrics += [MetricSample(T0 + t, RUNNING, run_v), MetricSample(T0 + t, KV, kv_v)]
+    metrics += counter(GENERATED, lambda t: 0 if t < 22 else 500 if t < 24 else 13_508, times)
+    metrics += counter(FINISHED, lambda t: 0 if t < 24 else 30, times,
+                       {"finished_reason": "length"})
+    result = evaluate(metrics, [wave(1, 22, 23)], storm_streams(22))
+    assert result.status == "failed", result.summary
+    assert "wave 1: the engine generated 13008 tokens after its clients left" in result.summary
+    assert "30 requests ran to their end" in result.summary
+    w = result.observed["waves"][0]
+    assert w["status"] == "failed" and w["samples"] == 2 and w["cleanup_s"] is not None
+    # Without the counters, 2 scrapes are too few to call it cleaned up.
+    gauges_only = [m for m in metrics if m.name in (RUNNING, KV)]
+    unsure = evaluate(gauges_only, [wave(1, 22, 23)], storm_streams(22))
+    assert unsure.status == "inconclusive", unsure.summary
+    assert "wave 1: only 2 scrapes of the engine answered after the drop" in unsure.summary
+    assert "at least 3 needed" in unsure.summary
+
+
+def test_healthy_cleanup_with_counters_passes() -> None:
+    # The engine stops within the grace: its counters grow only by what the background
+    # users received (their records explain it).
+    times = every_step(0, 40)
+    metrics = scrapes(engine(busy_for([0.1])))
+    metrics += counter(GENERATED, lambda t: 10 * t + (600 if t > 11.1 else 0), times)
+    metrics += counter(FINISHED, lambda t: int(t), times, {"finished_reason": "length"})
+    background = [RequestRecord(start=T0 + t, end=T0 + t + 0.9, output_tokens=10, shape="bg")
+                  for t in range(40)]
+    result = evaluate(metrics, [wave(1, 10, 11)], storm_streams(10) + background)
+    assert result.status == "passed", result.summary
+    w = result.observed["waves"][0]
+    assert w["status"] == "passed" and w["seen"] is True and w["answered"] == 30
+    assert w["tokens_after_drop"] is not None and w["tokens_after_drop"] <= w["tokens_explained"]
+
+
+def test_a_wave_the_engine_never_saw_is_not_a_cleaned_up_wave() -> None:
+    # Wave 2's streams were answered (200), yet the engine never showed them: no evidence.
+    events = [wave(1, 10, 11), wave(2, 16, 17)]
+    level = engine([(10, 11.1)])
+    answered = evaluate(scrapes(level), events, storm_streams(10) + storm_streams(16))
+    assert answered.status == "inconclusive", answered.summary
+    assert "wave 2: the storm never reached the scraped engine" in answered.summary
+    assert "30 of its 30 streams were answered (200)" in answered.summary
+    assert answered.observed["waves"][1]["status"] == "inconclusive"
+    # No stream of wave 2 got an answer (a gateway queued it and the clients left before
+    # it was forwarded): nothing to clean, and said so.
+    queued = evaluate(scrapes(level), events,
+                      storm_streams(10) + storm_streams(16, status=None))
+    assert queued.status == "passed", queued.summary
+    assert ("1 wave cleaned up in" in queued.summary
+            and "wave 2 never reached the engine (none of its 30 streams got an answer"
+            in queued.summary)
+    assert queued.observed["waves"][1]["nothing_to_clean"] is True
+    # A single wave nobody saw is never a pass, answered or not.
+    alone = evaluate(scrapes(engine([])), [wave(1, 10, 11)], storm_streams(10, status=None))
+    assert alone.status == "inconclusive"
+    assert "never showed the storm" in alone.summary

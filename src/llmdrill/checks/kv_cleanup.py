@@ -2,14 +2,28 @@
 and frees their KV cache soon.
 
 Evidence: the `storm_wave` events a cancel_storm fault records (when each wave started and
-when its last stream was dropped) and the engine's gauges, running requests and KV-cache
-usage. For each wave the baseline is the HIGHEST value of each gauge over the
+when its last stream was dropped), the storm's own request samples (which streams got an
+answer), the other traffic's request samples, and the engine's metrics: running and
+waiting requests, KV-cache usage, and the counters of generated tokens, prompt tokens and
+finished requests.
+
+Gauges: for each wave the baseline is the HIGHEST value of each gauge over the
 `baseline_window` before the wave: with background load the gauges move, and the check
 asks "back to where it was", not "back to zero". The cleanup time is from the drop to the
 first scrape at or after it where both gauges are within tolerance of their baselines,
 dated by when that scrape had certainly been answered: the start of the next one (see
 Point; a busy API server can take seconds to answer, and dating the reading by its request
 would make a slow cleanup look instant).
+
+Work: gauges alone can lie. An engine that keeps generating for clients that left may
+finish that work within a second (short answers, a fast engine) and look cleaned up, and a
+busy API server may answer only two scrapes in a wave's window. So each wave is also
+judged on what the engine DID after the drop (and `drop_grace`): the increase of
+`vllm:generation_tokens_total` beyond what the other traffic in flight then can explain
+(their clients' output tokens), and requests that finished normally
+(`vllm:request_success_total` with finished_reason length or stop; a client disconnect
+is not counted as "abort" by vLLM, a stream that ran to its end is) beyond the other
+traffic's. Either above its bound fails the wave.
 
 Resolution is the scrape interval: a 1s interval cannot tell 0.2s from 0.9s, so cleanup
 scenarios scrape every 200ms (telemetry.scrape_interval); the times reported are up to
@@ -18,13 +32,20 @@ one interval above the truth, never below.
 A graceful wave whose clients saw the server keep streaming after their FIN until they
 gave up (the storm records it) fails too: that is the same fault seen from the client.
 
-No evidence never passes: a missing gauge, no wave in the window, no scrape after a drop,
-a wave whose streams never reached the engine, or gauges that never rose above their
-baseline during any wave (nothing was shown to be cleaned up) all fail the check.
+Each wave is passed, failed or inconclusive; the check fails if any wave failed, is
+inconclusive if any wave is (and none failed), and passes only when every wave passed.
+No evidence never passes: fewer than `min_scrapes` scrapes after a drop, no baseline, a
+storm that did not happen, a drop far later than planned, or a wave the engine never
+showed although its streams were answered are inconclusive. A wave the engine never saw
+and none of whose streams got an answer (a gateway queued or refused it, and the clients
+left before it was forwarded) passes as "nothing to clean", but a check where no wave
+ever showed on the engine is inconclusive. A missing gauge or no wave in the window fails
+(the check is set up wrong).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,14 +53,23 @@ from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.metric import similar_names
-from llmdrill.harness.records import Evidence
+from llmdrill.harness.records import Evidence, RequestRecord
 from llmdrill.harness.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import KvCacheCleanupCheck
 
 KIND = "kv_cache_cleanup"
 RUNNING_SERIES = ("vllm:num_requests_running",)
 KV_SERIES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+WAITING_SERIES = ("vllm:num_requests_waiting",)
 GENERATED_SERIES = ("vllm:generation_tokens_total",)
+PROMPT_SERIES = ("vllm:prompt_tokens_total",)
+FINISHED_SERIES = "vllm:request_success_total"
+FINISHED_NORMALLY = ("length", "stop")  # a client disconnect is not counted at all
+STORM_SHAPE = "cancel_storm"  # the shape of the storm's own request samples
+# Dropped streams that finished normally after the drop, beyond the other traffic's
+# completions, fail the wave above this share of its streams (at least 2: a stream can
+# end in the instant its client leaves).
+FINISHED_SHARE = 0.05
 # The engine's token counter must account for at least this share of the tokens the
 # storm's clients received, for the wave to count as seen by the scraped engine.
 SEEN_SHARE = 0.5
@@ -79,6 +109,17 @@ class Drop:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """What else the engine was asked to do, and the counters that show what it did."""
+
+    generated: Series | None = None  # vllm:generation_tokens_total
+    prompt: Series | None = None  # vllm:prompt_tokens_total
+    finished: Series | None = None  # vllm:request_success_total, length + stop
+    waiting: Series | None = None  # vllm:num_requests_waiting
+    requests: Sequence[RequestRecord] = ()
+
+
 @dataclass(slots=True)
 class Verdict:
     drop: Drop
@@ -89,9 +130,29 @@ class Verdict:
     peak_kv: float | None = None
     cleanup_s: float | None = None
     samples: int = 0
-    problem: str | None = None
     engine_tokens: float | None = None  # generation counter increase over the wave
     merged_into: str | None = None  # judged together with the next wave (overlapping)
+    status: CheckStatus = "passed"
+    failures: list[str] = field(default_factory=list)
+    doubts: list[str] = field(default_factory=list)  # why the wave is inconclusive
+    baseline_waiting: float | None = None
+    peak_waiting: float | None = None
+    seen: bool | None = None  # the engine showed the wave (gauges or counters)
+    extra_prompt_tokens: float | None = None  # over the wave, beyond the other traffic
+    extra_generated_tokens: float | None = None
+    answered: int | None = None  # streams answered 200 (None: no sample of the wave)
+    nothing_to_clean: bool = False
+    tokens_after_drop: float | None = None  # generated after the drop + grace
+    tokens_explained: float | None = None  # ... of which the other traffic can explain
+    tokens_bound: float | None = None
+    unknown_rate: float = 0.0  # tokens/s before the wave that no known request explains
+    finished_after_drop: float | None = None  # finished normally after the drop + grace
+    finishes_explained: int | None = None
+    work_span_s: tuple[float, float] | None = None  # the scrapes the work is measured by
+
+    @property
+    def problem(self) -> str | None:
+        return "; ".join([*self.failures, *self.doubts]) or None
 
     @property
     def client_tokens(self) -> int:
@@ -136,7 +197,23 @@ class Verdict:
             "client_tokens": self.client_tokens,
             "engine_tokens": self.engine_tokens,
             "samples": self.samples,
+            "status": self.status,
             "problem": self.problem,
+            "seen": self.seen,
+            "answered": self.answered,
+            "nothing_to_clean": self.nothing_to_clean,
+            "baseline_waiting": self.baseline_waiting,
+            "peak_waiting": self.peak_waiting,
+            "extra_prompt_tokens": self.extra_prompt_tokens,
+            "extra_generated_tokens": self.extra_generated_tokens,
+            "tokens_after_drop": self.tokens_after_drop,
+            "tokens_explained": self.tokens_explained,
+            "tokens_bound": self.tokens_bound,
+            "unknown_tokens_per_s": round(self.unknown_rate, 1),
+            "finished_after_drop": self.finished_after_drop,
+            "finishes_explained": self.finishes_explained,
+            "work_span_s": (None if self.work_span_s is None else
+                            [round(t - window.start, 3) for t in self.work_span_s]),
         }
 
 
@@ -181,7 +258,7 @@ def first_clean(points: Sequence[Point], dropped_at: float, base_running: float,
 
 def judge(drops: Sequence[Drop], running: Series, kv: Series, spec: KvCacheCleanupCheck,
           window: Window, fixed_baseline: list[Point] | None = None,
-          generated: Series | None = None) -> list[Verdict]:
+          traffic: Traffic | None = None) -> list[Verdict]:
     """Cleanup of each drop. `fixed_baseline` (phase_start) replaces the per-wave baseline.
 
     A wave's baseline leaves out scrapes while an earlier wave had not cleaned up yet (it
@@ -192,13 +269,15 @@ def judge(drops: Sequence[Drop], running: Series, kv: Series, spec: KvCacheClean
     that is not back before it, is judged together with the next one: its leftovers would
     show in the next wave's cleanup.
     """
+    traffic = traffic or Traffic()
     verdicts: list[Verdict] = []
     busy: list[tuple[float, float]] = []  # [started, cleaned) of earlier waves
     for k, drop in enumerate(drops):
         v = Verdict(drop)
         verdicts.append(v)
-        if generated:
-            v.engine_tokens = counter_increase(generated, drop.started_at, drop.dropped_at)
+        if traffic.generated:
+            v.engine_tokens = counter_increase(traffic.generated, drop.started_at,
+                                               drop.dropped_at)
         if fixed_baseline is not None:
             base = fixed_baseline
         else:
@@ -212,8 +291,9 @@ def judge(drops: Sequence[Drop], running: Series, kv: Series, spec: KvCacheClean
             prev = next((p for p in reversed(verdicts[:-1]) if p.baseline_running is not None),
                         None)
             if prev is None:
-                v.problem = (f"{drop.label}: no scrape in the {fmt(spec.baseline_window)}s "
-                             "before it (no baseline)")
+                v.doubts.append(f"{drop.label}: no scrape in the "
+                                f"{fmt(spec.baseline_window)}s before it (no baseline)")
+                v.status = "inconclusive"
                 busy.append((drop.started_at, math.inf))
                 continue
             v.baseline_running, v.baseline_kv = prev.baseline_running, prev.baseline_kv
@@ -240,13 +320,155 @@ def judge(drops: Sequence[Drop], running: Series, kv: Series, spec: KvCacheClean
             v.cleanup_s = clean_at - drop.dropped_at
         if overlapped and clean_at is None and nxt is not None:
             v.merged_into = nxt.label
-            v.problem = _storm_missing(drop)
+            missing = _storm_missing(drop)
+            if missing:
+                v.doubts.append(missing)
         else:
-            v.problem = _problem(v, after, clean, horizon, spec, bool(later))
+            found = _problem(v, after, clean, horizon, spec, bool(later))
+            if found is not None:
+                (v.failures if found[0] == "failed" else v.doubts).append(found[1])
+            if drop.wave is not None:
+                _judge_work(v, traffic, spec, base, horizon, bool(later))
         kept = _kept_streaming(drop, spec.within)
         if kept and drop.detail.get("aborted"):
-            v.problem = f"{v.problem}; {kept}" if v.problem else f"{drop.label}: {kept}"
+            v.failures.append(f"{drop.label}: {kept}")
+        _settle(v, spec)
     return verdicts
+
+
+def _settle(v: Verdict, spec: KvCacheCleanupCheck) -> None:
+    """The wave's status from what was found, in this order: a failure is a failure
+    whatever else is missing; then too little evidence; then a wave the engine never
+    showed (nothing to clean only when no stream of it got an answer)."""
+    if v.failures:
+        v.status = "failed"
+        return
+    if v.merged_into is None and 0 < v.samples < spec.min_scrapes:
+        v.doubts.append(
+            f"{v.drop.label}: only {v.samples} scrape{'s' if v.samples != 1 else ''} of the "
+            f"engine answered after the drop (at least {spec.min_scrapes} needed): too few "
+            "to show it cleaned up (no evidence)")
+    if v.doubts:
+        v.status = "inconclusive"
+        return
+    if v.merged_into is not None or v.drop.wave is None or v.seen is not False:
+        v.status = "passed"
+        return
+    streams = int(v.drop.detail.get("streams") or 0)
+    if v.answered == 0:
+        v.nothing_to_clean = True
+        v.status = "passed"
+        return
+    answered = ("no sample of its streams says whether they were answered"
+                if v.answered is None else
+                f"{v.answered} of its {streams} streams were answered (200)")
+    v.doubts.append(
+        f"{v.drop.label}: the storm never reached the scraped engine (running and waiting "
+        "requests and KV cache stayed at their baseline, no prompt or generated tokens "
+        f"beyond the other traffic's), but {answered}: nothing shows it was cleaned up "
+        "(no evidence: is metrics_url the engine behind base_url?)")
+    v.status = "inconclusive"
+
+
+def _judge_work(v: Verdict, traffic: Traffic, spec: KvCacheCleanupCheck,
+                base: Sequence[Point], horizon: float, cut_by_next: bool) -> None:
+    """What the engine showed of the wave (was it there at all?) and what it did after
+    the drop (did it go on working for clients that left?)."""
+    drop = v.drop
+    streams = int(drop.detail.get("streams") or 0)
+    own = [r for r in traffic.requests
+           if r.shape == STORM_SHAPE and drop.started_at <= r.start <= drop.dropped_at]
+    v.answered = sum(1 for r in own if r.status == 200) if own else None
+    others = [r for r in traffic.requests if r.shape != STORM_SHAPE]
+    # Was the wave on the engine: a gauge rose above its baseline, or its counters grew
+    # beyond what the other traffic explains.
+    if traffic.waiting:
+        before = [w for ts, w in traffic.waiting
+                  if drop.started_at - spec.baseline_window <= ts < drop.started_at]
+        during = [w for ts, w in traffic.waiting if drop.started_at <= ts <= horizon]
+        if before:
+            v.baseline_waiting = max(before)
+        if during:
+            v.peak_waiting = max(during)
+    for series, attr, what in ((traffic.prompt, "extra_prompt_tokens", "prompt"),
+                               (traffic.generated, "extra_generated_tokens", "output")):
+        span = counter_outer(series, drop.started_at, horizon) if series else None
+        if span is not None:
+            grew, lo, hi = span
+            setattr(v, attr, grew - _explained(others, lo, hi, what))
+    rose = v.loaded or (v.peak_waiting is not None and v.baseline_waiting is not None
+                        and v.peak_waiting > v.baseline_waiting)
+    extra = [x for x in (v.extra_prompt_tokens, v.extra_generated_tokens) if x is not None]
+    v.seen = rose or any(x > max(1, streams) for x in extra)
+    if not v.seen:
+        return
+    # Work after the drop, measured between scrapes inside [drop + grace, horizon]: a
+    # lower bound of what the engine did, so a healthy engine is not blamed for a scrape
+    # that straddles the drop.
+    # Traffic the harness does not know about (another client of the engine) is estimated
+    # from the scrapes the baseline was taken from, as a rate, and explained too.
+    start = drop.dropped_at + spec.drop_grace
+    quiet = (min(p.ts for p in base), max(p.ts for p in base)) if len(base) > 1 else None
+    if traffic.generated:
+        work = counter_inner(traffic.generated, start, horizon, cut_by_next)
+        if work is not None:
+            grew, lo, hi = work
+            v.work_span_s = (lo, hi)
+            v.tokens_after_drop = grew
+            v.unknown_rate = _unknown_rate(traffic.generated, quiet, others, "output")
+            v.tokens_explained = (_explained(others, lo, hi, "output")
+                                  + v.unknown_rate * (hi - lo))
+            v.tokens_bound = spec.tokens_after_drop * max(1, streams)
+            extra_tokens = grew - v.tokens_explained
+            if extra_tokens > v.tokens_bound:
+                v.failures.append(
+                    f"{drop.label}: the engine generated {fmt(extra_tokens, 0)} tokens after "
+                    f"its clients left ({fmt(grew, 0)} from {fmt(lo - drop.dropped_at, 2)}s "
+                    f"to {fmt(hi - drop.dropped_at, 2)}s after the drop, the other traffic "
+                    f"explains {fmt(v.tokens_explained, 0)}; limit {fmt(v.tokens_bound, 0)}, "
+                    f"{fmt(spec.tokens_after_drop)} per stream): it did not stop for them")
+    if traffic.finished:
+        done = counter_inner(traffic.finished, start, horizon, cut_by_next)
+        if done is not None:
+            grew, lo, hi = done
+            v.finished_after_drop = grew
+            rate = _unknown_rate(traffic.finished, quiet, others, "requests")
+            v.finishes_explained = (sum(1 for r in others if r.start < hi and r.end > lo)
+                                    + math.ceil(rate * (hi - lo)))
+            extra_done = grew - v.finishes_explained
+            if extra_done > max(1.0, FINISHED_SHARE * streams):
+                v.failures.append(
+                    f"{drop.label}: {fmt(extra_done, 0)} requests ran to their end "
+                    f"(finished_reason length or stop) after the clients left, beyond the "
+                    f"{v.finishes_explained} of the other traffic: dropped streams were "
+                    "never aborted")
+
+
+def _unknown_rate(series: Series, quiet: tuple[float, float] | None,
+                  others: Sequence[RequestRecord], what: str) -> float:
+    """Per second, how much a counter grew before the wave beyond what the known traffic
+    explains: another client of the same engine. 0 without two quiet scrapes."""
+    if quiet is None:
+        return 0.0
+    found = counter_inner(series, quiet[0], quiet[1], answered_by_end=False)
+    if found is None:
+        return 0.0
+    grew, lo, hi = found
+    if hi <= lo:
+        return 0.0
+    return max(0.0, grew - _explained(others, lo, hi, what)) / (hi - lo)
+
+
+def _explained(requests: Sequence[RequestRecord], lo: float, hi: float, what: str) -> float:
+    """What the other traffic can account for between lo and hi: all tokens (or one
+    finish) of every request that overlaps the span (an upper bound, so the storm is never
+    blamed for them)."""
+    overlapping = [r for r in requests if r.start < hi and r.end > lo]
+    if what == "requests":
+        return float(len(overlapping))
+    if what == "prompt":
+        return float(sum(r.prompt_tokens for r in overlapping))
+    return float(sum(r.output_tokens for r in overlapping))
 
 
 def _storm_missing(drop: Drop) -> str | None:
@@ -258,25 +480,29 @@ def _storm_missing(drop: Drop) -> str | None:
 
 
 def _problem(v: Verdict, after: Sequence[Point], clean: Point | None, horizon: float,
-             spec: KvCacheCleanupCheck, cut_by_next: bool) -> str | None:
+             spec: KvCacheCleanupCheck, cut_by_next: bool) -> tuple[str, str] | None:
+    """What the gauges say is wrong with a wave: ("failed", why) or ("inconclusive", why
+    there is no evidence), or None."""
     drop = v.drop
     missing = _storm_missing(drop)
     if missing:
-        return missing
+        return "inconclusive", missing
     late = drop.detail.get("late_s")
     if isinstance(late, (int, float)) and late > max(LATE_LIMIT_S, 3 * spec.within):
-        return (f"{drop.label}: the harness dropped the streams {fmt(late, 1)}s later than "
+        return ("inconclusive",
+                f"{drop.label}: the harness dropped the streams {fmt(late, 1)}s later than "
                 "planned (the machine starved it), so the wave did not test a drop while "
                 "the engine was busy (no evidence)")
     if not after:
         until = "the next wave started" if cut_by_next else "the window ended"
-        return (f"{drop.label}: no scrape of the engine was answered between the drop and "
+        return ("inconclusive",
+                f"{drop.label}: no scrape of the engine was answered between the drop and "
                 f"when {until} ({fmt(max(0.0, horizon - drop.dropped_at), 2)}s later; a "
                 "busy API server answers /metrics late), so nothing shows it cleaned up "
                 "(no evidence)")
     if clean is not None:
         if v.cleanup_s is not None and v.cleanup_s > spec.within:
-            return (f"{drop.label}: cleaned up only after {fmt(v.cleanup_s, 2)}s "
+            return ("failed", f"{drop.label}: cleaned up only after {fmt(v.cleanup_s, 2)}s "
                     f"(limit {fmt(spec.within)}s)")
         return None
     # Not clean: show the state at the deadline (or the last scrape there is).
@@ -289,15 +515,60 @@ def _problem(v: Verdict, after: Sequence[Point], clean: Point | None, horizon: f
     if at.kv > v.baseline_kv + spec.kv_tolerance:
         still.append(f"KV cache still {_pct(at.kv)} (baseline {_pct(v.baseline_kv)})")
     if not still:
-        return (f"{drop.label}: no scrape after the drop whose answer can be dated "
-                "(no evidence)")
+        return ("inconclusive", f"{drop.label}: no scrape after the drop whose answer can "
+                "be dated (no evidence)")
     waited = at.ts - drop.dropped_at
     tail = ""
     if at.ts < drop.dropped_at + spec.within:  # the last scrape there is, before the limit
         until = "the next wave started" if cut_by_next else "the window ended"
         tail = f", and no later scrape was answered before {until}"
-    return (f"{drop.label}: {' and '.join(still)} {fmt(waited, 2)}s after the drop{tail} "
-            f"(limit {fmt(spec.within)}s)")
+    return ("failed", f"{drop.label}: {' and '.join(still)} {fmt(waited, 2)}s after the drop"
+            f"{tail} (limit {fmt(spec.within)}s)")
+
+
+def counter_inner(series: Series, start: float, end: float, answered_by_end: bool
+                  ) -> tuple[float, float, float] | None:
+    """How much a counter certainly grew within [start, end]: from the first scrape
+    started at or after `start` (its value was read after `start`) to the last one started
+    at or before `end`, which must also have been answered by `end` (its successor started
+    by then) when `answered_by_end` (something else starts at `end`). Returns the increase
+    and the span it may cover (the first scrape's start to the last one's answer); None
+    without two such scrapes or across a counter reset."""
+    first = next((i for i, (ts, _) in enumerate(series) if ts >= start), None)
+    if first is None:
+        return None
+    last = None
+    for i in range(len(series) - 1, first, -1):
+        ts = series[i][0]
+        read_by = series[i + 1][0] if i + 1 < len(series) else None
+        if ts > end:
+            continue
+        if answered_by_end and (read_by is None or read_by > end):
+            continue
+        last = i
+        break
+    if last is None:
+        return None
+    v0, v1 = series[first][1], series[last][1]
+    if v1 < v0:
+        return None
+    hi = series[last + 1][0] if last + 1 < len(series) else series[last][0]
+    return v1 - v0, series[first][0], hi
+
+
+def counter_outer(series: Series, start: float, end: float
+                  ) -> tuple[float, float, float] | None:
+    """How much a counter grew around [start, end] (counter_increase), with the span the
+    increase may cover: from the start of the scrape before to the answer of the one
+    after."""
+    grew = counter_increase(series, start, end)
+    if grew is None:
+        return None
+    lo = max((ts for (ts, _), (nxt, _) in itertools.pairwise(series) if nxt <= start),
+             default=start)
+    idx = next(i for i, (ts, _) in enumerate(series) if ts >= end)
+    hi = series[idx + 1][0] if idx + 1 < len(series) else series[idx][0]
+    return grew, lo, hi
 
 
 def counter_increase(series: Series, start: float, end: float) -> float | None:
@@ -402,27 +673,56 @@ def evaluate_kv_cleanup(
                           "(no baseline)", observed)
         drops = [Drop("phase start", None, window.start - spec.baseline_window, window.start)]
 
-    generated_name = _find(present, GENERATED_SERIES)
-    generated = evidence.series(generated_name) if generated_name else None
-    verdicts = judge(drops, running, kv, spec, window, fixed, generated)
+    verdicts = judge(drops, running, kv, spec, window, fixed, _traffic(evidence, present))
     observed["waves"] = [v.observed(window) for v in verdicts]
     judged = [v for v in verdicts if v.merged_into is None]
-    cleanups = [v.cleanup_s for v in judged]
+    cleaned = [v for v in judged if not v.nothing_to_clean]
+    cleanups = [v.cleanup_s for v in cleaned]
     observed["worst_cleanup_s"] = (None if not cleanups or any(c is None for c in cleanups)
                                    else _round(max(c for c in cleanups if c is not None)))
-    problems = [v.problem for v in verdicts if v.problem]
-    if not problems and not any(v.loaded for v in verdicts):
-        problems.append(
+    observed["wave_status"] = {str(v.drop.wave if v.drop.wave is not None else v.drop.label):
+                               v.status for v in verdicts}
+    failed = [v for v in verdicts if v.status == "failed"]
+    if failed:
+        return result("failed", "; ".join(p for v in verdicts if v.failures
+                                          for p in v.failures), observed)
+    unsure = [d for v in verdicts for d in v.doubts]
+    if unsure:
+        return result("inconclusive", "; ".join(unsure), observed)
+    if not any(v.seen or v.loaded for v in verdicts):
+        return result(
+            "inconclusive",
             "the scraped engine never showed the storm: running requests and KV cache "
             "stayed at their baseline and its generated-token counter did not account for "
             "the tokens the storm's clients received, so nothing was shown to be cleaned up "
-            "(no evidence: is metrics_url the engine behind base_url?)")
-    if problems:
-        return result("failed", "; ".join(problems), observed)
+            "(no evidence: is metrics_url the engine behind base_url?)", observed)
     times = ", ".join(f"{fmt(c or 0.0, 2)}s" for c in cleanups)
-    what = (f"{len(verdicts)} wave{'s' if len(verdicts) != 1 else ''}" if spec.after == "waves"
-            else "the engine after the phase start")
+    if spec.after == "waves":
+        what = f"{len(cleaned)} wave{'s' if len(cleaned) != 1 else ''}"
+    else:
+        what = "the engine after the phase start"
     merged = "".join(f"; {v.drop.label} overlapped {v.merged_into} and was judged with it"
                      for v in verdicts if v.merged_into)
-    return result("passed", f"{what} cleaned up in {times}{merged} (limit {fmt(spec.within)}s)",
-                  observed)
+    untouched = "".join(
+        f"; {v.drop.label} never reached the engine (none of its "
+        f"{v.drop.detail.get('streams')} streams got an answer: queued or refused upstream), "
+        "nothing to clean" for v in judged if v.nothing_to_clean)
+    return result("passed", f"{what} cleaned up in {times}{merged}{untouched} "
+                  f"(limit {fmt(spec.within)}s)", observed)
+
+
+def _traffic(evidence: Evidence, present: set[str]) -> Traffic:
+    def found(names: Sequence[str]) -> Series | None:
+        name = _find(present, names)
+        return evidence.series(name) if name else None
+
+    finished: Series | None = None
+    if FINISHED_SERIES in present:
+        per_ts: dict[float, float] = {}
+        for reason in FINISHED_NORMALLY:
+            for ts, value in evidence.series(FINISHED_SERIES, {"finished_reason": reason}):
+                per_ts[ts] = per_ts.get(ts, 0.0) + value
+        finished = sorted(per_ts.items()) or None
+    return Traffic(generated=found(GENERATED_SERIES), prompt=found(PROMPT_SERIES),
+                   finished=finished, waiting=found(WAITING_SERIES),
+                   requests=evidence.requests)
