@@ -159,25 +159,25 @@ def test_slo_fails_listing_each_violated_bound() -> None:
     assert result.summary == "ttft_p95 1830.2ms > max 800ms; error_rate 0.5 > max 0.2"
 
 
-def test_slo_with_no_requests_fails_for_lack_of_evidence() -> None:
+def test_slo_with_no_requests_is_inconclusive_for_lack_of_evidence() -> None:
     result = evaluate_check(
         check("fault", slo={"error_rate": {"max": 0.2}, "min_requests": 0}),
         0,
         evidence(every(0, 30)),  # only baseline traffic
     )
-    assert result.status == "failed"
-    assert "not enough evidence" in result.summary
-    assert "error_rate: no requests" in result.summary
+    assert result.status == "inconclusive"
+    assert "too little evidence: 0 requests started" in result.summary
+    assert result.observed["error_rate"] is None
 
 
-def test_slo_fewer_than_min_requests_fails() -> None:
+def test_slo_fewer_than_min_requests_is_inconclusive() -> None:
     result = evaluate_check(
         check("fault", slo={"error_rate": {"max": 0.2}, "min_requests": 100}),
         0,
         evidence(every(30, 60)),
     )
-    assert result.status == "failed"
-    assert "60 requests started, need 100" in result.summary
+    assert result.status == "inconclusive"
+    assert "60 requests started in the window (finished), need 100" in result.summary
 
 
 def test_slo_ttft_bound_without_successes_fails() -> None:
@@ -269,10 +269,10 @@ def test_no_hung_interrupted_request_past_its_deadline_is_hung() -> None:
     assert result.observed["hung"] == 1
 
 
-def test_no_hung_with_no_requests_fails() -> None:
+def test_no_hung_with_no_requests_is_inconclusive() -> None:
     result = evaluate_check(check("fault", no_hung_requests={"deadline": "10s"}), 0, evidence())
-    assert result.status == "failed"
-    assert "no requests" in result.summary
+    assert result.status == "inconclusive"
+    assert "0 requests started in the window, need 1" in result.summary
 
 
 # --- recovers -------------------------------------------------------------------------
@@ -346,27 +346,28 @@ def test_recovers_slack_widens_the_band() -> None:
     assert result.observed["recovery_time_s"] == 0.0
 
 
-def test_recovers_fails_without_baseline_data() -> None:
+def test_recovers_is_inconclusive_without_baseline_data() -> None:
     ev = evidence(every(60, 90))  # nothing in the baseline phase
     result = evaluate_check(_recovers(), 0, ev)
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert "no requests started in baseline phase 'baseline'" in result.summary
 
 
-def test_recovers_fails_when_baseline_phase_did_not_run() -> None:
+def test_recovers_is_inconclusive_when_baseline_phase_did_not_run() -> None:
     ev = evidence(every(60, 90), phases=PHASES[1:])
     result = evaluate_check(_recovers(), 0, ev)
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert "did not run" in result.summary
 
 
 def test_recovers_error_rate_ignores_empty_windows() -> None:
     # Errors for 3 s, then 3 s without traffic, then healthy again. The empty 2 s
-    # windows from 3.0 s to 4.0 s must not count as recovered (error rate "0").
+    # windows from 3.0 s to 4.0 s must not count as recovered (error rate "0"), nor do
+    # windows with fewer than min_requests (3) requests: the first with 3 is 5.5 s.
     ev = evidence(every(0, 30) + every(60, 63, error="connect") + every(66, 90))
     result = evaluate_check(_recovers("error_rate"), 0, ev)
     assert result.status == "passed", result.summary
-    assert result.observed["recovery_time_s"] == pytest.approx(4.5)
+    assert result.observed["recovery_time_s"] == pytest.approx(5.5)
     assert [3.5, None] in result.observed["steps"]
 
 
@@ -421,19 +422,19 @@ def test_metric_missing_fails_naming_alternatives_and_similar_names() -> None:
     ev = evidence(metrics=samples("vllm:kv_cache_usage_percent", [0.2]) + samples("up", [1]))
     spec = {"series": ["vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc"], "max": 0.9}
     result = evaluate_check(check("fault", metric=spec), 0, ev)
-    assert result.status == "failed"
+    assert result.status == "inconclusive"
     assert "vllm:gpu_cache_usage_perc" in result.summary
     assert "tried vllm:gpu_cache_usage_perc, vllm:kv_cache_usage_perc" in result.summary
     assert "similar exposed names: vllm:kv_cache_usage_percent" in result.summary
     assert result.observed["similar"] == ["vllm:kv_cache_usage_percent"]
 
 
-def test_metric_without_samples_in_window_fails() -> None:
+def test_metric_without_samples_in_window_is_inconclusive() -> None:
     ev = evidence(metrics=samples("vllm:num_requests_running", [1, 2], start=0))
     spec = {"series": ["vllm:num_requests_running"], "max": 10}
     result = evaluate_check(check("fault", metric=spec), 0, ev)
-    assert result.status == "failed"
-    assert "no samples" in result.summary
+    assert result.status == "inconclusive"
+    assert "0 samples of vllm:num_requests_running in the window, need 2" in result.summary
 
 
 def test_metric_labels_filter_and_sum_per_scrape() -> None:

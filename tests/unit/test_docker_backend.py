@@ -338,12 +338,13 @@ def polls(check: str, down: float, back: float | None, end: float = 110.0,
 
 def world(requests: list[RequestRecord], check: str, *, down: float = KILL + 0.1,
           back: float | None = KILL + 40, token_at: float | None = KILL + 41,
-          applied: bool = True, die_at: float = KILL + 0.06) -> Evidence:
+          applied: bool = True, die_at: float | None = KILL + 0.06) -> Evidence:
     events: list[tuple[float, str, dict[str, Any]]] = []
     if applied:
         events += [(T0 + KILL + 0.02, "docker_action", {"fault": "crash", "action": "kill"}),
-                   (T0 + KILL + 0.05, "fault_applied", {"fault": "crash"}),
-                   (T0 + die_at, "docker_event", {"action": "die", "container": "engine",
+                   (T0 + KILL + 0.05, "fault_applied", {"fault": "crash"})]
+    if applied and die_at is not None:
+        events += [(T0 + die_at, "docker_event", {"action": "die", "container": "engine",
                                                   "exit_code": 137, "fault": "crash"})]
     events += polls(check, down, back)
     if token_at is not None:
@@ -421,20 +422,21 @@ def test_a_stream_that_hangs_or_times_out_fails() -> None:
     assert judge(SR, world(open_, "c")).observed["in_flight_hung"] == 1
 
 
-def test_a_fault_that_missed_the_engine_fails() -> None:
-    result = judge(SR, world(steady(0, 109), "c", down=999, back=None))
-    assert result.status == "failed"
-    assert "never went down" in result.summary and "did not hit the engine" in result.summary
+def test_a_fault_that_missed_the_engine_is_inconclusive() -> None:
+    # No `die` and every poll answered: nothing shows the engine went down.
+    result = judge(SR, world(steady(0, 109), "c", down=999, back=None, die_at=None))
+    assert result.status == "inconclusive"
+    assert "no evidence the engine went down" in result.summary
 
 
-def test_no_fault_no_polls_no_requests_in_flight_fail() -> None:
-    assert "no evidence of a kill" in judge(SR, world(retried_through(), "c",
-                                                      applied=False)).summary
-    ev = world(retried_through(), "other-check")
-    assert "no health polls" in judge(SR, ev).summary
+def test_no_fault_no_polls_no_requests_in_flight_are_inconclusive() -> None:
+    result = judge(SR, world(retried_through(), "c", applied=False))
+    assert result.status == "inconclusive" and "no evidence of a kill" in result.summary
+    result = judge(SR, world(retried_through(), "other-check"))
+    assert result.status == "inconclusive" and "no health polls" in result.summary
     quiet = [r for r in retried_through() if not (r.start < T0 + KILL < r.end)]
     result = judge(SR, world(quiet, "c"))
-    assert result.status == "failed" and "0 requests were in flight" in result.summary
+    assert result.status == "inconclusive" and "0 requests were in flight" in result.summary
 
 
 def test_the_kill_time_is_the_docker_call_not_the_end_of_apply() -> None:
@@ -459,7 +461,11 @@ def test_warm_up_fails_when_too_slow_or_never_warm() -> None:
     assert result.status == "failed"
     assert "healthy only 39.99s after the kill (limit 30s)" in result.summary
     assert "first token only 40.98s" in result.summary
-    result = judge(WU, world(retried_through(), "c", token_at=None))
+    never = world(retried_through(), "c", token_at=None)
+    never.events.append((T0 + KILL + 41, "token_probe",
+                         {"check": "c", "ok": False, "first_token_at": None}))
+    result = judge(WU, never)
+    assert result.status == "failed"
     assert "no probe request streamed a token" in result.summary
     cold = steady(0, KILL - 1) + steady(KILL + 41, 109, ttft=2.0)
     result = judge(WU, world(cold, "c"))

@@ -227,6 +227,7 @@ def test_the_oom_killed_state_counts_without_an_event() -> None:
 
 def test_no_docker_fault_in_the_phase_is_no_evidence() -> None:
     bare = Evidence(phases=PHASES, events=[])
-    assert judge({}, bare).summary == ("no evidence of memory pressure: no Docker fault was "
-                                       "applied in phase 'oom'")
+    assert judge({}, bare).status == "inconclusive"
+    assert judge({}, bare).summary == ("inconclusive: no evidence of memory pressure: no "
+                                       "Docker fault was applied in phase 'oom'")
     assert "fault 'other' was not applied" in judge({"fault": "other"}, ev()).summary

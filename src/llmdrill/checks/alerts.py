@@ -2,10 +2,12 @@
 
 The evidence comes from the harness's alert watcher (Prometheus' loaded rules, alert state
 changes in Prometheus and Alertmanager) and its webhook receiver (every notification).
-A check never passes on missing evidence: Prometheus not answering, or an alert name no
-loaded rule has, fails the check and says so. alert_fires tells apart the stages of the
-path, so a failure points at the broken part: the rule never fired; it fired but never
-reached Alertmanager; Alertmanager had it but no notification arrived.
+A check never passes on missing evidence: Prometheus not answering (its rules unknown,
+or no answer over the part of the phase that decides) makes the check inconclusive, a
+run that ended before the deadline too; an alert name no loaded rule has fails it.
+alert_fires tells apart the stages of the path, so a failure points at the broken part:
+the rule never fired; it fired but never reached Alertmanager; Alertmanager had it but no
+notification arrived.
 """
 
 from __future__ import annotations
@@ -176,6 +178,18 @@ def fault_time(evidence: Evidence, fault: str | None, window: Window, at: str
     return window.start, f"phase '{window.phase}' start"
 
 
+def unwatched(evidence: Evidence, start: float, end: float) -> float:
+    """Seconds of [start, end] Prometheus was not answering the watcher (all of it when it
+    never answered by `end`)."""
+    if end <= start:
+        return 0.0
+    answered = [when for when, d in evidence.events_of("alert_poll", end=end)
+                if d.get("source") == PROMETHEUS and d.get("ok")]
+    if not answered:
+        return end - start
+    return sum(b - a for a, b in blind_spans(evidence, PROMETHEUS, start, end))
+
+
 def _rel(ts: float | None, ref: float) -> str:
     return "-" if ts is None else f"+{fmt(ts - ref, 1)}s"
 
@@ -184,7 +198,8 @@ def _preconditions(name: str, kind: str, phase: str, alerts: list[str], evidence
                    window: Window, expected: dict[str, Any]) -> CheckResult | None:
     rules, why = loaded_rules(evidence)
     if rules is None:
-        return make_result(name, kind, phase, "failed", why, window=window, expected=expected)
+        return make_result(name, kind, phase, "inconclusive", f"inconclusive: {why}",
+                           window=window, expected=expected)
     for alert in alerts:
         problem = unknown_alert(alert, rules)
         if problem:
@@ -228,14 +243,16 @@ def evaluate_alert_fires(name: str, phase: str, spec: AlertFiresCheck, evidence:
             f"{spec.alert} was already firing before the {what}: the drill cannot show the "
             f"fault made it fire", window=window, observed=observed, expected=expected)
     if fired is None:
-        blind = blind_spans(evidence, PROMETHEUS, ref, deadline)
+        lost = unwatched(evidence, ref, min(deadline, end_seen))
         state = state_at(evidence, PROMETHEUS, spec.alert, min(deadline, end_seen))
-        extra = (f"; Prometheus did not answer for {fmt(sum(b - a for a, b in blind), 1)}s "
-                 f"of that time" if blind else "")
+        extra = (f"; Prometheus did not answer for {fmt(lost, 1)}s of that time"
+                 if lost > 0 else "")
         short = (f" (the run ended {fmt(end_seen - ref, 1)}s after it)"
                  if end_seen < deadline else "")
+        unsure = lost > 0 or end_seen < deadline  # it may have fired unseen
         return make_result(
-            name, kind, phase, "failed",
+            name, kind, phase, "inconclusive" if unsure else "failed",
+            f"{'inconclusive: ' if unsure else ''}"
             f"rule never reached firing: {spec.alert} was {state} in Prometheus "
             f"{fmt(spec.within)}s after the {what}{short}{extra}",
             window=window, observed=observed | {"stage": "rule"}, expected=expected)
@@ -286,15 +303,27 @@ def evaluate_alert_resolves(name: str, phase: str, spec: AlertResolvesCheck,
             name, kind, phase, "failed",
             f"{spec.alert} was {was}, not firing, at the {what}: there was nothing to resolve",
             window=window, observed=observed, expected=expected)
+    end_seen = evidence.run_end or window.end
     if resolved is None:
-        end_seen = evidence.run_end or window.end
         short = (f" (the run ended {fmt(end_seen - ref, 1)}s after it: make the phase longer)"
                  if end_seen < deadline else "")
+        lost = unwatched(evidence, ref, min(deadline, end_seen))
+        unsure = lost > 0 or end_seen < deadline  # it may have resolved unseen
+        blind = f"; Prometheus did not answer for {fmt(lost, 1)}s of that time" if lost else ""
         return make_result(
-            name, kind, phase, "failed",
-            f"{spec.alert} still firing in Prometheus {fmt(spec.within)}s after the "
-            f"{what}{short}",
+            name, kind, phase, "inconclusive" if unsure else "failed",
+            f"{'inconclusive: ' if unsure else ''}{spec.alert} still firing in Prometheus "
+            f"{fmt(spec.within)}s after the "
+            f"{what}{short}{blind}",
             window=window, observed=observed | {"stage": "rule"}, expected=expected)
+    lost_after = unwatched(evidence, resolved, window.end)
+    if lost_after > 0:
+        return make_result(
+            name, kind, phase, "inconclusive",
+            f"inconclusive: {spec.alert} resolved at {_rel(resolved, ref)} after the {what}, "
+            f"but Prometheus did not answer for {fmt(lost_after, 1)}s of the rest of the "
+            f"phase: nothing shows it stayed resolved",
+            window=window, observed=observed, expected=expected)
     again = first_change(evidence, PROMETHEUS, spec.alert, FIRING[PROMETHEUS], resolved,
                          window.end)
     if again is not None:
@@ -326,13 +355,13 @@ def evaluate_no_false_alarms(name: str, phase: str, spec: NoFalseAlarmsCheck,
     failed = _preconditions(name, kind, phase, list(spec.alerts), evidence, window, expected)
     if failed:
         return failed
-    blind = blind_spans(evidence, PROMETHEUS, window.start, window.end)
-    if blind or not _watched(evidence, PROMETHEUS):
-        lost = sum(b - a for a, b in blind) if blind else window.end - window.start
+    lost = unwatched(evidence, window.start, window.end)
+    if lost > 0:
         return make_result(
-            name, kind, phase, "failed",
-            f"Prometheus did not answer for {fmt(lost, 1)}s of the phase: no evidence that "
-            f"the alerts stayed quiet", window=window, expected=expected)
+            name, kind, phase, "inconclusive",
+            f"inconclusive: Prometheus did not answer for {fmt(lost, 1)}s of the phase: no "
+            f"evidence that the alerts stayed quiet", window=window, expected=expected,
+            observed={"unwatched_s": round(lost, 3)})
     noisy: dict[str, str] = {}
     for alert in spec.alerts:
         if state_at(evidence, PROMETHEUS, alert, window.start) == "firing":

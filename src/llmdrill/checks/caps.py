@@ -5,6 +5,9 @@ An active check. Its probe sends the cases (`probes/caps_cases.py`) `rounds` tim
 the phase, each round followed by one small normal completion, and records one
 `caps_probe` event per case and one `caps_health` event per round: statuses, timings and
 verdicts on the body, never the body itself. The evaluator judges those events.
+
+Least evidence: every case answered (a probe event) in each of the `rounds` rounds, and
+one normal request after each round. Less, without a bad answer, is inconclusive.
 """
 
 from __future__ import annotations
@@ -222,12 +225,10 @@ def _judge_case(case: CapCase, events: list[dict[str, Any]], spec: CapsEnforcedC
                 for p, n in counts.items()]
     if (bad_pattern := _pattern_problem(case, spec)) is not None:
         problems.insert(0, bad_pattern)
-    if not events:
-        problems.append("never probed")
     shown = first_bad or (events[-1] if events else {})
     observed = {
         "status": shown.get("status"),
-        "ok": not problems,
+        "ok": bool(events) and not problems,
         "problems": problems,
         "probes": len(events),
         "elapsed_s_max": max((float(e.get("elapsed_s") or 0) for e in events), default=None),
@@ -265,21 +266,36 @@ def evaluate_caps(name: str, phase: str, spec: CapsEnforcedCheck, evidence: Evid
         "error_schema": spec.error_schema.model_dump(),
         "deadline_s": spec.deadline,
         "health": "every normal request after a round succeeds",
+        "rounds": spec.rounds,
     }
-    failures = [f"probe error: {c.get('error', '?')}" for c in crashes]
+    failures: list[str] = []
+    thin = [f"probe error: {c.get('error', '?')}" for c in crashes]
     if not probes:
-        failures.insert(0, "no caps probe was sent in the phase (no evidence)")
-        return make_result(name, KIND, phase, "failed", "; ".join(failures), window=window,
-                           expected=expected, observed={"probes": 0, "health_probes": len(health)})
+        thin.insert(0, f"no caps probe was sent in the phase, need {spec.rounds} round(s) "
+                       "(no evidence)")
+        return make_result(name, KIND, phase, "inconclusive",
+                           "inconclusive: " + "; ".join(thin), window=window,
+                           expected=expected, observed={"probes": 0, "health_probes": len(health),
+                                                        "rounds": 0})
 
     observed_cases: dict[str, Any] = {}
+    short: list[str] = []
     for case in cases:
-        problems, observed_cases[case.name] = _judge_case(
-            case, [e for e in probes if e.get("case") == case.name], spec)
+        events = [e for e in probes if e.get("case") == case.name]
+        problems, observed_cases[case.name] = _judge_case(case, events, spec)
         if problems:
             failures.append(f"{case.name}: {', '.join(problems)}")
-    if (health_problem := _health_problem(health)) is not None:
+        answered = len({e.get("round") for e in events})
+        if answered < spec.rounds:
+            short.append(f"{case.name} {answered}/{spec.rounds}")
+    if short:
+        thin.insert(0, "cases not probed in every round (probed/needed): " + ", ".join(short))
+    if health and (health_problem := _health_problem(health)) is not None:
         failures.append(health_problem)
+    health_rounds = len({h.get("round") for h in health})
+    if health_rounds < spec.rounds:
+        thin.append(f"{health_rounds}/{spec.rounds} rounds had a normal request after them "
+                    "(no evidence the server still serves)")
 
     rounds = len({e.get("round") for e in probes})
     observed: dict[str, Any] = {
@@ -290,8 +306,11 @@ def evaluate_caps(name: str, phase: str, spec: CapsEnforcedCheck, evidence: Evid
         "health_failed": sum(1 for h in health if not h.get("ok")),
     }
     if failures:
-        return make_result(name, KIND, phase, "failed", "; ".join(failures), window=window,
-                           observed=observed, expected=expected)
+        return make_result(name, KIND, phase, "failed", "; ".join(failures + thin),
+                           window=window, observed=observed, expected=expected)
+    if thin:
+        return make_result(name, KIND, phase, "inconclusive", "inconclusive: " + "; ".join(thin),
+                           window=window, observed=observed, expected=expected)
     summary = (f"all {len(cases)} cases refused with a helpful 4xx in {len(probes)} probes "
                f"over {rounds} round{'s' * (rounds != 1)}; {len(health)} normal requests "
                f"after them succeeded")

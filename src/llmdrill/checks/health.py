@@ -3,14 +3,19 @@
 A probe polls the health URL (default: the engine's own `/health`, next to its metrics)
 every `interval` with a short deadline (`timeout`, 2s by default) and records each poll as
 a `health_poll` event. The evaluator counts failed polls plus the metric scrapes that
-failed in the window (the engine vanished from under the scraper too). No poll at all
-fails: no evidence is not health.
+failed in the window (the engine vanished from under the scraper too).
+
+Health needs polls all through the phase: at least `min_polls`, the first and last near
+the phase's edges and no gap between two longer than `interval + timeout + 1.5s`. Fewer
+or patchier polls (and a crashed probe) without failures are inconclusive: an engine
+nobody watched for a while was not shown healthy for that while.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -32,6 +37,18 @@ KIND = "engine_healthy"
 HARD_DEADLINE_SLACK = 0.5
 MAX_ERROR_CHARS = 200
 MIN_PAUSE = 0.05  # between polls, even with interval 0: a probe must not spin
+GAP_SLACK_S = 1.5  # scheduling slack on top of interval + timeout between two polls
+EDGE_S = 1.0  # polls stamped this far outside the phase still belong to it
+
+
+def longest_gap(times: list[float], start: float, end: float) -> tuple[float, float, float]:
+    """The longest stretch of [start, end] without a poll: (length, from, to)."""
+    edges = [start, *sorted(t for t in times if start <= t <= end), end]
+    gap, lo, hi = 0.0, start, start
+    for a, b in pairwise(edges):
+        if b - a > gap:
+            gap, lo, hi = b - a, a, b
+    return gap, lo, hi
 
 
 def health_url(ctx: RunContext, spec: EngineHealthyCheck) -> str:
@@ -87,7 +104,9 @@ def evaluate_engine_healthy(
     name: str, phase: str, spec: EngineHealthyCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
     # Polls are this check's own (by name); the probe ran exactly over the phase.
-    polls = [(ts, d) for ts, d in evidence.events_of("health_poll") if d.get("check") == name]
+    polls = [(ts, d) for ts, d in evidence.events_of("health_poll", window.start - EDGE_S,
+                                                      window.end + EDGE_S)
+             if d.get("check") == name]
     crashes = [d for _, d in evidence.events_of("probe_error") if d.get("check") == name]
     scrapes = evidence.events_of("scrape_failed", window.start, window.end)
     failed = [(ts, d) for ts, d in polls if not d.get("ok")]
@@ -102,8 +121,11 @@ def evaluate_engine_healthy(
         "slowest_poll_ms": None if slowest is None else round(slowest * 1000, 1),
         "first_failure": None,
     }
-    expected: dict[str, Any] = {"max_failures": spec.max_failures, "min_polls": 1,
-                                "timeout_s": spec.timeout}
+    max_gap = spec.interval + spec.timeout + HARD_DEADLINE_SLACK + GAP_SLACK_S
+    gap, gap_from, gap_to = longest_gap([ts for ts, _ in polls], window.start, window.end)
+    observed["longest_gap_s"] = round(gap, 3)
+    expected: dict[str, Any] = {"max_failures": spec.max_failures, "min_polls": spec.min_polls,
+                                "max_gap_s": round(max_gap, 3), "timeout_s": spec.timeout}
     if failed:
         ts, detail = failed[0]
         observed["first_failure"] = {"at_s": round(ts - window.start, 3),
@@ -113,10 +135,16 @@ def evaluate_engine_healthy(
         observed["probe_error"] = crashes[0].get("error")
 
     problems: list[str] = []
-    if not polls:
-        problems.append("no health polls were made (no evidence the engine was healthy)")
+    thin: list[str] = []  # too little evidence: inconclusive unless something failed
+    if len(polls) < spec.min_polls:
+        thin.append(f"{len(polls)} health polls in the phase, need {spec.min_polls} "
+                    "(too little evidence the engine was healthy)")
+    elif gap > max_gap:
+        thin.append(f"no health poll for {fmt(gap, 1)}s (from +{fmt(gap_from - window.start, 1)}s "
+                    f"to +{fmt(gap_to - window.start, 1)}s; allowed {fmt(max_gap, 1)}s): "
+                    "the engine was not watched all through the phase")
     if crashes:
-        problems.append(f"the health probe crashed: {crashes[0].get('error')}")
+        thin.append(f"the health probe crashed: {crashes[0].get('error')}")
     failures = len(failed) + len(scrapes)
     if polls and failures > spec.max_failures:
         parts = [f"{len(failed)}/{len(polls)} health polls of {url} failed"]
@@ -126,9 +154,11 @@ def evaluate_engine_healthy(
         parts.append(f"{len(scrapes)} metric scrapes failed")
         problems.append(f"{failures} failures > allowed {spec.max_failures}: "
                         + "; ".join(parts))
-    status: CheckStatus = "failed" if problems else "passed"
-    if problems:
-        summary = "; ".join(problems)
+    status: CheckStatus = "failed" if problems else "inconclusive" if thin else "passed"
+    if problems or thin:
+        summary = "; ".join(problems + thin)
+        if not problems:
+            summary = "inconclusive: " + summary
     else:
         shown = "" if slowest is None else f", slowest {fmt(slowest * 1000, 1)} ms"
         summary = (f"health answered {len(polls) - len(failed)}/{len(polls)} polls of {url}"

@@ -1,8 +1,9 @@
 """metric: a condition on a scraped engine series within the window.
 
 Engines rename metrics between versions, so a check lists alternatives and the first
-one the target exposes is used. A metric that is not there fails the check: a drill
-that silently passes because it watched nothing is worse than no drill.
+one the target exposes is used. A metric that is not there, or fewer than `min_samples`
+scrapes of it in the window (`increase` always needs 2), makes the check inconclusive:
+a drill that silently passes because it watched nothing is worse than no drill.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def evaluate_metric(
         expected["min"] = spec.min
     if spec.max is not None:
         expected["max"] = spec.max
+    needed = max(spec.min_samples, 2 if spec.aggregate == "increase" else 1)
+    expected["min_samples"] = needed
 
     present = evidence.metric_names()
     series = next((s for s in spec.series if s in present), None)
@@ -73,8 +76,8 @@ def evaluate_metric(
             name,
             KIND,
             phase,
-            "failed",
-            f"metric not found: tried {', '.join(spec.series)}{hint}",
+            "inconclusive",
+            f"inconclusive: metric not found: tried {', '.join(spec.series)}{hint}",
             window=window,
             observed={"series": None, "tried": list(spec.series), "similar": similar},
             expected=expected,
@@ -87,13 +90,13 @@ def evaluate_metric(
     ]
     observed: dict[str, object] = {"series": series, "samples": len(samples), "value": None}
     where = f"{series}{_labels(spec.labels)}"
-    if not samples:
+    if len(samples) < needed:
         return make_result(
             name,
             KIND,
             phase,
-            "failed",
-            f"no samples of {where} in the window",
+            "inconclusive",
+            f"inconclusive: {len(samples)} samples of {where} in the window, need {needed}",
             window=window,
             observed=observed,
             expected=expected,

@@ -6,12 +6,20 @@ the fault ended (`docker_state`: State.OOMKilled, which a restart clears, so the
 come first). The clock starts at the fault's Docker call. An `oom` event means some
 process in the container was killed, maybe only the hog: `container_died` also asks for
 the container's `die` after it. No OOM fails the check with what was seen instead.
+
+Only evidence of this fault counts: events in the phase from the fault's start, and
+container states inspected at its end (within the phase plus a grace) whose OOM kill
+(the state's FinishedAt) came after the fault started: an OOMKilled flag left by an
+earlier run says nothing. `within` bounds every kind of evidence: an OOM known only from
+a state without a usable FinishedAt cannot be timed, so with `within` it is inconclusive.
+No Docker fault applied in the phase is inconclusive (nothing to judge).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from llmdrill.checks.alerts import rfc3339
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.harness.records import Evidence
 from llmdrill.harness.result import CheckResult, CheckStatus, Window
@@ -69,14 +77,29 @@ def evaluate_oom_observed(name: str, phase: str, spec: OomObservedCheck,
     if started is None:
         what = (f"Docker fault '{spec.fault}' was not applied" if spec.fault
                 else "no Docker fault was applied")
-        return result("failed", f"no evidence of memory pressure: {what} in phase '{phase}'")
+        return result("inconclusive", f"inconclusive: no evidence of memory pressure: "
+                                      f"{what} in phase '{phase}'")
     t0, fault = started
     events = container_events(evidence, window, spec.fault)
     ooms = [(ts, d) for ts, d in events if d.get("action") == "oom" and ts >= t0 - 1.0]
-    states = [d for _, d in evidence.events_of(STATE, window.start,
-                                               window.end + STATE_GRACE_S)
+    states = [d for _, d in evidence.events_of(STATE, t0, window.end + STATE_GRACE_S)
               if _of_fault(d, spec.fault) and "error" not in d]
-    oom_killed = sorted({str(d.get("container")) for d in states if d.get("oom_killed")})
+    # An OOM kill known from a state: when the container last stopped, if it says; one
+    # that stopped before the fault began is an older OOM, not this fault's.
+    killed_at: dict[str, float | None] = {}
+    stale: list[str] = []
+    for d in states:
+        if not d.get("oom_killed"):
+            continue
+        when = rfc3339(str(d.get("finished_at") or ""))
+        container = str(d.get("container"))
+        if when is not None and not t0 - 1.0 <= when <= window.end + STATE_GRACE_S:
+            stale.append(container)
+            continue
+        previous = killed_at.get(container)
+        killed_at[container] = when if previous is None else min(previous, when or previous)
+    oom_killed = sorted(killed_at)
+    state_times = [w for w in killed_at.values() if w is not None]
     actions: dict[str, int] = {}
     for _, d in events:
         actions[str(d.get("action"))] = actions.get(str(d.get("action")), 0) + 1
@@ -85,6 +108,7 @@ def evaluate_oom_observed(name: str, phase: str, spec: OomObservedCheck,
         "oom_events": len(ooms),
         "containers": sorted({str(d.get("container")) for _, d in ooms}),
         "state_oom_killed": oom_killed,
+        "state_oom_killed_before_fault": sorted(set(stale)),
         "container_events": actions,
         "states": [{k: d.get(k) for k in ("container", "status", "oom_killed", "exit_code",
                                           "restart_count")} for d in states],
@@ -98,16 +122,26 @@ def evaluate_oom_observed(name: str, phase: str, spec: OomObservedCheck,
             "lower or give the hog more memory"))
     problems: list[str] = []
     parts: list[str] = []
-    first = ooms[0][0] if ooms else None
+    first = min([ts for ts, _ in ooms] + state_times, default=None)
+    if not ooms:
+        timed = "" if state_times else " (no `oom` event was recorded and the state has no " \
+                                       "usable FinishedAt, so no time)"
+        parts.append(f"State.OOMKilled of {', '.join(oom_killed)}{timed}")
     if first is None:
-        parts.append(f"State.OOMKilled of {', '.join(oom_killed)} (no `oom` event was "
-                     "recorded, so no time)")
+        if spec.within is not None:
+            return result("inconclusive", (
+                f"inconclusive: State.OOMKilled of {', '.join(oom_killed)} but no time for "
+                f"it (no `oom` event, no FinishedAt): nothing shows the OOM came within "
+                f"{fmt(spec.within)}s of fault '{fault}'"))
     else:
         after = first - t0
         observed["first_oom_after_s"] = round(after, 3)
         observed["first_oom_at_s"] = round(first - window.start, 3)
-        parts.append(f"{len(ooms)} OOM event(s), the first {fmt(after)}s after fault "
-                     f"'{fault}'")
+        if ooms:
+            parts.append(f"{len(ooms)} OOM event(s), the first {fmt(after)}s after fault "
+                         f"'{fault}'")
+        else:
+            parts[-1] += f", killed {fmt(after)}s after fault '{fault}'"
         if spec.within is not None and after > spec.within + _EPS:
             problems.append(f"the first OOM came {fmt(after)}s after fault '{fault}' (limit "
                             f"{fmt(spec.within)}s)")

@@ -3,8 +3,9 @@ requests refused instead (429/503) say when to come back (Retry-After) where req
 
 A queue that grows without bound turns overload into unbounded latency for everybody; a
 system that sheds load with 429/503 keeps its queue short. The waiting series is scraped
-from the engine; a series the target does not expose fails the check, naming what was
-tried, and so does a window without samples: an unwatched queue is not a bounded one.
+from the engine; a series the target does not expose makes the check inconclusive, naming
+what was tried, and so do fewer than `min_samples` scrapes in the window: an unwatched
+queue is not a bounded one. A peak over the bound fails on any number of samples.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def evaluate_queue_bounded(
         "series": list(spec.series),
         "refusal_statuses": list(spec.refusal_statuses),
         "require_retry_after": spec.require_retry_after,
+        "min_samples": spec.min_samples,
     }
     present = evidence.metric_names()
     series = next((s for s in spec.series if s in present), None)
@@ -37,8 +39,8 @@ def evaluate_queue_bounded(
         similar = similar_names(spec.series, present)
         hint = f"; similar exposed names: {', '.join(similar)}" if similar else ""
         return make_result(
-            name, KIND, phase, "failed",
-            f"waiting-queue metric not found: tried {', '.join(spec.series)}{hint}",
+            name, KIND, phase, "inconclusive",
+            f"inconclusive: waiting-queue metric not found: tried {', '.join(spec.series)}{hint}",
             window=window, expected=expected,
             observed={"series": None, "tried": list(spec.series), "similar": similar},
         )
@@ -59,10 +61,12 @@ def evaluate_queue_bounded(
                               sorted(Counter(r.status for r in refused).items())},
         "refused_without_retry_after": len(without_ra),
     }
-    if not samples:
+    over_seen = any(v > spec.max_waiting for _, v in samples)
+    if len(samples) < spec.min_samples and not over_seen:
         return make_result(
-            name, KIND, phase, "failed",
-            f"no samples of {series} in the window (no evidence the queue was bounded)",
+            name, KIND, phase, "inconclusive",
+            f"inconclusive: {len(samples)} samples of {series} in the window, need "
+            f"{spec.min_samples} (too little evidence the queue was bounded)",
             window=window, observed=observed, expected=expected,
         )
 

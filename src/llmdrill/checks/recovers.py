@@ -4,6 +4,11 @@ The baseline is the measure over a healthy phase. A window of `window` seconds s
 over the checked phase in 0.5 s steps; the first window whose value is inside the band
 marks recovery, at (window start - phase start). Recovery must come within `within`.
 
+A window counts only on enough evidence: at least `min_requests` requests started in it
+and ended, and at most `max_error_rate` of them failed (a window where most requests are
+reset fast is not a recovery, however good the few survivors' TTFT). No window with
+enough requests (or no baseline) is inconclusive, never a pass.
+
 A fault applied during the checked phase (late: a busy harness, or a fault that starts
 after the phase does) moves the first window to when it was applied: requests sent before
 the fault was in place show the healthy system, not a recovery from it.
@@ -76,6 +81,12 @@ class _Slider:
         self.ends = [r.end for r in by_end]
         self.tokens_upto = [0, *accumulate(r.output_tokens for r in by_end)]
 
+    def judged(self, t: float, length: float) -> tuple[int, int]:
+        """(requests started in [t, t+length) that ended, how many of them failed)."""
+        lo, hi = bisect_left(self.starts, t), bisect_left(self.starts, t + length)
+        done = [r for r in self.by_start[lo:hi] if r.finished]
+        return len(done), sum(1 for r in done if not r.ok)
+
     def value(self, t: float, length: float) -> float | None:
         if self.measure in HIGHER_IS_BETTER:
             # Throughput counts what completed in the window, wherever it started.
@@ -113,6 +124,8 @@ def evaluate_recovers(
         "tolerance": spec.tolerance,
         "slack": spec.slack,
         "window_s": spec.window,
+        "max_error_rate": spec.max_error_rate,
+        "min_requests": spec.min_requests,
     }
     baseline = _baseline(spec, evidence)
     if isinstance(baseline, str):
@@ -120,8 +133,8 @@ def evaluate_recovers(
             name,
             KIND,
             phase,
-            "failed",
-            f"cannot judge recovery: {baseline}",
+            "inconclusive",
+            f"inconclusive: cannot judge recovery: {baseline}",
             window=window,
             observed={"baseline": None, "recovery_time_s": None},
             expected=expected,
@@ -147,11 +160,19 @@ def evaluate_recovers(
     recovered_at: float | None = None
     value_at: float | None = None
     offset = first - window.start
+    judged_windows = 0  # windows with enough requests to say anything
+    most = 0
     for i in range(steps):
         t = first + i * STEP_S
         value = slider.value(t, length)
+        count, failed = slider.judged(t, length)
+        most = max(most, count)
         points.append([round(offset + i * STEP_S, 3), value])
-        if recovered_at is None and _in_band(spec.measure, value, limit):
+        if count < spec.min_requests:
+            continue
+        judged_windows += 1
+        if (recovered_at is None and _in_band(spec.measure, value, limit)
+                and failed / count <= spec.max_error_rate + _EPS):
             recovered_at, value_at = round(offset + i * STEP_S, 3), value
 
     observed = {
@@ -160,13 +181,20 @@ def evaluate_recovers(
         "recovery_time_s": recovered_at,
         "value_at_recovery": value_at,
         "steps": _thin(points),
+        "judged_windows": judged_windows,
+        "most_requests_in_a_window": most,
     }
     comparison = ">=" if higher else "<="
     band = f"{spec.measure} {comparison} {fmt(limit)}{unit} (baseline {fmt(baseline)}{unit})"
     status: CheckStatus
-    if recovered_at is None:
+    errors = f" and at most {fmt(spec.max_error_rate * 100, 1)}% errors"
+    if recovered_at is None and not judged_windows:
+        status = "inconclusive"
+        summary = (f"inconclusive: no {fmt(length)}s window in the phase had the "
+                   f"{spec.min_requests} requests needed to judge it (most: {most})")
+    elif recovered_at is None:
         status = "failed"
-        summary = f"never recovered: no {fmt(length)}s window in the phase had {band}"
+        summary = f"never recovered: no {fmt(length)}s window in the phase had {band}{errors}"
     elif recovered_at <= spec.within + _EPS:
         status = "passed"
         summary = f"recovered after {fmt(recovered_at)}s (limit {fmt(spec.within)}s): {band}"

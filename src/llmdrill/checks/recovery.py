@@ -6,14 +6,20 @@ engine going down and coming back. The probe polls the engine's health URL over 
 phase and, for warm_up, once the engine has been seen down, sends 1-token completions
 until one streams a token: the first token after the kill.
 
+"Down" takes evidence: the container's `die` event after the kill, or `down_polls`
+(default 3) consecutive failed health polls; one failed poll is a blip. Without it the
+check is inconclusive (the fault shows nothing about recovery), never a pass; so is a
+missing fault, no health polls, a crashed probe, and fewer requests than the least
+evidence below. Evidence against the claim (a hang, an unclear error, no way back) fails.
+
 stream_recovery passes when
-- the engine went down after the fault (else the fault missed: nothing was shown) and
-  was back within `back_within`;
+- the engine went down after the fault and was back within `back_within`;
 - every request caught by the kill (open at the kill, or sent while the engine was dying
   and failed before it was gone) either succeeded or failed with an allowed, classified
   error within `deadline` of the kill (no hang, no client-side timeout). A kill is not
   instant: the container's `die` event (once every process in it is dead) marks the
-  death, else the first failed health poll;
+  death, else the first failed health poll. At least `min_cut` of them must have been
+  cut (ended with an error): requests that completed normally are not recovered streams;
 - of the other requests sent after the kill and before the engine was back (the ones a
   client can retry), at least `retry_success` succeeded: clients that retry get through;
 - requests sent after it was back failed at most `after_error_rate`.
@@ -173,26 +179,50 @@ def death_time(evidence: Evidence, fault: str, kill: float, down_at: float | Non
     return min(dies) if dies else down_at
 
 
+def die_times(evidence: Evidence, fault: str, kill: float) -> list[float]:
+    """The container's `die` events of this fault after the kill."""
+    return sorted(ts for ts, d in evidence.events_of("docker_event", kill)
+                  if d.get("action") == "die" and d.get("fault") in (None, fault))
+
+
 @dataclass(frozen=True)
 class Outage:
-    down_at: float | None  # the first failed poll after the kill
+    down_at: float | None  # the first failed poll of the outage (or the die, if earlier)
     back_at: float | None  # the answer to the first good poll after that
     polls: int
     failed: int
+    longest_run: int = 0  # most consecutive failed polls after the kill
+    died: bool = False  # a `die` event showed the outage
 
 
-def outage(polls: Sequence[tuple[float, dict[str, Any]]], kill: float) -> Outage:
+def outage(polls: Sequence[tuple[float, dict[str, Any]]], kill: float,
+           down_polls: int = 1, died_at: float | None = None) -> Outage:
+    """The outage after the kill. Down is shown by a `die` at `died_at`, or by
+    `down_polls` consecutive failed polls (its first one is `down_at`); back is the first
+    good poll after that."""
     after = sorted((ts, d) for ts, d in polls if ts >= kill)
     down_at = back_at = None
-    failed = 0
+    failed = longest = run = 0
+    run_start: float | None = None
     for ts, detail in after:
         if not detail.get("ok"):
             failed += 1
-            if down_at is None:
-                down_at = ts
-        elif down_at is not None and back_at is None:
+            run += 1
+            if run_start is None:
+                run_start = ts
+            longest = max(longest, run)
+            if down_at is None and run >= down_polls:
+                down_at = run_start
+            continue
+        run, run_start = 0, None
+        if died_at is not None and down_at is None and ts >= died_at:
+            # It died but no poll caught it down (a fast restart): down at the die.
+            down_at = died_at
+        if down_at is not None and back_at is None and ts >= down_at:
             back_at = float(detail.get("at") or ts)
-    return Outage(down_at, back_at, len(after), failed)
+    if died_at is not None and (down_at is None or died_at < down_at):
+        down_at = died_at
+    return Outage(down_at, back_at, len(after), failed, longest, died_at is not None)
 
 
 @dataclass
@@ -279,15 +309,21 @@ def _common(name: str, kind: str, phase: str, spec: StreamRecoveryCheck | WarmUp
             ) -> tuple[float, str, Outage, dict[str, Any]] | CheckResult:
     """The kill and the outage, or the failed result that says why there is none."""
     observed: dict[str, Any] = {}
+    expected["down_polls"] = spec.down_polls
 
     def failed(summary: str) -> CheckResult:
         return make_result(name, kind, phase, "failed", summary, window=window,
                            observed=observed, expected=expected)
 
+    def inconclusive(summary: str) -> CheckResult:
+        return make_result(name, kind, phase, "inconclusive", f"inconclusive: {summary}",
+                           window=window, observed=observed, expected=expected)
+
     found = kill_time(evidence, window, spec.fault)
     if found is None:
         which = f"fault '{spec.fault}'" if spec.fault else "any fault"
-        return failed(f"no evidence of a kill: {which} was not applied in phase '{phase}'")
+        return inconclusive(f"no evidence of a kill: {which} was not applied in phase "
+                            f"'{phase}'")
     kill, fault = found
     polls = _polls(evidence, name)
     observed.update({"fault": fault, "kill_at_s": round(kill - window.start, 3),
@@ -295,14 +331,20 @@ def _common(name: str, kind: str, phase: str, spec: StreamRecoveryCheck | WarmUp
                      "docker_events": docker_timeline(evidence, window, kill)})
     crash = _probe_crash(evidence, name)
     if crash:
-        return failed(f"the health probe crashed: {crash}")
+        return inconclusive(f"the health probe crashed: {crash}")
     if not polls:
-        return failed("no health polls were made: nothing shows the engine down or back")
-    seen = outage(polls, kill)
-    observed.update({"polls_after_kill": seen.polls, "failed_polls": seen.failed})
+        return inconclusive("no health polls were made: nothing shows the engine down or "
+                            "back")
+    dies = die_times(evidence, fault, kill)
+    seen = outage(polls, kill, spec.down_polls, dies[0] if dies else None)
+    observed.update({"polls_after_kill": seen.polls, "failed_polls": seen.failed,
+                     "most_failed_polls_in_a_row": seen.longest_run, "died": seen.died})
     if seen.down_at is None:
-        return failed(f"the engine never went down after fault '{fault}' ({seen.polls} health "
-                      "polls after it all answered): the fault did not hit the engine")
+        return inconclusive(
+            f"no evidence the engine went down after fault '{fault}': no `die` event and "
+            f"at most {seen.longest_run} failed health polls in a row (need "
+            f"{spec.down_polls}) of {seen.polls} after it: the fault shows nothing about "
+            "recovery")
     observed["down_after_s"] = round(seen.down_at - kill, 3)
     if seen.back_at is None:
         return failed(f"the engine did not come back: its health URL failed from "
@@ -323,7 +365,7 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
         "deadline_s": spec.deadline, "allowed_error_classes": list(spec.allowed_error_classes),
         "min_in_flight": spec.min_in_flight, "retry_success": spec.retry_success,
         "min_retryable": spec.min_retryable, "back_within_s": spec.back_within,
-        "after_error_rate": spec.after_error_rate,
+        "after_error_rate": spec.after_error_rate, "min_cut": spec.min_cut,
     }
     common = _common(name, kind, phase, spec, evidence, window, expected)
     if isinstance(common, CheckResult):
@@ -357,12 +399,19 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
         "after_back": len(after), "after_back_failed": after_failed,
     })
     problems: list[str] = []
+    thin: list[str] = []  # too little evidence: inconclusive unless something failed
+    cut = flight.total - flight.survived
+    observed["in_flight_cut"] = cut
     if back - kill > spec.back_within + _EPS:
         problems.append(f"the engine was back only {fmt(back - kill)}s after the kill "
                         f"(limit {fmt(spec.back_within)}s)")
     if flight.total < spec.min_in_flight:
-        problems.append(f"{flight.total} requests were in flight at the kill (need "
-                        f"{spec.min_in_flight}): nothing shows how streams end")
+        thin.append(f"{flight.total} requests were in flight at the kill (need "
+                    f"{spec.min_in_flight}): nothing shows how streams end")
+    elif cut < spec.min_cut:
+        thin.append(f"{cut} of {flight.total} requests in flight at the kill were cut (need "
+                    f"{spec.min_cut}; the others completed normally): nothing shows how a "
+                    "cut stream ends")
     if flight.hung:
         problems.append(f"{flight.hung}/{flight.total} requests in flight hung past "
                         f"{fmt(spec.deadline)}s after the kill")
@@ -372,21 +421,23 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
     if flight.examples and (flight.hung or flight.unclear):
         problems.append("e.g. " + "; ".join(flight.examples[:2]))
     if len(retryable) < spec.min_retryable:
-        problems.append(f"{len(retryable)} requests were sent while the engine was down "
-                        f"(need {spec.min_retryable}): nothing shows clients get back")
+        thin.append(f"{len(retryable)} requests were sent while the engine was down "
+                    f"(need {spec.min_retryable}): nothing shows clients get back")
     elif retryable and retried_ok / len(retryable) < spec.retry_success - _EPS:
         classes = ", ".join(f"{k} {v}" for k, v in sorted(retry_classes.items()))
         problems.append(f"only {retried_ok}/{len(retryable)} requests sent while the engine "
                         f"was down succeeded (need {fmt(spec.retry_success * 100, 1)}%; "
                         f"failed: {classes}): clients do not retry through the restart")
     if not after:
-        problems.append("no request was sent after the engine was back")
+        thin.append("no request was sent after the engine was back")
     elif after_failed / len(after) > spec.after_error_rate + _EPS:
         problems.append(f"{after_failed}/{len(after)} requests sent after the engine was "
                         f"back failed (allowed {fmt(spec.after_error_rate * 100, 1)}%)")
-    status: CheckStatus = "failed" if problems else "passed"
+    status: CheckStatus = "failed" if problems else "inconclusive" if thin else "passed"
     if problems:
-        summary = "; ".join(problems)
+        summary = "; ".join(problems + thin)
+    elif thin:
+        summary = "inconclusive: " + "; ".join(thin)
     else:
         summary = (f"{flight.total} requests in flight at the kill: {flight.cut_cleanly} cut "
                    f"with a clear error within {fmt(spec.deadline)}s, {flight.survived} "
@@ -447,10 +498,13 @@ def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidenc
     observed.update({"token_probes": len(probes),
                      "first_token_after_s": None if to_token is None else round(to_token, 3)})
     problems: list[str] = []
+    thin: list[str] = []  # too little evidence: inconclusive unless something failed
     baseline = _baseline_ttft(evidence, spec.baseline_phase)
     to_ttft = None
+    after_back = [r for r in evidence.requests if seen.back_at <= r.start < window.end]
+    observed["requests_after_healthy"] = len(after_back)
     if isinstance(baseline, str):
-        problems.append(f"cannot judge TTFT: {baseline}")
+        thin.append(f"cannot judge TTFT: {baseline}")
     else:
         limit = baseline * (1 + spec.tolerance) + spec.slack
         observed.update({"baseline_ttft_p95_s": round(baseline, 4), "band_max_s": round(limit, 4)})
@@ -465,7 +519,9 @@ def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidenc
     if to_healthy > spec.healthy_within + _EPS:
         problems.append(f"healthy only {fmt(to_healthy)}s after the kill (limit "
                         f"{fmt(spec.healthy_within)}s)")
-    if to_token is None:
+    if to_token is None and not probes:
+        thin.append("no token probe was sent after the kill: nothing shows the first token")
+    elif to_token is None:
         problems.append(f"no probe request streamed a token after the kill ({len(probes)} "
                         "sent)")
     else:
@@ -477,7 +533,10 @@ def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidenc
     if not isinstance(baseline, str):
         band = f"TTFT p95 <= {fmt(baseline * (1 + spec.tolerance) + spec.slack)}s " \
                f"(baseline {fmt(baseline)}s)"
-        if to_ttft is None:
+        if to_ttft is None and not any(r.ok and r.ttft is not None for r in after_back):
+            thin.append(f"no request sent after the engine was healthy succeeded with a TTFT "
+                        f"({len(after_back)} sent): nothing shows TTFT came back")
+        elif to_ttft is None:
             problems.append(f"TTFT never came back in the phase: no {fmt(spec.window)}s "
                             f"window after the engine was healthy had {band}")
         else:
@@ -485,7 +544,12 @@ def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidenc
             if to_ttft > spec.ttft_within + _EPS:
                 problems.append(f"{band} only {fmt(to_ttft)}s after the kill (limit "
                                 f"{fmt(spec.ttft_within)}s)")
-    status: CheckStatus = "failed" if problems else "passed"
-    summary = "; ".join(problems) if problems else "from the kill: " + "; ".join(parts)
+    status: CheckStatus = "failed" if problems else "inconclusive" if thin else "passed"
+    if problems:
+        summary = "; ".join(problems + thin)
+    elif thin:
+        summary = "inconclusive: " + "; ".join(thin)
+    else:
+        summary = "from the kill: " + "; ".join(parts)
     return make_result(name, kind, phase, status, summary, window=window, observed=observed,
                        expected=expected)

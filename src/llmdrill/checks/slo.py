@@ -135,16 +135,18 @@ def evaluate_slo(
             listed = ", ".join(f"{c} {n}" for c, n in sorted(disallowed.items()))
             violations.append(f"errors of classes not allowed: {listed}")
 
-    # Zero requests never passes, even with min_requests: 0 — no data is not success.
+    # Zero requests never passes, even with min_requests: 0: no data is not success.
+    # Too few requests is inconclusive, not failed: they show too little to judge either
+    # way, whatever bound their few numbers miss.
     needed = max(spec.min_requests, 1)
-    if stats.requests < needed:
-        violations.insert(
-            0, f"not enough evidence: {stats.requests} requests started, need {needed}"
-        )
-
+    observed["min_requests"] = needed
     bounds = len(measured) + (spec.allowed_error_classes is not None)
     status: CheckStatus = "failed" if violations else "passed"
-    if violations:
+    if stats.requests < needed:
+        status = "inconclusive"
+        summary = (f"inconclusive: too little evidence: {stats.requests} requests started "
+                   f"in the window (finished), need {needed}")
+    elif violations:
         summary = "; ".join(violations)
     elif bounds:
         summary = f"all {bounds} bounds held over {stats.requests} requests"

@@ -628,11 +628,20 @@ class SloCheck(Strict):
     allowed_error_classes: list[ErrorClass] | None = Field(
         default=None, description="Any failed request of another class fails the check."
     )
-    min_requests: int = Field(default=1, ge=0, description="Fewer requests is a failure.")
+    min_requests: int = Field(
+        default=1, ge=0,
+        description="Fewer requests started in the window is inconclusive (too little "
+        "evidence); 0 still needs one request.",
+    )
 
 
 class NoHungRequestsCheck(Strict):
     deadline: Duration = Field(description="Every request finishes or fails within this.")
+    min_requests: int = Field(
+        default=1, ge=1,
+        description="Fewer requests started in the window is inconclusive (too little "
+        "evidence).",
+    )
 
 
 RecoverMeasure = Literal["ttft_p50", "ttft_p95", "error_rate", "tokens_per_s"]
@@ -654,6 +663,16 @@ class RecoversCheck(Strict):
         "(seconds for TTFT).",
     )
     window: Duration = Field(default=5.0, description="Sliding window the measure is taken over.")
+    max_error_rate: Fraction = Field(
+        default=0.05,
+        description="A window counts as recovered only if at most this share of the "
+        "requests started in it failed (fast errors are not a recovery).",
+    )
+    min_requests: int = Field(
+        default=3, ge=1,
+        description="Requests that must have started (and ended) in a window for it to "
+        "count; no window with this many is inconclusive.",
+    )
 
 
 class MetricCheck(Strict):
@@ -673,6 +692,11 @@ class MetricCheck(Strict):
     )
     min: float | None = Field(default=None, description="Lowest allowed value (inclusive).")
     max: float | None = Field(default=None, description="Highest allowed value (inclusive).")
+    min_samples: int = Field(
+        default=2, ge=1,
+        description="Fewer scrapes of the series in the window is inconclusive (increase "
+        "always needs 2).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> MetricCheck:
@@ -799,6 +823,10 @@ class QueueBoundedCheck(Strict):
     require_retry_after: bool = Field(
         default=False, description="Refusals must carry a Retry-After header."
     )
+    min_samples: int = Field(
+        default=3, ge=1,
+        description="Fewer scrapes of the waiting series in the window is inconclusive.",
+    )
 
 
 class EngineHealthyCheck(Strict):
@@ -815,6 +843,11 @@ class EngineHealthyCheck(Strict):
         default=0, ge=0,
         description="Failed polls (no 2xx within `timeout`) plus failed metric scrapes "
         "allowed.",
+    )
+    min_polls: int = Field(
+        default=3, ge=1,
+        description="Fewer polls in the phase is inconclusive; polls must also cover the "
+        "whole phase (no gap longer than interval + timeout + 1.5s).",
     )
 
     @field_validator("url")
@@ -845,6 +878,11 @@ class _AfterNodeFault(Strict):
     poll_timeout: Duration = Field(
         default=2.0, description="A poll without a 2xx this soon counts as down."
     )
+    down_polls: int = Field(
+        default=3, ge=1,
+        description="Consecutive failed health polls that show the engine down when there "
+        "is no `die` event of its container; fewer is a blip, not an outage.",
+    )
 
     @field_validator("health_url")
     @classmethod
@@ -868,7 +906,14 @@ class StreamRecoveryCheck(_AfterNodeFault):
         "client had to give up on a silent stream) fail the check.",
     )
     min_in_flight: int = Field(
-        default=1, ge=0, description="Fewer requests in flight at the fault fails the check."
+        default=1, ge=0,
+        description="Fewer requests in flight at the fault is inconclusive (no evidence).",
+    )
+    min_cut: int = Field(
+        default=1, ge=1,
+        description="Requests in flight that the kill must actually have cut (ended with an "
+        "error); requests that completed normally show nothing about recovery. Fewer is "
+        "inconclusive.",
     )
     retry_success: Fraction = Field(
         default=1.0,
@@ -876,7 +921,7 @@ class StreamRecoveryCheck(_AfterNodeFault):
         "can retry) that must end in success.",
     )
     min_retryable: int = Field(
-        default=1, ge=0, description="Fewer retryable requests fails the check (no evidence)."
+        default=1, ge=0, description="Fewer retryable requests is inconclusive (no evidence)."
     )
     back_within: Duration = Field(
         default=300.0, description="The engine must answer its health URL again this soon."
