@@ -199,7 +199,7 @@ def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: flo
     expected = float(spec.toxicity) * len(inside)
     if len(hit) >= max(1.0, SEEN_SHARE * expected):
         return FaultEffect(True, counted)
-    if kind == "slow_close" and not hit:
+    if kind == "slow_close":
         return FaultEffect(None, f"{counted}: a slow close delays only the end of a "
                                  "connection, which clients that read their answer to the end "
                                  "do not see; no evidence either way")
@@ -207,8 +207,9 @@ def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: flo
         return FaultEffect(None, f"{counted}: at toxicity {spec.toxicity:g} fewer than one "
                                  "of them was expected to get the toxic; too few to tell")
     return FaultEffect(False, f"{counted}: the traffic did not feel it. Are the clients "
-                              f"pointed at {where}'s listen address, and not at the engine "
-                              "or another proxy? Is it the right direction (stream)?")
+                              f"pointed at the listen address of {where}, and not at the "
+                              "engine or another proxy? Does the toxic act on the right "
+                              "direction (stream)?")
 
 
 @register_injector(BACKEND)
