@@ -59,3 +59,43 @@ def test_wrapped_transport_errors_are_classified_by_their_cause() -> None:
     closed = HTTPConnectionClosed("connection closed.")
     assert classify_exception(closed, got_response=False) == ("reset", "HTTPConnectionClosed")
     assert classify_exception(closed, got_response=True)[0] == "incomplete_stream"
+
+
+# --- empty completions ------------------------------------------------------------------
+
+
+def feed(*lines: bytes) -> StreamTally:
+    tally = StreamTally()
+    for i, line in enumerate(lines):
+        tally.feed_line(line.rstrip(b"\n"), float(i))
+    return tally
+
+
+def test_events_without_text_are_not_tokens() -> None:
+    # The role preamble, a finish chunk with an empty or missing delta, a null content.
+    tally = feed(ROLE,
+                 b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n',
+                 b'data: {"choices":[{"index":0,"delta":{"content":null}}]}\n',
+                 b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}]}\n',
+                 b"data: [DONE]\n")
+    assert tally.token_events == 0 and tally.first_token_at is None
+    assert tally.done and tally.empty
+
+
+def test_text_in_any_form_is_a_token() -> None:
+    tally = feed(b'data: {"choices":[{"delta":{"content": "spaced"}}]}\n',
+                 b'data: {"choices":[{"text":"\\n"}]}\n',
+                 b'data: {"choices":[{"delta":{"reasoning_content":"hm"}}]}\n',
+                 b'data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}\n',
+                 b"data: [DONE]\n")
+    assert tally.token_events == 4 and not tally.empty
+
+
+def test_a_stream_with_usage_of_generated_tokens_is_not_empty_without_text() -> None:
+    # With dummy weights an engine can end at once; a token it generated that decodes to
+    # no text is still a generated token, and its usage says so.
+    tally = feed(ROLE, USAGE, b"data: [DONE]\n")
+    assert tally.token_events == 0 and tally.usage_tokens == 3 and not tally.empty
+    zero = feed(TOKEN, USAGE.replace(b'"completion_tokens":3', b'"completion_tokens":0'),
+                b"data: [DONE]\n")
+    assert zero.empty

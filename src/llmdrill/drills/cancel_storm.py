@@ -531,6 +531,11 @@ async def _read_until_abort(out: StreamOutcome, reader: asyncio.StreamReader,
             out.error_class, out.error_type = "incomplete_stream", tally.error_type
             return
         if tally.done or (decoder is not None and decoder.done):
+            if tally.token_events == 0:
+                # A 200 that ended before its abort point without a token: an empty
+                # answer, not a stream that was dropped (a drop is never empty).
+                out.error_class, out.error_type = "empty", "no_tokens"
+                return
             out.outcome = "completed"  # the stream ended before its abort point
             return
         try:

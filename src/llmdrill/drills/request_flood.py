@@ -30,7 +30,7 @@ from llmdrill.drills.base import fault_window
 from llmdrill.drills.client import ClientActivity, engine_queue, queue_rise
 from llmdrill.drills.registry import register_injector
 from llmdrill.harness.verdict import FaultEffect
-from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.scenario.models import RequestFloodFault
 
 if TYPE_CHECKING:
@@ -149,25 +149,13 @@ def read_sse(chunks: Iterable[bytes], tally: StreamTally,
             break
         if len(buf) > max_line:
             return "protocol", "line_too_long"
-    if tally.error_type:
-        return "incomplete_stream", tally.error_type
-    if not tally.done:
-        return "incomplete_stream", "no_done_event"
-    return None
+    # A stream that ended with [DONE] but generated nothing is `empty`.
+    return stream_error(tally)
 
 
 def read_whole(body: bytes, tally: StreamTally) -> Error | None:
-    """Usage and id of a non-streamed answer."""
-    try:
-        obj = json.loads(body)
-        usage = obj.get("usage") or {}
-        tally.usage_tokens = int(usage.get("completion_tokens", 0))
-        tally.prompt_tokens = int(usage.get("prompt_tokens", 0))
-        tally.response_id = str(obj["id"])[:128] if obj.get("id") else None
-    except (ValueError, AttributeError, TypeError):
-        return "protocol", "invalid_json"
-    tally.done = True
-    return None
+    """Usage and id of a non-streamed answer; `empty` if it generated nothing."""
+    return read_whole_body(body, tally)
 
 
 @dataclass

@@ -11,8 +11,10 @@ class RequestRecord:
     """One logical request as the client saw it (after all its retry attempts).
 
     `error_class` is None for a success. Classes: timeout, connect, reset,
-    incomplete_stream, protocol, http_4xx, http_429, http_5xx, interrupted (still in flight
-    when the load stopped; `end` is then the stop time and `finished` is False).
+    incomplete_stream, protocol, empty (a 200 that generated nothing: a stream with no
+    token before [DONE], a whole answer with no choices, no text or 0 completion tokens),
+    http_4xx, http_429, http_5xx, interrupted (still in flight when the load stopped;
+    `end` is then the stop time and `finished` is False).
     """
 
     start: float

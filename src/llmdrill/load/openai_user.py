@@ -17,7 +17,7 @@ import gevent
 from locust import FastHttpUser, task
 
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
-from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.load.transport import LineTooLong, classify_exception, read_line
 
 _WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
@@ -250,20 +250,14 @@ class OpenAIUser(FastHttpUser):
                 outcome.tokens_seen = True
             if tally.done:
                 break
-        if tally.error_type:
-            outcome.error_class, outcome.error_type = "incomplete_stream", tally.error_type
-        elif not tally.done:
-            outcome.error_class, outcome.error_type = "incomplete_stream", "no_done_event"
+        # A 200 stream that ends with [DONE] but generated nothing is `empty`, an error.
+        error = stream_error(tally)
+        if error is not None:
+            outcome.error_class, outcome.error_type = error
 
     def _read_whole(self, resp: Any, outcome: _Attempt, start: float) -> None:
         body = resp._response.read(self.cfg.max_body_bytes)
-        tally = outcome.tally
-        try:
-            obj = json.loads(body)
-            usage = obj.get("usage") or {}
-            tally.usage_tokens = int(usage.get("completion_tokens", 0))
-            tally.prompt_tokens = int(usage.get("prompt_tokens", 0))
-            tally.response_id = str(obj.get("id"))[:128] if obj.get("id") else None
-            tally.done = True
-        except (ValueError, AttributeError, TypeError):
-            outcome.error_class, outcome.error_type = "protocol", "invalid_json"
+        # Any JSON is not a success: a 200 with no choices or no text is `empty`.
+        error = read_whole_body(body, outcome.tally)
+        if error is not None:
+            outcome.error_class, outcome.error_type = error

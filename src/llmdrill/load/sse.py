@@ -1,8 +1,18 @@
 """Cheap reading of an OpenAI-style SSE stream: count token events, time the first and
-the gaps, and parse JSON only for the final usage event.
+the gaps, and parse JSON only for the final usage event and events the bytes cannot tell.
 
 Parsing every event costs about a quarter of the load generator's throughput (measured),
-so token events are recognised by bytes, not by decoding them.
+so token events are recognised by bytes, not by decoding them: an event carrying
+`"content":"` or `"text":"` followed by something else than the closing quote has text.
+Events that carry neither (the chat role preamble, final chunks with only a
+finish_reason, reasoning or tool-call deltas, another server's spacing) are parsed.
+
+A completion is `empty` when the server answered 200 and generated nothing: no event with
+text (or, for a whole answer, no choice with text), and the usage does not report a
+generated token. A usage of 0 completion tokens is empty whatever else came. A real
+engine that generated one token or more reports it in its usage, so an answer that
+decoded to no text (an immediate end-of-sequence with dummy weights) is not empty when
+the usage says so.
 """
 
 from __future__ import annotations
@@ -12,8 +22,13 @@ from dataclasses import dataclass
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
-# Events that carry no token: the chat role preamble and empty final chunks.
-_EMPTY_MARKERS = (b'"content":""', b'"text":""', b'"choices":[]')
+# Text in an event, as vLLM (and OpenAI) write it: the key, then a non-empty string.
+_TEXT_KEYS = (b'"content":"', b'"text":"')
+# Keys of a choice or delta that carry generated output.
+_OUTPUT_KEYS = ("content", "text", "reasoning_content", "reasoning", "tool_calls",
+                "function_call", "refusal")
+
+Error = tuple[str, str]
 
 
 @dataclass(slots=True)
@@ -42,7 +57,7 @@ class StreamTally:
         if payload.startswith(b'{"error"') or b'"error":{' in payload[:20]:
             self.error_type = _error_type(payload)
             return
-        if any(marker in payload for marker in _EMPTY_MARKERS):
+        if not _has_text(payload):
             return
         if self.first_token_at is None:
             self.first_token_at = now
@@ -73,10 +88,108 @@ class StreamTally:
         return self.usage_tokens if self.usage_tokens is not None else self.token_events
 
     @property
+    def empty(self) -> bool:
+        """Nothing was generated: no event with text, and no usage saying otherwise (a
+        usage of 0 completion tokens is empty in any case)."""
+        return completion_empty(self.token_events > 0, self.usage_tokens)
+
+    @property
     def gap_mean(self) -> float | None:
         if self.token_events < 2:
             return None
         return self.gap_sum / (self.token_events - 1)
+
+
+def _has_text(payload: bytes) -> bool:
+    """Does this event carry generated output? By bytes when it can tell, else parsed."""
+    for key in _TEXT_KEYS:
+        at = payload.find(key)
+        while at >= 0:
+            nxt = payload[at + len(key): at + len(key) + 1]
+            if nxt and nxt != b'"':
+                return True
+            at = payload.find(key, at + 1)
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return False
+    return _choices_have_output(obj)
+
+
+def _output(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, (list, dict)) and bool(value)
+
+
+def _choices_have_output(obj: object) -> bool:
+    """Some choice of a chunk or a whole answer carries text (or a tool call)."""
+    if not isinstance(obj, dict):
+        return False
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        for part in (choice, choice.get("delta"), choice.get("message")):
+            if isinstance(part, dict) and any(_output(part.get(k)) for k in _OUTPUT_KEYS):
+                return True
+    return False
+
+
+def completion_empty(has_text: bool, usage_tokens: int | None) -> bool:
+    """A 200 answer generated nothing: the usage says 0 completion tokens, or there is
+    no text and no usage says a token was generated."""
+    if usage_tokens == 0:
+        return True
+    return not has_text and not (usage_tokens is not None and usage_tokens > 0)
+
+
+def stream_error(tally: StreamTally) -> Error | None:
+    """How a stream read to its end (or to where it broke) failed, or None: an error event,
+    no [DONE], or nothing generated (`empty`)."""
+    if tally.error_type:
+        return "incomplete_stream", tally.error_type
+    if not tally.done:
+        return "incomplete_stream", "no_done_event"
+    if tally.empty:
+        return "empty", "no_tokens"
+    return None
+
+
+def read_whole_body(body: bytes, tally: StreamTally) -> Error | None:
+    """Usage and id of a non-streamed 200 answer, into `tally`; `protocol` if it is not
+    a JSON object, `empty` if it generated nothing: a usage of 0 completion tokens, or no
+    choice with text (none at all, or all empty) and no usage saying a token was
+    generated (the same rule as a stream's)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return "protocol", "invalid_json"
+    if not isinstance(obj, dict):
+        return "protocol", "invalid_json"
+    usage = obj.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    try:
+        completion = usage.get("completion_tokens")
+        tally.usage_tokens = None if completion is None else int(completion)
+        tally.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    except (ValueError, TypeError):
+        return "protocol", "invalid_json"
+    tally.response_id = str(obj["id"])[:128] if obj.get("id") else None
+    tally.done = True
+    has_text = _choices_have_output(obj)
+    if has_text:
+        tally.token_events = 1  # the whole answer: one event with text
+    if not completion_empty(has_text, tally.usage_tokens):
+        return None
+    choices = obj.get("choices")
+    if tally.usage_tokens == 0:
+        return "empty", "zero_completion_tokens"
+    if not isinstance(choices, list) or not choices:
+        return "empty", "no_choices"
+    return "empty", "empty_text"
 
 
 def _error_type(body: bytes) -> str | None:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llmdrill.load.sse import StreamTally, read_whole_body
 from llmdrill.scenario.models import CapCase, CapsEnforcedCheck, ErrorSchema
 
 DEFAULT_KINDS = (
@@ -110,6 +111,24 @@ def health_request(model: str) -> ProbeRequest:
     """One small normal completion: proof the server still serves after a round."""
     body = json.dumps(_payload("chat", model, "Say hi.", 4)).encode()
     return ProbeRequest("health", "health", PATHS["chat"], body)
+
+
+def health_answer_problem(status: int | None, error_class: str | None, body: bytes
+                          ) -> str | None:
+    """What is wrong with the answer to `health_request`, or None: a 200 that is a whole
+    completion with generated text. Any JSON is not enough: a 200 with no choices, no
+    text or 0 completion tokens is `empty` (a gateway that answers empty completions
+    does not serve)."""
+    if error_class is not None:
+        return error_class
+    if status != 200:
+        return f"status {status}"
+    error = read_whole_body(body, StreamTally())
+    return None if error is None else error[0]
+
+
+def health_answer_ok(status: int | None, error_class: str | None, body: bytes) -> bool:
+    return health_answer_problem(status, error_class, body) is None
 
 
 def expected_statuses(case: CapCase) -> tuple[int, ...]:
