@@ -450,3 +450,23 @@ def test_a_wave_the_engine_never_saw_is_not_a_cleaned_up_wave() -> None:
     alone = evaluate(scrapes(engine([])), [wave(1, 10, 11)], storm_streams(10, status=None))
     assert alone.status == "inconclusive"
     assert "never showed the storm" in alone.summary
+
+
+def test_work_is_not_judged_on_counters_other_clients_swamp() -> None:
+    # Another client of the engine generates 1000 tokens/s all along, which no record of
+    # the harness explains: after the drop its work could alone exceed the bound, so the
+    # counter does not judge the wave (and the summary says so); the gauges still do.
+    times = every_step(0, 40)
+    metrics = scrapes(engine(busy_for([0.1])))
+    metrics += counter(GENERATED, lambda t: 1000 * t, times)
+    result = evaluate(metrics, [wave(1, 10, 11)], storm_streams(10))
+    assert result.status == "passed", result.summary
+    assert "work after the drop not judged for wave 1" in result.summary
+    w = result.observed["waves"][0]
+    assert w["unknown_tokens_per_s"] == pytest.approx(1000, rel=0.05)
+    assert "tokens after the drop not judged" in w["notes"][0]
+    # A little unknown traffic is subtracted, and the wave is judged.
+    small = scrapes(engine(busy_for([0.1]))) + counter(GENERATED, lambda t: 20 * t, times)
+    judged = evaluate(small, [wave(1, 10, 11)], storm_streams(10))
+    assert judged.status == "passed" and "not judged" not in judged.summary
+    assert judged.observed["waves"][0]["tokens_after_drop"] is not None

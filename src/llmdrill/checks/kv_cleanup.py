@@ -468,9 +468,11 @@ def _unknown_rate(series: Series, quiet: tuple[float, float] | None,
     if found is None:
         return 0.0
     grew, lo, hi = found
-    if hi <= lo:
+    # The increase is between the two scrapes' readings: time it from start to start.
+    last = max(ts for ts, _ in series if ts <= quiet[1])
+    if last <= lo:
         return 0.0
-    return max(0.0, grew - _explained(others, lo, hi, what)) / (hi - lo)
+    return max(0.0, grew - _explained(others, lo, hi, what)) / (last - lo)
 
 
 def _explained(requests: Sequence[RequestRecord], lo: float, hi: float, what: str) -> float:
