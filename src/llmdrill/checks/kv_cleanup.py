@@ -518,8 +518,18 @@ def _problem(v: Verdict, after: Sequence[Point], clean: Point | None, horizon: f
                 "(no evidence)")
     if clean is not None:
         if v.cleanup_s is not None and v.cleanup_s > spec.within:
-            return ("failed", f"{drop.label}: cleaned up only after {fmt(v.cleanup_s, 2)}s "
-                    f"(limit {fmt(spec.within)}s)")
+            # Late for certain only if a scrape STARTED after the deadline still saw the
+            # wave held; otherwise the clean reading may have been taken in time and only
+            # answered late (a starved scraper, a busy API server).
+            held = [p for p in after if p.ts < clean.ts]
+            if held and held[-1].ts > drop.dropped_at + spec.within:
+                return ("failed", f"{drop.label}: cleaned up only after "
+                        f"{fmt(v.cleanup_s, 2)}s (limit {fmt(spec.within)}s)")
+            since = held[-1].ts - drop.dropped_at if held else 0.0
+            return ("inconclusive",
+                    f"{drop.label}: back to baseline somewhere between {fmt(since, 2)}s and "
+                    f"{fmt(v.cleanup_s, 2)}s after the drop (limit {fmt(spec.within)}s): "
+                    "the scrapes were answered too late to tell (no evidence)")
         return None
     # Not clean: show the state at the deadline (or the last scrape there is).
     at = next((p for p in after if p.ts >= drop.dropped_at + spec.within), after[-1])
