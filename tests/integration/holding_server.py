@@ -2,12 +2,13 @@
 of the node-restart drill's stream-recovery check.
 
 It serves GET /health, /version, /metrics, /v1/models and POST /v1/completions and
-/v1/chat/completions (streamed SSE chunks shaped like vLLM's, one token every
-`--token-interval` (20 ms), `max_tokens` of them but at most `--max-stream-tokens` (50, so
-a stream lasts about a second, like the tiny vLLM's, and the node-restart drill's 2 s
-settle phase still ends the baseline's streams before the kill), a usage chunk when asked
-for, then [DONE]; or one JSON body when not streamed), HTTP/1.1 with keep-alive, on
-127.0.0.1 only.
+/v1/chat/completions (streamed SSE chunks shaped like vLLM's, `max_tokens` tokens, a
+usage chunk when asked for, then [DONE]; or one JSON body when not streamed), HTTP/1.1
+with keep-alive, on 127.0.0.1 only. One chunk every `--chunk-interval` (20 ms), carrying
+`--tokens-per-chunk` tokens (8, as vLLM's --stream-interval does): a 400-token stream
+lasts about a second, as on the tiny vLLM, so the node-restart drill's 2 s settle phase
+still ends the baseline's streams before the kill, and streams of different lengths take
+different times (the load's users do not fall in step).
 
 At SIGTERM it closes its listening socket (new connections are refused, so health polls
 fail, as with vLLM), closes its idle keep-alive connections, and holds every request in
@@ -40,10 +41,10 @@ WORDS = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", "
 class Holder:
     """The server's state: its connections, and whether SIGTERM has come."""
 
-    def __init__(self, model: str, token_interval: float, max_tokens: int) -> None:
+    def __init__(self, model: str, chunk_interval: float, tokens_per_chunk: int) -> None:
         self.model = model
-        self.token_interval = token_interval
-        self.max_tokens = max_tokens
+        self.chunk_interval = chunk_interval
+        self.tokens_per_chunk = tokens_per_chunk
         self.started = time.time()
         self.terminating = asyncio.Event()
         self.idle: set[asyncio.StreamWriter] = set()
@@ -159,7 +160,7 @@ class Holder:
     async def complete(self, writer: asyncio.StreamWriter, request: dict[str, Any],
                        chat: bool) -> bool:
         try:
-            max_tokens = max(1, min(int(request.get("max_tokens") or 16), self.max_tokens))
+            max_tokens = max(1, min(int(request.get("max_tokens") or 16), 4096))
         except (TypeError, ValueError):
             await self.send(writer, 400, {"error": {"type": "invalid_request_error",
                                                     "message": "max_tokens: not a number"}})
@@ -172,9 +173,9 @@ class Holder:
         kind = "chat.completion" if chat else "text_completion"
         if not request.get("stream"):
             text = ""
-            for i in range(max_tokens):
+            for words in self.chunks(max_tokens):
                 await self.tick()
-                text += WORDS[i % len(WORDS)]
+                text += words
             choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant",
                                                                "content": text}}
                                       if chat else {"index": 0, "text": text})
@@ -200,10 +201,10 @@ class Holder:
         if chat:
             await event(chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
                                "logprobs": None, "finish_reason": None}))
-        for i in range(max_tokens):
+        pieces = self.chunks(max_tokens)
+        for i, word in enumerate(pieces):
             await self.tick()
-            word = WORDS[i % len(WORDS)]
-            last = i == max_tokens - 1
+            last = i == len(pieces) - 1
             choice = ({"index": 0, "delta": {"content": word}} if chat
                       else {"index": 0, "text": word})
             choice.update({"logprobs": None, "finish_reason": "length" if last else None})
@@ -218,12 +219,18 @@ class Holder:
         await writer.drain()
         return True
 
+    def chunks(self, tokens: int) -> list[str]:
+        """The text of each chunk of a `tokens`-token answer."""
+        words = [WORDS[i % len(WORDS)] for i in range(tokens)]
+        n = self.tokens_per_chunk
+        return ["".join(words[i:i + n]) for i in range(0, tokens, n)]
+
     async def tick(self) -> None:
-        """One token's time; after SIGTERM, forever: the stream is held, silent."""
+        """One chunk's time; after SIGTERM, forever: the stream is held, silent."""
         if self.terminating.is_set():
             await self.hold()
         try:
-            await asyncio.wait_for(self.terminating.wait(), self.token_interval)
+            await asyncio.wait_for(self.terminating.wait(), self.chunk_interval)
         except TimeoutError:
             return
         await self.hold()
@@ -254,8 +261,8 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return method, path, headers
 
 
-async def serve(port: int, model: str, token_interval: float, max_tokens: int) -> None:
-    holder = Holder(model, token_interval, max_tokens)
+async def serve(port: int, model: str, chunk_interval: float, tokens_per_chunk: int) -> None:
+    holder = Holder(model, chunk_interval, tokens_per_chunk)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, holder.sigterm)
     holder.server = await asyncio.start_server(holder.connection, HOST, port, limit=MAX_HEAD)
@@ -268,10 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=18150)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--token-interval", type=float, default=0.02)
-    parser.add_argument("--max-stream-tokens", type=int, default=50)
+    parser.add_argument("--chunk-interval", type=float, default=0.02)
+    parser.add_argument("--tokens-per-chunk", type=int, default=8)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.model, args.token_interval, args.max_stream_tokens))
+    if args.tokens_per_chunk < 1 or args.chunk_interval <= 0:
+        parser.error("--tokens-per-chunk must be >= 1 and --chunk-interval > 0")
+    asyncio.run(serve(args.port, args.model, args.chunk_interval, args.tokens_per_chunk))
     return 0
 
 

@@ -392,7 +392,7 @@ def holding(docker_client: Any) -> Iterator[str]:
         mounts.add(str(home))
     container = docker_client.containers.run(
         BASE_IMAGE, [str(python), str(HOLDING_SERVER), "--port", str(HOLDING_PORT),
-                     "--model", "tiny", "--token-interval", "0.02", "--max-stream-tokens", "50"],
+                     "--model", "tiny", "--chunk-interval", "0.02", "--tokens-per-chunk", "8"],
         name=HOLDING_NAME, detach=True, network_mode="host",
         volumes={m: {"bind": m, "mode": "ro"} for m in mounts},
         environment={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
