@@ -81,7 +81,7 @@ def _assert_healthy_run(code: int, output: str, result: dict[str, Any]) -> dict[
     for w in waves:
         if w["client_tokens"] > 0:
             assert w["engine_tokens"] >= w["client_tokens"], w
-    assert cleanup["summary"].startswith("3 waves cleaned up in ")
+    assert "waves cleaned up in " in cleanup["summary"], cleanup["summary"]
     assert cleanup["observed"]["series"]["running"] == "vllm:num_requests_running"
     return cleanup
 

@@ -137,7 +137,9 @@ def test_health_request_is_a_small_normal_completion() -> None:
     req = health_request("tiny")
     doc = json.loads(req.body)
     assert doc["model"] == "tiny" and doc["max_tokens"] == 4
-    assert health_ok(answer(200, b'{"choices": []}'))
+    ok = b'{"choices": [{"text": "hi", "finish_reason": "length"}]}'
+    assert health_ok(answer(200, ok))
+    assert not health_ok(answer(200, b'{"choices": []}'))  # a 200 that generated nothing
     assert not health_ok(answer(500, b'{"choices": []}'))
     assert not health_ok(answer(200, b"{}"))
 

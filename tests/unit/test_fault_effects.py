@@ -284,6 +284,25 @@ def test_a_wave_the_engine_never_saw_is_reported() -> None:
     assert one.landed is True and "1 of 2 waves" in one.detail and "never saw" in one.detail
 
 
+def test_a_wave_dropped_while_queued_lands_when_the_engine_took_it_in() -> None:
+    # Dropped 200ms after sending, before any answer, by design: no client saw a status.
+    unanswered = storm_streams(APPLIED + 1, status=None, ttft=None, error="interrupted")
+    dropped = [wave(0, APPLIED + 1, streams=10, aborted=10, tokens=0)]
+    rose = queue([(APPLIED, 2), (APPLIED + 2.5, 12), (APPLIED + 4, 2)])
+    effect = judge_storm("storm", evidence(unanswered, "storm", dropped, rose))
+    assert effect.landed is True and "took them in" in effect.detail
+    prompts = [MetricSample(APPLIED, "vllm:prompt_tokens_total", 500.0),
+               MetricSample(APPLIED + 2.5, "vllm:prompt_tokens_total", 660.0)]
+    flat = queue([(APPLIED, 2), (APPLIED + 2.5, 2)])
+    by_tokens = judge_storm("storm", evidence(unanswered, "storm", dropped, flat + prompts))
+    assert by_tokens.landed is True and "160 prompt tokens" in by_tokens.detail
+    # The engine neither queued nor read them: the wave went nowhere.
+    still = [MetricSample(APPLIED, "vllm:prompt_tokens_total", 500.0),
+             MetricSample(APPLIED + 2.5, "vllm:prompt_tokens_total", 503.0)]
+    missed = judge_storm("storm", evidence(unanswered, "storm", dropped, flat + still))
+    assert missed.landed is False
+
+
 def test_storm_without_a_wave_is_unknown() -> None:
     assert judge_storm("storm", evidence([], "storm")).landed is None
 

@@ -520,7 +520,7 @@ INVALID: list[tuple[str, str, list[str]]] = [
         [
             "scenario.yaml:12:33: checks.0.slo.error_rate_by_class.timout: 'timout' is not one "
             "of: timeout, connect, reset, incomplete_stream, protocol, http_4xx, http_429, "
-            "http_5xx, interrupted; did you mean 'timeout'?"
+            "http_5xx, interrupted, empty; did you mean 'timeout'?"
         ],
     ),
     (

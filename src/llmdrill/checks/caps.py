@@ -31,6 +31,7 @@ from llmdrill.probes.caps_cases import (
     cases_of,
     excerpt,
     expected_statuses,
+    health_answer_ok,
     health_request,
     judge_body,
     message_ok,
@@ -123,8 +124,8 @@ def probe_event(check: str, case: CapCase, spec: CapsEnforcedCheck, answer: Answ
 
 
 def health_ok(answer: Answer) -> bool:
-    return (answer.status == 200 and answer.error_class is None
-            and b'"choices"' in answer.body)
+    # The same judge as every other completion: a 200 that generated nothing is not health.
+    return health_answer_ok(answer.status, answer.error_class, answer.body)
 
 
 def _phase_duration(ctx: RunContext, check_name: str) -> float:

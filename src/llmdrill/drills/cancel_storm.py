@@ -766,6 +766,17 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
         answered = min(int(d.get("streams", answered)), answered)
         if not answered and int(d.get("tokens", 0)) > 0:
             answered = int(d.get("aborted", 0))
+        if not answered and int(d.get("aborted", 0)):
+            # Dropped before any answer (a drop while queued or in prefill, by design):
+            # it landed if the engine took the wave in: its queue rose, or it processed
+            # the wave's prompts, while the wave was open or just after the drop.
+            seen = _engine_took_in(evidence, queue, start, dropped,
+                                   int(d.get("streams", 0)))
+            if seen:
+                landed.append(f"wave {number}: {d.get('aborted')} of {d.get('streams')} "
+                              f"streams dropped before any answer, and the engine took "
+                              f"them in ({seen})")
+                continue
         if not answered or not int(d.get("aborted", 0)):
             errors = ", ".join(f"{k} {v}" for k, v in (d.get("errors") or {}).items())
             unanswered.append(f"wave {number}: {answered} of {d.get('streams')} streams "
@@ -791,6 +802,32 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
            "the streams were answered, but the engine whose metrics were scraped never "
            "saw them: does metrics_url belong to the engine behind the storm's base_url?")
     return FaultEffect(False, f"no wave landed ({notes}): {why}")
+
+
+# How long after a drop the engine may still be taking in a wave dropped while queued.
+TAKE_IN_GRACE_S = 1.0
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+
+
+def _engine_took_in(evidence: Evidence, queue: list[tuple[float, float]], start: float,
+                    dropped: float, streams: int) -> str | None:
+    """Evidence that the engine received a wave nobody got an answer from, or None."""
+    end = dropped + TAKE_IN_GRACE_S
+    rise = queue_rise(queue, start, end)
+    if rise is not None and rise[1] >= rise[0] + max(1.0, 0.5 * streams):
+        return f"running+waiting {rise[0]:g} -> {rise[1]:g}"
+    prompts = evidence.series(PROMPT_TOKENS)
+    before = [v for ts, v in prompts if ts < start]
+    after = [v for ts, v in prompts if start <= ts <= end]
+    if before and after:
+        # The counter covers every client: take off the prompts of the other requests the
+        # harness knows of, and want at least one token per stream of the wave beyond them.
+        others = sum(r.prompt_tokens for r in evidence.requests
+                     if r.shape != SHAPE and start - 1.0 <= r.start <= end)
+        grown = max(after) - before[-1] - others
+        if grown >= max(1.0, float(streams)):
+            return f"{grown:g} prompt tokens processed beyond the other traffic's"
+    return None
 
 
 @register_injector(BACKEND)

@@ -594,6 +594,7 @@ ErrorClass = Literal[
     "http_429",
     "http_5xx",
     "interrupted",
+    "empty",
 ]
 
 
