@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from llmdrill.cli import app
 from llmdrill.scenario.lint import find_toothless_checks, format_warning, request_ceiling
 from llmdrill.scenario.loader import load_scenario, scenario_files
+from llmdrill.scenario.models import ErrorClass
 
 pytestmark = pytest.mark.unit
 
@@ -109,9 +111,8 @@ def test_disabled_checks_are_not_linted(tmp_path: Path) -> None:
     ("{phase: fault, slo: {error_rate: {max: 1}}}", "error_rate.max"),
     ("{phase: fault, slo: {error_rate_by_class: {timeout: {max: 1.0}}}}", "timeout.max"),
     ("{phase: fault, slo: {ttft_p95: {max: 40s}}}", "ttft_p95.max"),
-    ("{phase: fault, slo: {allowed_error_classes: [timeout, connect, reset, "
-     "incomplete_stream, protocol, http_4xx, http_429, http_5xx, interrupted]}}",
-     "allowed_error_classes"),
+    ("{phase: fault, slo: {allowed_error_classes: [" + ", ".join(get_args(ErrorClass))
+     + "]}}", "allowed_error_classes"),
     ("{phase: flood, metric: {series: [vllm:kv_cache_usage_perc], max: 1.0}}", "metric.max"),
     ("{phase: flood, metric: {series: [vllm:num_preemptions_total], aggregate: increase, "
      "min: 0}}", "metric.min"),
