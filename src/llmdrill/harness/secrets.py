@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from llmdrill.errors import LlmdrillError
 from llmdrill.scenario.models import Target
 
 
-class SecretMissing(Exception):
+class SecretMissing(LlmdrillError):
     pass
 
 

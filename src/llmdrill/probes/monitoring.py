@@ -6,12 +6,13 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from llmdrill.errors import LlmdrillError
 from llmdrill.probes.http import bounded_get
 
 DEADLINE_S = 5.0
 
 
-class MonitoringError(Exception):
+class MonitoringError(LlmdrillError):
     """The monitoring server did not answer, or not in its documented shape."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmdrill.errors import LlmdrillError
+
 
 @dataclass(frozen=True)
 class ScenarioIssue:
@@ -23,7 +25,7 @@ class ScenarioIssue:
         return f"{where}:{field} {self.message}"
 
 
-class ScenarioError(Exception):
+class ScenarioError(LlmdrillError):
     """One or more problems in scenario files; exit code 2."""
 
     def __init__(self, issues: list[ScenarioIssue]) -> None:

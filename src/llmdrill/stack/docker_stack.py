@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from llmdrill.drills.docker_backend import connect, docker_host
+from llmdrill.stack.local import StackError
 
 BASE_IMAGE = "llmdrill/base:busybox"
 BUSYBOX = Path("/usr/bin/busybox")  # Debian's busybox-static puts the static one here
@@ -46,7 +47,7 @@ ENGINE_START_TIMEOUT = 60.0
 APT_LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
 
 
-class DockerStackError(Exception):
+class DockerStackError(StackError):
     pass
 
 

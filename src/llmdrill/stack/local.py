@@ -23,11 +23,12 @@ from pathlib import Path
 import httpx
 
 from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.errors import LlmdrillError
 
 HERE = Path(__file__).parent
 
 
-class StackError(Exception):
+class StackError(LlmdrillError):
     pass
 
 
