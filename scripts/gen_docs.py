@@ -5,8 +5,12 @@ Run: .venv/bin/python scripts/gen_docs.py
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# The reference documents llmdrill's own kinds, whatever plugins are installed here.
+os.environ["LLMDRILL_PLUGINS"] = "off"
 
 from llmdrill.scenario.docs import render_reference, write_schema_file
 

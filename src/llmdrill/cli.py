@@ -216,6 +216,34 @@ def _print_result(result: object) -> None:
         err.print(f"report: {html}", highlight=False)
 
 
+@app.command("alert-rules")
+def alert_rules(
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="NAME=VALUE",
+        help="Change a threshold (repeatable); see docs/alerts.md.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write here.")] = None,
+) -> None:
+    """Print the LLM-serving Prometheus alert rules the alert drills expect."""
+    from llmdrill.alert_rules import render
+
+    overrides = {}
+    for item in set_ or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            err.print(f"--set wants NAME=VALUE, got '{item}'", markup=False)
+            raise typer.Exit(EXIT_INVALID)
+        overrides[name] = value
+    try:
+        text = render(overrides)
+    except ValueError as exc:
+        err.print(f"--set: {exc}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if out_file is not None:
+        out_file.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the scenario format (for yaml-language-server)."""
@@ -294,11 +322,16 @@ def _root(
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    from llmdrill.errors import LlmdrillError
+
     try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(EXIT_ABORTED)
+    except LlmdrillError as exc:  # e.g. a broken plugin: a message, never a traceback
+        err.print(f"{type(exc).__name__}: {exc}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.records import Evidence
 from llmdrill.harness.result import CheckResult, Window
 from llmdrill.scenario.models import (
@@ -61,7 +62,7 @@ FIRING = {PROMETHEUS: ("firing",), ALERTMANAGER: ("active", "suppressed", "unpro
 def loaded_rules(evidence: Evidence) -> tuple[list[str] | None, str]:
     """The alert rule names Prometheus had loaded, or None and why they are unknown."""
     errors = []
-    for _, detail in evidence.events_of("alert_rules"):
+    for _, detail in evidence.events_of(EventKind.ALERT_RULES):
         if "names" in detail:
             return [str(n) for n in detail["names"]], ""
         errors.append(str(detail.get("error", "")))
@@ -82,7 +83,7 @@ def unknown_alert(name: str, rules: list[str]) -> str | None:
 def state_at(evidence: Evidence, source: str, alert: str, ts: float) -> str:
     """The alert's state in a source at a moment (inactive until a change says otherwise)."""
     state = "inactive"
-    for when, d in evidence.events_of("alert_state", end=ts):
+    for when, d in evidence.events_of(EventKind.ALERT_STATE, end=ts):
         if d.get("source") == source and d.get("alert") == alert and when <= ts:
             state = str(d.get("state"))
     return state
@@ -90,7 +91,7 @@ def state_at(evidence: Evidence, source: str, alert: str, ts: float) -> str:
 
 def first_change(evidence: Evidence, source: str, alert: str, states: tuple[str, ...],
                  start: float, end: float) -> float | None:
-    for when, d in evidence.events_of("alert_state", start, end):
+    for when, d in evidence.events_of(EventKind.ALERT_STATE, start, end):
         if d.get("source") == source and d.get("alert") == alert and d.get("state") in states:
             return when
     return None
@@ -110,7 +111,7 @@ def _ended_before(evidence: Evidence, detail: dict[str, Any], ts: float) -> bool
     """A resolved notification says this alert (same fingerprint, same start) ended
     before `ts`: a late delivery of an earlier alert (Alertmanager retries a receiver
     that was down), not an alarm after `ts`."""
-    for _, d in evidence.events_of("alert_notification"):
+    for _, d in evidence.events_of(EventKind.ALERT_NOTIFICATION):
         if (d.get("status") == "resolved" and d.get("fingerprint") == detail.get("fingerprint")
                 and d.get("starts_at") == detail.get("starts_at")):
             ended = rfc3339(str(d.get("ends_at", "")))
@@ -123,7 +124,7 @@ def notified(evidence: Evidence, alert: str, status: str, start: float, end: flo
              ) -> list[float]:
     """When notifications of an alert arrived in [start, end], leaving out firing ones of
     an alert known to have ended before `start`."""
-    return [when for when, d in evidence.events_of("alert_notification", start, end)
+    return [when for when, d in evidence.events_of(EventKind.ALERT_NOTIFICATION, start, end)
             if d.get("alert") == alert and d.get("status") == status
             and not (status == "firing" and _ended_before(evidence, d, start))]
 
@@ -133,7 +134,7 @@ def blind_spans(evidence: Evidence, source: str, start: float, end: float
     """Parts of [start, end] during which a source did not answer the watcher."""
     spans: list[tuple[float, float]] = []
     down_since: float | None = None
-    for when, d in evidence.events_of("alert_poll"):
+    for when, d in evidence.events_of(EventKind.ALERT_POLL):
         if d.get("source") != source:
             continue
         if not d.get("ok") and down_since is None:
@@ -149,7 +150,7 @@ def blind_spans(evidence: Evidence, source: str, start: float, end: float
 
 def _watched(evidence: Evidence, source: str) -> bool:
     return any(d.get("source") == source and d.get("ok")
-               for _, d in evidence.events_of("alert_poll"))
+               for _, d in evidence.events_of(EventKind.ALERT_POLL))
 
 
 def fault_time(evidence: Evidence, fault: str | None, window: Window, at: str
@@ -183,7 +184,7 @@ def unwatched(evidence: Evidence, start: float, end: float) -> float:
     never answered by `end`)."""
     if end <= start:
         return 0.0
-    answered = [when for when, d in evidence.events_of("alert_poll", end=end)
+    answered = [when for when, d in evidence.events_of(EventKind.ALERT_POLL, end=end)
                 if d.get("source") == PROMETHEUS and d.get("ok")]
     if not answered:
         return end - start

@@ -40,11 +40,34 @@ def register(kind: str) -> Callable[[E], E]:
     return decorate
 
 
+_PLUGINS_LOADED = False
+
+
+def load_check_plugins() -> None:
+    """Register the check kinds of installed plugins (entry points `llmdrill.checks`); the
+    built-in ones register themselves when `llmdrill.checks` is imported."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from llmdrill.checks.probes import register_probe
+    from llmdrill.plugin import CHECKS_GROUP, CheckKind, load_plugin, plugin_entry_points
+
+    for ep in plugin_entry_points(CHECKS_GROUP, builtin=False):
+        loaded = load_plugin(ep)
+        if isinstance(loaded, CheckKind):
+            register(ep.name)(loaded.evaluate)
+            if loaded.probe is not None:
+                register_probe(ep.name)(loaded.probe)
+
+
 def evaluator_for(kind: str) -> Evaluator | None:
+    load_check_plugins()
     return _REGISTRY.get(kind)
 
 
 def registered_kinds() -> tuple[str, ...]:
+    load_check_plugins()
     return tuple(sorted(_REGISTRY))
 
 

@@ -23,6 +23,7 @@ import httpx
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.probes import register_probe
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.records import Evidence
 from llmdrill.harness.result import CheckResult, Window
 from llmdrill.probes.caps_cases import (
@@ -159,12 +160,12 @@ def probe_caps(ctx: RunContext, check_name: str, spec: CapsEnforcedCheck,
                 if stop.is_set():
                     return
                 answer = send(client, req, spec.deadline)
-                store.add_event(answer.start, "caps_probe",
+                store.add_event(answer.start, EventKind.CAPS_PROBE,
                                 probe_event(check_name, case, spec, answer, round_no))
             if stop.is_set():
                 return
             answer = send(client, health_request(model), spec.deadline)
-            store.add_event(answer.start, "caps_health", {
+            store.add_event(answer.start, EventKind.CAPS_HEALTH, {
                 "check": check_name, "round": round_no, "status": answer.status,
                 "ok": health_ok(answer), "elapsed_s": round(answer.elapsed, 4),
                 "error_class": answer.error_class,
@@ -259,7 +260,8 @@ def evaluate_caps(name: str, phase: str, spec: CapsEnforcedCheck, evidence: Evid
     def mine(kind: str) -> list[dict[str, Any]]:
         return [d for _, d in evidence.events_of(kind, lo, hi) if d.get("check") == name]
 
-    probes, health, crashes = mine("caps_probe"), mine("caps_health"), mine("probe_error")
+    probes, health = mine(EventKind.CAPS_PROBE), mine(EventKind.CAPS_HEALTH)
+    crashes = mine(EventKind.PROBE_ERROR)
     cases = cases_of(spec)
     expected: dict[str, Any] = {
         "cases": {c.name: {"status": list(expected_statuses(c)),

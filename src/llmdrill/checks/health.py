@@ -23,6 +23,7 @@ import httpx
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.probes import register_probe
 from llmdrill.drills.request_flood import ConnectionCutter
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.records import Evidence
 from llmdrill.harness.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import EngineHealthyCheck
@@ -92,7 +93,7 @@ def probe_engine_health(ctx: RunContext, check_name: str, spec: EngineHealthyChe
             ok, status, error = poll_once(client, url, spec.timeout)
             elapsed = time.time() - began
             if ctx.store is not None:
-                ctx.store.add_event(began, "health_poll", {
+                ctx.store.add_event(began, EventKind.HEALTH_POLL, {
                     "check": check_name, "ok": ok, "status": status,
                     "elapsed_s": round(elapsed, 4), "error": error, "url": url,
                 })
@@ -104,11 +105,11 @@ def evaluate_engine_healthy(
     name: str, phase: str, spec: EngineHealthyCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
     # Polls are this check's own (by name); the probe ran exactly over the phase.
-    polls = [(ts, d) for ts, d in evidence.events_of("health_poll", window.start - EDGE_S,
+    polls = [(ts, d) for ts, d in evidence.events_of(EventKind.HEALTH_POLL, window.start - EDGE_S,
                                                       window.end + EDGE_S)
              if d.get("check") == name]
-    crashes = [d for _, d in evidence.events_of("probe_error") if d.get("check") == name]
-    scrapes = evidence.events_of("scrape_failed", window.start, window.end)
+    crashes = [d for _, d in evidence.events_of(EventKind.PROBE_ERROR) if d.get("check") == name]
+    scrapes = evidence.events_of(EventKind.SCRAPE_FAILED, window.start, window.end)
     failed = [(ts, d) for ts, d in polls if not d.get("ok")]
     slowest = max((float(d.get("elapsed_s") or 0.0) for _, d in polls), default=None)
     url = polls[0][1].get("url") if polls else spec.url

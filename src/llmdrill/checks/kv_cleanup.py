@@ -53,6 +53,7 @@ from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.metric import similar_names
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.records import Evidence, RequestRecord
 from llmdrill.harness.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import KvCacheCleanupCheck
@@ -77,7 +78,7 @@ SEEN_SHARE = 0.5
 # drop while the engine was busy: the machine starved the harness (measured: 17s once,
 # when the storm phase itself overran by 11s). Healthy runs were seen up to 7s late.
 LATE_LIMIT_S = 10.0
-WAVE_EVENT = "storm_wave"
+WAVE_EVENT = EventKind.STORM_WAVE
 
 Series = list[tuple[float, float]]
 

@@ -21,12 +21,13 @@ from typing import Any
 
 from llmdrill.checks.alerts import rfc3339
 from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.records import Evidence
 from llmdrill.harness.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import OomObservedCheck
 
-EVENT = "docker_event"
-STATE = "docker_state"
+EVENT = EventKind.DOCKER_EVENT
+STATE = EventKind.DOCKER_STATE
 STATE_GRACE_S = 60.0  # states are inspected at the revert, just after the phase's end
 _EPS = 1e-9
 
@@ -36,7 +37,7 @@ def fault_start(evidence: Evidence, window: Window, fault: str | None
     """When the fault's Docker call began, and its name (default: the first Docker fault
     of the window)."""
     actions = sorted((ts, str(d.get("fault"))) for ts, d in
-                     evidence.events_of("docker_action", window.start, window.end))
+                     evidence.events_of(EventKind.DOCKER_ACTION, window.start, window.end))
     if fault is not None:
         actions = [a for a in actions if a[1] == fault]
     return actions[0] if actions else None

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from llmdrill.harness.events import EventKind
+
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
 
@@ -31,7 +33,9 @@ def register_probe(kind: str) -> Callable[[P], P]:
 
 def probe_for(kind: str) -> Probe | None:
     import llmdrill.checks  # noqa: F401  (registers the built-in kinds)
+    from llmdrill.checks.base import load_check_plugins
 
+    load_check_plugins()
     return _PROBES.get(kind)
 
 
@@ -50,7 +54,7 @@ class RunningProbe:
             self.probe(self.ctx, self.name, self.spec, self.stop_event)
         except Exception as exc:
             if self.ctx.store is not None:
-                self.ctx.store.add_event(time.time(), "probe_error",
+                self.ctx.store.add_event(time.time(), EventKind.PROBE_ERROR,
                                          {"check": self.name, "kind": self.kind,
                                           "error": f"{type(exc).__name__}: {exc}"})
 

@@ -45,6 +45,7 @@ from llmdrill.checks.health import poll_once
 from llmdrill.checks.probes import register_probe
 from llmdrill.checks.recovers import measure_started
 from llmdrill.drills.request_flood import ConnectionCutter
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.records import Evidence, RequestRecord
 from llmdrill.harness.result import CheckResult, CheckStatus, Window
 from llmdrill.load.sse import StreamTally
@@ -53,8 +54,8 @@ from llmdrill.scenario.models import StreamRecoveryCheck, WarmUpCheck
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
 
-POLL_EVENT = "recovery_poll"
-TOKEN_EVENT = "token_probe"
+POLL_EVENT = EventKind.RECOVERY_POLL
+TOKEN_EVENT = EventKind.TOKEN_PROBE
 MIN_PAUSE = 0.05
 TOKEN_MAX_BYTES = 64 * 1024  # a 1-token answer is a few hundred bytes
 STEP_S = 0.5
@@ -157,9 +158,9 @@ def kill_time(evidence: Evidence, window: Window, fault: str | None
     """When the fault struck, and its name: the earliest of its `docker_action` (taken
     as the Docker call began) and its `fault_applied` event within the window."""
     applied = [(ts, str(d.get("fault"))) for ts, d in
-               evidence.events_of("fault_applied", window.start, window.end)]
+               evidence.events_of(EventKind.FAULT_APPLIED, window.start, window.end)]
     actions = [(ts, str(d.get("fault"))) for ts, d in
-               evidence.events_of("docker_action", window.start, window.end)]
+               evidence.events_of(EventKind.DOCKER_ACTION, window.start, window.end)]
     if fault is None:
         candidates = sorted(applied + actions)
         if not candidates:
@@ -174,14 +175,14 @@ def death_time(evidence: Evidence, fault: str, kill: float, down_at: float | Non
     """When the engine was gone: the container's `die` event (the engine's own timestamp,
     once every process in it is dead) after the kill, else the first failed health poll.
     A kill is not instant: until then the dying server may still accept connections."""
-    dies = [ts for ts, d in evidence.events_of("docker_event", kill)
+    dies = [ts for ts, d in evidence.events_of(EventKind.DOCKER_EVENT, kill)
             if d.get("action") == "die" and d.get("fault") in (None, fault)]
     return min(dies) if dies else down_at
 
 
 def die_times(evidence: Evidence, fault: str, kill: float) -> list[float]:
     """The container's `die` events of this fault after the kill."""
-    return sorted(ts for ts, d in evidence.events_of("docker_event", kill)
+    return sorted(ts for ts, d in evidence.events_of(EventKind.DOCKER_EVENT, kill)
                   if d.get("action") == "die" and d.get("fault") in (None, fault))
 
 
@@ -285,7 +286,8 @@ def judge_in_flight(requests: Sequence[RequestRecord], kill: float, died: float,
 def docker_timeline(evidence: Evidence, window: Window, kill: float) -> list[dict[str, Any]]:
     """The engine's container events in the window, relative to the kill, for reports."""
     shown = []
-    for ts, d in evidence.events_of("docker_event", window.start, window.end)[:MAX_EVENTS_SHOWN]:
+    events = evidence.events_of(EventKind.DOCKER_EVENT, window.start, window.end)
+    for ts, d in events[:MAX_EVENTS_SHOWN]:
         item = {"at_s": round(ts - kill, 3), "action": d.get("action"),
                 "container": d.get("container")}
         for key in ("exit_code", "signal", "health"):
@@ -300,7 +302,7 @@ def _polls(evidence: Evidence, name: str) -> list[tuple[float, dict[str, Any]]]:
 
 
 def _probe_crash(evidence: Evidence, name: str) -> str | None:
-    crashes = [d for _, d in evidence.events_of("probe_error") if d.get("check") == name]
+    crashes = [d for _, d in evidence.events_of(EventKind.PROBE_ERROR) if d.get("check") == name]
     return str(crashes[0].get("error")) if crashes else None
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llmdrill.errors import LlmdrillError
+
 if TYPE_CHECKING:
     from llmdrill.harness.records import Evidence, RequestRecord
     from llmdrill.harness.verdict import FaultEffect
@@ -23,7 +25,7 @@ RevertAction = dict[str, Any]
 _REVERTERS: dict[str, Callable[[RevertAction], None]] = {}
 
 
-class EnvironmentProblem(Exception):
+class EnvironmentProblem(LlmdrillError):
     """A backend is unreachable or refuses us; the run cannot start (exit code 2)."""
 
 

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from llmdrill.drills.base import EnvironmentProblem
 from llmdrill.drills.client import ClientActivity, engine_queue, queue_rise
 from llmdrill.drills.registry import register_injector
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.verdict import FaultEffect
 from llmdrill.load.sse import StreamTally, error_type_of_body
 from llmdrill.scenario.models import CancelStormFault
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 BACKEND = "cancel_storm"
 SHAPE = "cancel_storm"  # the request shape of storm samples, kept apart from the load's
-EVENT = "storm_wave"
+EVENT = EventKind.STORM_WAVE
 API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 CONNECT_TIMEOUT = 5.0

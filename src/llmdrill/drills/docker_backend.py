@@ -35,6 +35,7 @@ from llmdrill.drills.base import (
     share_text,
 )
 from llmdrill.drills.registry import register_injector
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.verdict import FaultEffect
 from llmdrill.probes.docker_events import KIND as EVENT_KIND
 from llmdrill.probes.docker_events import DockerEventRecorder
@@ -55,8 +56,8 @@ HOG_PY = ("import sys, time\nb = bytearray(int(sys.argv[1]))\n"
           "for i in range(0, len(b), 4096):\n    b[i] = 1\ntime.sleep(86400)")
 # Container states in which nothing needs starting at revert time.
 UP_STATES = ("running", "restarting", "paused")
-STATE_EVENT = "docker_state"  # a container's state, as inspected when its fault ends
-HOG_EVENT = "docker_hog"  # whether the hog was running once apply stopped watching it
+STATE_EVENT = EventKind.DOCKER_STATE  # a container's state, as inspected when its fault ends
+HOG_EVENT = EventKind.DOCKER_HOG  # whether the hog was running once apply stopped watching it
 # oom_score_adj of every process in the container, read, raised and written back through
 # `docker exec sh` (so it works for a remote engine too); the exec'd shell skips itself.
 # Raising needs no privilege; writing back the old (lower) value is allowed down to the
@@ -388,7 +389,7 @@ class DockerInjector:
             # checks measure from this moment, the nearest we get to the change itself.
             began = time.time()
             if store is not None:
-                store.add_event(began, "docker_action", {
+                store.add_event(began, EventKind.DOCKER_ACTION, {
                     "fault": self.fault_name, "action": spec.action,
                     "containers": [c.name for c in containers]})
                 self._recorder = DockerEventRecorder(self.host, ids, store.add_event,
@@ -533,7 +534,7 @@ def judge_docker(spec: DockerFault, fault: str, evidence: Evidence) -> FaultEffe
     if window is None:
         return FaultEffect(None, "the fault has no apply time in the evidence")
     mine = [(ts, k, d) for ts, k, d in evidence.events if d.get("fault") == fault]
-    began = min((ts for ts, k, _ in mine if k == "docker_action"), default=window.start)
+    began = min((ts for ts, k, _ in mine if k == EventKind.DOCKER_ACTION), default=window.start)
     events = [(ts, d) for ts, k, d in mine if k == EVENT_KIND]
     hogs = [d for _, k, d in mine if k == HOG_EVENT]
     actions = [str(d.get("action")) for _, d in events]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from llmdrill.drills.base import Injector
+from llmdrill.drills.base import Injector, register_reverter
+from llmdrill.plugin import FAULTS_GROUP, FaultBackend, load_plugin, plugin_entry_points
 
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
@@ -33,19 +34,42 @@ def make_injector(ctx: RunContext, name: str, fault: Fault) -> Injector:
     return factory(ctx, name, fault.spec)
 
 
+_LOADED = False
+
+
 def load_backends() -> None:
-    # Importing a backend module registers its factory and reverter.
-    from llmdrill.drills import (  # noqa: F401
-        cancel_storm,
-        client,
-        docker_backend,
-        request_flood,
-        toxiproxy,
-    )
+    """Every fault backend listed under the entry points `llmdrill.faults`: the built-in
+    modules (importing one registers its factory and reverter) and plugins' FaultBackend
+    objects, so a fresh process (`llmdrill cleanup`) can revert any of them."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True  # first: importing a backend module calls back into the registry
+    builtin = False
+    for ep in plugin_entry_points(FAULTS_GROUP):
+        loaded = load_plugin(ep)
+        if isinstance(loaded, FaultBackend):
+            _FACTORIES[ep.name] = loaded.injector
+            register_reverter(ep.name)(loaded.revert)
+        else:
+            builtin = True
+    if not builtin:  # run from a source tree without installed metadata
+        from llmdrill.drills import (  # noqa: F401
+            cancel_storm,
+            client,
+            docker_backend,
+            request_flood,
+            toxiproxy,
+        )
 
 
 def blast_radius(fault: Fault) -> int:
     """How many things one fault touches, for safety.max_blast_radius."""
+    from llmdrill.scenario.models import FAULT_PLUGINS
+
+    plugin = FAULT_PLUGINS.get(fault.backend)
+    if plugin is not None:
+        return plugin.blast_radius(fault.spec) if plugin.blast_radius else 1
     spec = fault.spec
     for attr in ("streams", "concurrency"):
         value = getattr(spec, attr, None)

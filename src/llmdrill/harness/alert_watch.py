@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmdrill.harness.events import EventKind
 from llmdrill.probes.monitoring import (
     AlertStates,
     MonitoringError,
@@ -60,11 +61,11 @@ class AlertWatcher:
         if self.prometheus and not self._rules_known:
             try:
                 names = alert_rule_names(self.prometheus)
-                self._record(now, "alert_rules", {"names": names})
+                self._record(now, EventKind.ALERT_RULES, {"names": names})
                 self._rules_known = True
             except MonitoringError as exc:
                 if "rules" not in self._ok:  # say it once, keep trying
-                    self._record(now, "alert_rules", {"error": str(exc)})
+                    self._record(now, EventKind.ALERT_RULES, {"error": str(exc)})
                     self._ok["rules"] = False
         for source, (url, fetch) in self.sources.items():
             try:
@@ -78,7 +79,7 @@ class AlertWatcher:
     def _health(self, source: str, ok: bool, now: float, error: str | None) -> None:
         if self._ok.get(source) != ok:
             self._ok[source] = ok
-            self._record(now, "alert_poll", {"source": source, "ok": ok}
+            self._record(now, EventKind.ALERT_POLL, {"source": source, "ok": ok}
                          | ({"error": error} if error else {}))
 
     def _changes(self, source: str, states: AlertStates, now: float) -> None:
@@ -87,13 +88,13 @@ class AlertWatcher:
             seen.add(name)
             if self._states.get((source, name)) != state:
                 self._states[(source, name)] = state
-                self._record(now, "alert_state",
+                self._record(now, EventKind.ALERT_STATE,
                              {"source": source, "alert": name, "state": state,
                               "labels": labels})
         for (src, name), state in list(self._states.items()):
             if src == source and name not in seen and state != "inactive":
                 self._states[(src, name)] = "inactive"
-                self._record(now, "alert_state",
+                self._record(now, EventKind.ALERT_STATE,
                              {"source": source, "alert": name, "state": "inactive",
                               "labels": {}})
 

@@ -30,6 +30,7 @@ from llmdrill.drills.registry import blast_radius, make_injector
 from llmdrill.drills.toxiproxy import ProxySetup
 from llmdrill.harness.alert_watch import AlertWatcher
 from llmdrill.harness.context import RunContext
+from llmdrill.harness.events import EventKind
 from llmdrill.harness.evidence import EvidenceStore
 from llmdrill.harness.guard_poller import GuardPoller
 from llmdrill.harness.journal import Journal, revert_outstanding
@@ -179,7 +180,7 @@ class Runner:
             raise
         result.applied_at = time.time()
         journal.applied(entry)
-        store.add_event(result.applied_at, "fault_applied", {"fault": name})
+        store.add_event(result.applied_at, EventKind.FAULT_APPLIED, {"fault": name})
         self.progress.event(f"applied {name}: {injector.describe()}")
 
     def _revert(self, name: str, journal: Journal, store: EvidenceStore) -> None:
@@ -210,7 +211,7 @@ class Runner:
             return
         journal.reverted(entry)
         result.reverted_at = time.time()
-        store.add_event(result.reverted_at, "fault_reverted", {"fault": name})
+        store.add_event(result.reverted_at, EventKind.FAULT_REVERTED, {"fault": name})
         self.progress.event(f"reverted {name}")
 
     def _revert_everything(self, journal: Journal, store: EvidenceStore) -> None:
@@ -284,13 +285,15 @@ class Runner:
                 check_metrics(self.scenario.target.metrics_url, headers)
                 scraper = MetricsScraper(
                     self.scenario.target.metrics_url, store.add_metrics,
-                    lambda msg: store.add_event(time.time(), "scrape_failed", {"error": msg}),
+                    lambda msg: store.add_event(time.time(), EventKind.SCRAPE_FAILED,
+                                                {"error": msg}),
                     interval=self.scenario.telemetry.scrape_interval,
                 )
                 scraper.start()
             self.guard_poller = GuardPoller(
                 self.scenario,
-                lambda msg: store.add_event(time.time(), "guard_poll_failed", {"error": msg}))
+                lambda msg: store.add_event(time.time(), EventKind.GUARD_POLL_FAILED,
+                                            {"error": msg}))
             self.guard_poller.poll_once()  # a monitoring server that is down shows up now
             self.guard_poller.start()
             webhook, alert_watch = self._start_alerting(store)
@@ -383,7 +386,7 @@ class Runner:
             try:
                 found = promql_range(prom.url, query, t0, run_end, step)
             except Exception as exc:  # in the teardown path: an odd answer must not stop it
-                store.add_event(time.time(), "promql_failed",
+                store.add_event(time.time(), EventKind.PROMQL_FAILED,
                                 {"query": name, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             if name == ALERTS_QUERY:  # only what the checks read: fewer rows
@@ -437,7 +440,7 @@ class Runner:
                             planned_end=t0 + planned.end, start=time.time(),
                             faults=list(planned.faults))
         self.phase_results.append(phase)
-        store.add_event(phase.start or 0.0, "phase_start", {"phase": planned.name})
+        store.add_event(phase.start or 0.0, EventKind.PHASE_START, {"phase": planned.name})
         for name in self.plan.faults_entering(index):
             self._apply(name, journal, store, self._deadline(name, index, t0))
         deadline = t0 + planned.end
@@ -471,7 +474,7 @@ class Runner:
             self._revert(name, journal, store)
         phase.end = time.time()
         phase.completed = True
-        store.add_event(phase.end, "phase_end", {"phase": planned.name})
+        store.add_event(phase.end, EventKind.PHASE_END, {"phase": planned.name})
 
     # -- result ---------------------------------------------------------------------------
 
@@ -496,7 +499,7 @@ class Runner:
         markers = [
             (round(float(d.get("dropped_at", ts)) - t0, 3),
              f"{d.get('fault', 'storm')} wave {int(d.get('wave', 0)) + 1}")
-            for ts, d in evidence.events_of("storm_wave")
+            for ts, d in evidence.events_of(EventKind.STORM_WAVE)
         ]
         series = Series(t0=t0, client=client_series(evidence.requests, t0, run_end),
                         engine=self._engine_series(evidence.metrics, t0), markers=markers)

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from llmdrill.drills.base import EnvironmentProblem
+from llmdrill.harness.events import EventKind
 
 MAX_BODY = 1 << 20
 SOCKET_TIMEOUT_S = 5.0
@@ -71,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(400)
             return
         for record in records:
-            self.server.record(received_at, record, "alert_notification")
+            self.server.record(received_at, record, EventKind.ALERT_NOTIFICATION)
         self._answer(200)
 
     def _answer(self, status: int) -> None:

@@ -15,9 +15,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from llmdrill.harness.events import EventKind
+
 Sink = Callable[[float, str, dict[str, Any]], None]
 
-KIND = "docker_event"
+KIND = EventKind.DOCKER_EVENT
 IGNORED_PREFIXES = ("exec_", "top", "attach", "resize", "archive-path", "extract-to-dir",
                     "copy", "commit", "export")
 CONNECT_TIMEOUT = 10

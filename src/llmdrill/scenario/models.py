@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -10,15 +10,22 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from llmdrill.plugin import CHECKS_GROUP, FAULTS_GROUP, CheckKind, FaultBackend, external_specs
 from llmdrill.scenario.units import Duration, Fraction, PositiveInt, Size
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
 
+
+def _plugin_fields(plugins: dict[str, FaultBackend | CheckKind]) -> dict[str, Any]:
+    """One optional field per plugin key, as the built-in kinds have."""
+    return {key: (plugin.spec | None, Field(default=None, description=plugin.description))
+            for key, plugin in plugins.items()}
 
 
 def http_url(url: str) -> str:
@@ -389,10 +396,21 @@ class DockerFault(Strict):
         return self
 
 
-FAULT_BACKENDS = ("toxiproxy", "cancel_storm", "request_flood", "docker")
+BUILTIN_FAULT_BACKENDS = ("toxiproxy", "cancel_storm", "request_flood", "docker")
+# Fault backends of installed plugins (entry points `llmdrill.faults`), by YAML key.
+FAULT_PLUGINS: dict[str, FaultBackend] = {
+    k: v for k, v in external_specs(FAULTS_GROUP, BUILTIN_FAULT_BACKENDS).items()
+    if isinstance(v, FaultBackend)}
+FAULT_BACKENDS = BUILTIN_FAULT_BACKENDS + tuple(FAULT_PLUGINS)
+
+if TYPE_CHECKING:
+    _FaultPluginFields = Strict
+else:
+    _FaultPluginFields = create_model("_FaultPluginFields", __base__=Strict,
+                                      **_plugin_fields(dict(FAULT_PLUGINS)))
 
 
-class Fault(Strict):
+class Fault(_FaultPluginFields):
     """One named fault. Exactly one backend key is set."""
 
     @model_validator(mode="before")
@@ -1022,7 +1040,7 @@ class NoFalseAlarmsCheck(_AlertCheckBase):
     alerts: list[str] = Field(min_length=1, description="Alert names that must stay quiet.")
 
 
-CHECK_KINDS = (
+BUILTIN_CHECK_KINDS = (
     "slo",
     "no_hung_requests",
     "recovers",
@@ -1038,9 +1056,20 @@ CHECK_KINDS = (
     "alert_resolves",
     "no_false_alarms",
 )
+# Check kinds of installed plugins (entry points `llmdrill.checks`), by YAML key.
+CHECK_PLUGINS: dict[str, CheckKind] = {
+    k: v for k, v in external_specs(CHECKS_GROUP, BUILTIN_CHECK_KINDS).items()
+    if isinstance(v, CheckKind)}
+CHECK_KINDS = BUILTIN_CHECK_KINDS + tuple(CHECK_PLUGINS)
+
+if TYPE_CHECKING:
+    _CheckPluginFields = Strict
+else:
+    _CheckPluginFields = create_model("_CheckPluginFields", __base__=Strict,
+                                      **_plugin_fields(dict(CHECK_PLUGINS)))
 
 
-class Check(Strict):
+class Check(_CheckPluginFields):
     name: Name | None = Field(
         default=None, description="Name in reports; default `<phase>-<kind>-<n>`."
     )
@@ -1460,6 +1489,19 @@ class Scenario(Strict):
             if display in names:
                 problems.append((("checks", i, "name"), f"duplicate check name '{display}'"))
             names.add(display)
+        return problems + self._plugin_problems()
+
+    def _plugin_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """What plugins' faults and checks say about their references."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for name, fault in self.faults.items():
+            backend = FAULT_PLUGINS.get(fault.backend)
+            if backend is not None and backend.references is not None:
+                problems += backend.references(fault.spec, self, ("faults", name, fault.backend))
+        for i, check in enumerate(self.checks):
+            kind = CHECK_PLUGINS.get(check.kind)
+            if kind is not None and kind.references is not None:
+                problems += kind.references(check.spec, self, ("checks", i, check.kind))
         return problems
 
     def _query_problems(self) -> list[tuple[tuple[str | int, ...], str]]:

@@ -1,0 +1,74 @@
+"""Every kind of evidence event, in one catalogue (in the manner of Locust's events.py).
+
+An event is `(ts, kind, detail)` in the evidence store: `ts` epoch seconds, `kind` one of
+these, `detail` a JSON object whose keys are listed with each kind. Producers and checks
+name kinds through this enum, never through string literals, so a kind cannot drift
+between the module that writes it and the check that reads it. Plugins may record kinds
+of their own (any string); the built-in checks never read those.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    # -- the run's own timeline (harness.runner) ---------------------------------------------
+    PHASE_START = "phase_start"
+    """A phase began. detail: phase."""
+    PHASE_END = "phase_end"
+    """A phase ran to its end. detail: phase."""
+    FAULT_APPLIED = "fault_applied"
+    """A fault was applied (after its revert action was journaled). detail: fault."""
+    FAULT_REVERTED = "fault_reverted"
+    """A fault was reverted by the harness. detail: fault."""
+    SCRAPE_FAILED = "scrape_failed"
+    """A scrape of the engine's /metrics failed. detail: error."""
+    GUARD_POLL_FAILED = "guard_poll_failed"
+    """A guardrail's Prometheus/Alertmanager poll failed. detail: error."""
+    PROMQL_FAILED = "promql_failed"
+    """A PromQL range query at the run's end failed. detail: query, error."""
+    PROBE_ERROR = "probe_error"
+    """An active check's probe crashed. detail: check, kind, error."""
+
+    # -- client-side faults (drills.cancel_storm) ------------------------------------------
+    STORM_WAVE = "storm_wave"
+    """A cancel-storm wave was dropped. detail: fault, wave (0-based), started_at,
+    dropped_at, streams, aborted, failed, errors {class: n}, tokens, abort_after."""
+
+    # -- Docker (drills.docker_backend, probes.docker_events) ---------------------------------
+    DOCKER_ACTION = "docker_action"
+    """The Docker backend acted on a container. detail: fault, action, container, ..."""
+    DOCKER_EVENT = "docker_event"
+    """An event from the Docker engine (die, oom, start, kill, health_status...). detail:
+    action, container, name, exit_code?, signal?"""
+    DOCKER_STATE = "docker_state"
+    """A container's state as inspected when its fault ended. detail: fault, container,
+    status, oom_killed, finished_at, restart_count, limits?"""
+    DOCKER_HOG = "docker_hog"
+    """Whether a memory hog was still running when apply stopped watching. detail: fault,
+    container, running."""
+
+    # -- active checks' probes (checks.*) ------------------------------------------------------
+    CAPS_PROBE = "caps_probe"
+    """One over-limit request of caps_enforced and its answer. detail: check, case, round,
+    status, error_class, elapsed_s, ..."""
+    CAPS_HEALTH = "caps_health"
+    """The normal request after a caps round. detail: check, round, ok, elapsed_s."""
+    HEALTH_POLL = "health_poll"
+    """One poll of engine_healthy. detail: check, ok, status, elapsed_s."""
+    RECOVERY_POLL = "recovery_poll"
+    """One health poll of stream_recovery/warm_up. detail: check, ok, status."""
+    TOKEN_PROBE = "token_probe"
+    """One first-token probe of warm_up. detail: check, ok, ttft_s."""
+
+    # -- alerting (harness.alert_watch, harness.webhook) ---------------------------------------
+    ALERT_RULES = "alert_rules"
+    """The alert rules Prometheus has loaded. detail: names, or error."""
+    ALERT_POLL = "alert_poll"
+    """One poll of Prometheus or Alertmanager. detail: source, ok, error?"""
+    ALERT_STATE = "alert_state"
+    """An alert's state seen by a poll. detail: source, alertname, state."""
+    ALERT_NOTIFICATION = "alert_notification"
+    """A notification the webhook receiver got from Alertmanager. detail: the payload's
+    status, alertnames, ..."""

@@ -1,0 +1,152 @@
+"""The extension contract: a new fault backend or check kind is one module and an entry point.
+
+A package adds a fault backend by exposing a `FaultBackend` under the entry-point group
+`llmdrill.faults`, and a check kind by exposing a `CheckKind` under `llmdrill.checks`; the
+entry point's name is the YAML key (`faults.<name>.<key>: {...}`, `checks[].<key>: {...}`):
+
+```toml
+[project.entry-points."llmdrill.faults"]
+marker_file = "llmdrill_example:MARKER_FILE"
+[project.entry-points."llmdrill.checks"]
+requests_at_least = "llmdrill_example:REQUESTS_AT_LEAST"
+```
+
+From then on the scenario format accepts the key (with file:line errors from its spec), the
+JSON Schema (`llmdrill schema`) describes it, runs apply and revert the fault through the
+journal (so SIGTERM, the watchdog and `llmdrill cleanup` in a fresh process revert it), and
+the check is judged like the built-in ones. The built-in backends and kinds are listed
+under the same groups in llmdrill's own pyproject.toml (as modules that register
+themselves when imported).
+
+One rule keeps discovery free of import cycles: the module an entry point names must not
+import `llmdrill.scenario.models` at import time (the scenario model loads the specs while
+it is being built). Spec models derive from `SpecModel` and may use the units in
+`llmdrill.scenario.units`; the injector and evaluator may import anything, lazily.
+
+The fault protocol, in the order a run calls it (see `llmdrill.drills.base.Injector`):
+`preflight()` (reachability, changes nothing), `prepare()` (the JSON revert action, written
+to the journal before anything changes), `apply()`, `stop()` (live activity), then the
+revert action is handed to `revert(action)` (idempotent, in this process or a fresh one),
+and after the run `effect(evidence)` says whether the fault reached the traffic or the
+target (a fault that left no trace makes the run inconclusive).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from llmdrill.errors import LlmdrillError
+
+if TYPE_CHECKING:
+    from llmdrill.harness.context import RunContext
+    from llmdrill.harness.records import Evidence
+    from llmdrill.harness.result import CheckResult, Window
+
+FAULTS_GROUP = "llmdrill.faults"
+CHECKS_GROUP = "llmdrill.checks"
+# The distribution whose entry points are the built-in kinds (their specs are part of the
+# scenario model itself).
+BUILTIN_DIST = "llmdrill"
+# "off": load no plugin from other distributions (the generated reference shows only the
+# built-in kinds, whatever is installed).
+PLUGINS_ENV = "LLMDRILL_PLUGINS"
+
+Location = tuple[str | int, ...]
+Problem = tuple[Location, str]
+"""A problem found in a scenario: where (a path of keys from the root) and what."""
+
+
+class SpecModel(BaseModel):
+    """Base of a plugin's spec: unknown keys are errors, specs are immutable (as the
+    built-in ones)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class FaultBackend:
+    """A fault backend: the YAML key's spec and how to inject and revert it.
+
+    `injector(ctx, fault_name, spec)` returns an object with preflight, prepare, apply,
+    describe, stop and effect (the `Injector` protocol); `revert(action)` undoes a prepared
+    action, `action["backend"]` being this backend's key. `blast_radius(spec)` is how many
+    things the fault touches (for safety.max_blast_radius); `references(spec, scenario,
+    location)` returns problems with the spec's references to other parts of the scenario.
+    """
+
+    spec: type[BaseModel]
+    injector: Callable[[RunContext, str, Any], Any]
+    revert: Callable[[dict[str, Any]], None]
+    description: str = ""
+    blast_radius: Callable[[Any], int] | None = None
+    references: Callable[[Any, Any, Location], list[Problem]] | None = None
+
+
+@dataclass(frozen=True)
+class CheckKind:
+    """A check kind: the YAML key's spec and how to judge it.
+
+    `evaluate(name, phase, spec, evidence, window)` returns a CheckResult (see
+    `llmdrill.checks.base.make_result`); it must say `inconclusive` when the evidence is
+    below what it needs. `probe(ctx, check_name, spec, stop)`, if given, runs in a thread
+    for the check's phase and records evidence events.
+    """
+
+    spec: type[BaseModel]
+    evaluate: Callable[[str, str, Any, Evidence, Window], CheckResult]
+    description: str = ""
+    probe: Callable[[RunContext, str, Any, Any], None] | None = None
+    references: Callable[[Any, Any, Location], list[Problem]] | None = None
+
+
+class PluginError(LlmdrillError):
+    """An installed plugin cannot be loaded or is not a FaultBackend / CheckKind."""
+
+
+def _external(ep: EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is None or dist.name != BUILTIN_DIST
+
+
+def plugin_entry_points(group: str, builtin: bool = True) -> list[EntryPoint]:
+    """The entry points of a group, sorted by name; external ones unless switched off."""
+    external_on = os.environ.get(PLUGINS_ENV, "on").lower() not in ("off", "0", "false")
+    found = [ep for ep in entry_points(group=group)
+             if (builtin and not _external(ep)) or (external_on and _external(ep))]
+    return sorted(found, key=lambda ep: ep.name)
+
+
+def load_plugin(ep: EntryPoint) -> ModuleType | FaultBackend | CheckKind:
+    """Load one entry point: a built-in module (it registers itself) or a plugin object."""
+    try:
+        loaded = ep.load()
+    except Exception as exc:  # a broken plugin is named, not a traceback
+        raise PluginError(f"plugin '{ep.name}' ({ep.value}) cannot be loaded: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(loaded, ModuleType | FaultBackend | CheckKind):
+        raise PluginError(f"plugin '{ep.name}' ({ep.value}) is a {type(loaded).__name__}, "
+                          "not a FaultBackend or CheckKind")
+    return loaded
+
+
+def external_specs(group: str, taken: tuple[str, ...]
+                   ) -> dict[str, FaultBackend | CheckKind]:
+    """Plugins of other distributions that add a YAML key, for the scenario model."""
+    found: dict[str, FaultBackend | CheckKind] = {}
+    for ep in plugin_entry_points(group, builtin=False):
+        if ep.name in taken:
+            raise PluginError(f"plugin '{ep.name}' ({ep.value}) takes a key llmdrill "
+                              "already has")
+        loaded = load_plugin(ep)
+        if isinstance(loaded, ModuleType):
+            raise PluginError(f"plugin '{ep.name}' ({ep.value}) must name a FaultBackend "
+                              "or CheckKind object, not a module")
+        found[ep.name] = loaded
+    return found
