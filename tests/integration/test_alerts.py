@@ -230,16 +230,20 @@ def test_broken_alerting_fails_each_check_for_its_own_reason(
     assert clean_proxy.proxy_enabled()
 
 
-def test_missing_prometheus_fails_the_check(
+def test_missing_prometheus_is_not_a_pass(
     quiet: Stack, mon: Monitoring, tmp_path: Path
 ) -> None:
+    # No Prometheus: nothing says whether the alert fired. Not failed (the alert may be
+    # fine), never passed: inconclusive, exit 4.
     clean_proxy = quiet
     env = _env(clean_proxy, mon) | {"LLMDRILL_PROMETHEUS_URL": NOBODY}
     code, result, output = _run(_scenario(tmp_path, BLIND), env, tmp_path / "r")
-    assert code == 1, output
+    assert code == 4, output
+    assert result["status"] == "inconclusive"
     (check,) = result["checks"]
-    assert check["status"] == "failed"
-    assert check["summary"].startswith(f"Prometheus did not answer its rules API: {NOBODY}")
+    assert check["status"] == "inconclusive"
+    assert check["summary"].startswith(
+        f"inconclusive: Prometheus did not answer its rules API: {NOBODY}")
 
 
 def test_plan_check_finds_the_rules_and_refuses_an_unknown_alert(

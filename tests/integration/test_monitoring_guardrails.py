@@ -42,6 +42,8 @@ load:
   requests: [{api: completions, prompt_tokens: 16, max_tokens: 4}]
 phases:
   - {name: p, duration: "${DURATION:-40s}", faults: [slow]}
+checks:  # a run needs something judged to pass
+  - {phase: p, slo: {error_rate: {max: 0.5}}}
 guardrails:
   - abort_if: GUARD
 """

@@ -6,7 +6,7 @@ a `health_poll` event. The evaluator counts failed polls plus the metric scrapes
 failed in the window (the engine vanished from under the scraper too).
 
 Health needs polls all through the phase: at least `min_polls`, the first and last near
-the phase's edges and no gap between two longer than `interval + timeout + 1.5s`. Fewer
+the phase's edges and no gap between two longer than `interval + timeout + 5.5s`. Fewer
 or patchier polls (and a crashed probe) without failures are inconclusive: an engine
 nobody watched for a while was not shown healthy for that while.
 """
@@ -38,7 +38,9 @@ KIND = "engine_healthy"
 HARD_DEADLINE_SLACK = 0.5
 MAX_ERROR_CHARS = 200
 MIN_PAUSE = 0.05  # between polls, even with interval 0: a probe must not spin
-GAP_SLACK_S = 1.5  # scheduling slack on top of interval + timeout between two polls
+# Scheduling slack on top of interval + timeout between two polls: a harness running a
+# request flood on a busy 2-core machine was seen to hold a poll back 3.4 s beyond it.
+GAP_SLACK_S = 5.0
 EDGE_S = 1.0  # polls stamped this far outside the phase still belong to it
 
 

@@ -866,7 +866,7 @@ class EngineHealthyCheck(Strict):
     min_polls: int = Field(
         default=3, ge=1,
         description="Fewer polls in the phase is inconclusive; polls must also cover the "
-        "whole phase (no gap longer than interval + timeout + 2s).",
+        "whole phase (no gap longer than interval + timeout + 5.5s).",
     )
 
     @field_validator("url")
