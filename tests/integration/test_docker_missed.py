@@ -82,14 +82,22 @@ def test_node_restart_killing_a_bystander_is_not_a_pass(
     (fault,) = result["faults"]
     assert fault["applied_at"] and fault["reverted_at"] and not fault["revert_error"], why
     checks = {c["name"]: c for c in result["checks"]}
-    # The kill reached its target (the bystander died), so the fault's effect reads "seen":
-    # judge_docker judges a kill by the targeted container alone. What keeps the run from
-    # passing is the checks: no stream was cut and the engine never went down.
-    assert fault["effect"] == "seen", why
+    # The kill reached its target: the bystander died (exit 137). judge_docker judges a kill
+    # by the targeted container alone, so the effect reads "seen" today, although its own
+    # detail says no request in flight was cut ("0 of N ... failed or were retried"); a
+    # judge that also weighs the traffic would say "missed". Either way it is no pass:
+    # no stream in flight at the kill was cut, so stream-recovery has nothing to judge,
+    # and no token probe followed a way back (warm-up): both inconclusive, exit 4.
+    assert fault["effect"] in ("seen", "missed"), why
     assert bystander.name in fault["effect_detail"], why
-    assert checks["stream-recovery"]["status"] == "failed", why
-    assert "never went down" in checks["stream-recovery"]["summary"], why
-    assert code == 1 and result["status"] == "failed", why
+    assert "0 of " in fault["effect_detail"], why  # no request in flight was cut
+    recovery, warm = checks["stream-recovery"], checks["warm-up"]
+    assert recovery["status"] == "inconclusive", why
+    assert "were cut" in recovery["summary"], why
+    assert warm["status"] == "inconclusive", why
+    assert checks["baseline-healthy"]["status"] == "passed", why
+    assert code == 4 and result["status"] == "inconclusive", why
+    assert "stream-recovery" in (result["abort_reason"] or ""), why
     # The engine the clients used was never touched; the bystander was started again.
     engine_untouched(docker_client, docker_vllm)
     assert docker_client.containers.get(DOCKER_VLLM_NAME).attrs["RestartCount"] == restarts
@@ -101,7 +109,7 @@ def test_oom_in_a_bystander_is_not_a_pass(
         tmp_path: Path) -> None:
     assert docker_vllm.vllm_healthy()
     restarts = docker_client.containers.get(DOCKER_VLLM_NAME).attrs["RestartCount"]
-    # Squeezed to 48 MiB with a 128 MiB hog: the bystander's `sleep` is OOM-killed.
+    # Squeezed to 48 MiB with a 128 MiB hog: the kernel OOM-kills in the bystander.
     code, result, output = drill(stack, docker_vllm, bystander, "oom.yaml", tmp_path,
                                  OOM_PHASE="20s", OOM_LIMIT="48MiB", HOG_MEMORY="128MiB",
                                  OOM_WITHIN="10s")
@@ -111,12 +119,17 @@ def test_oom_in_a_bystander_is_not_a_pass(
     for fault in faults.values():
         assert fault["applied_at"] and fault["reverted_at"] and not fault["revert_error"], why
     checks = {c["name"]: c for c in result["checks"]}
-    # As for the kill: the OOM happened, in the bystander, so judge_docker reads both faults
-    # as "seen"; the engine never went down and the recovery checks fail the run.
-    assert {f["effect"] for f in faults.values()} == {"seen"}, why
-    assert checks["stream-recovery"]["status"] == "failed", why
-    assert "never went down" in checks["stream-recovery"]["summary"], why
-    assert code == 1 and result["status"] == "failed", why
+    # The OOM happened, in the bystander (the kernel killed a process in it), so
+    # judge_docker reads both faults as "seen" today, and oom-observed passes: both look at
+    # the targeted container only. What keeps the run from passing is that the engine
+    # never went down: stream-recovery and warm-up have no evidence of a way back to judge,
+    # both inconclusive, exit 4.
+    assert {f["effect"] for f in faults.values()} <= {"seen", "missed"}, why
+    assert all(bystander.name in f["effect_detail"] for f in faults.values()), why
+    for name in ("stream-recovery", "warm-up"):
+        assert checks[name]["status"] == "inconclusive", why
+        assert "no evidence the engine went down" in checks[name]["summary"], why
+    assert code == 4 and result["status"] == "inconclusive", why
     engine_untouched(docker_client, docker_vllm)
     assert docker_client.containers.get(DOCKER_VLLM_NAME).attrs["RestartCount"] == restarts
     assert residue([bystander]) == []
