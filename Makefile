@@ -83,7 +83,7 @@ docker-test: docker-stack
 test: lint stack docker-stack
 	$(BIN)/pytest -m unit -q
 	$(MAKE) --no-print-directory demo-check
-	$(BIN)/pytest -m integration -q -p no:cacheprovider
+	$(BIN)/pytest -m integration -q -p no:cacheprovider --durations=25
 
 clean: down
 	rm -rf $(VENV) reports

@@ -345,3 +345,36 @@ def test_flood_with_no_request_recorded_is_unknown() -> None:
 def test_every_backend_judges_its_effect() -> None:
     for cls in (ToxiproxyFault, DockerInjector, CancelStorm, RequestFlood):
         assert callable(getattr(cls, "effect", None)), cls
+
+
+def test_a_kill_whose_container_died_but_no_request_felt_it_is_missed() -> None:
+    # The bystander case: the targeted container died, the clients' engine did not.
+    ev = evidence(steady(T0, T0 + 60), "crash",
+                  [ACTION, dev(APPLIED, "kill"), dev(APPLIED + 0.1, "die", exit_code=137)])
+    effect = judge_docker(docker("kill"), "crash", ev)
+    assert effect.landed is False
+    assert "died, but 0 of" in effect.detail and "clients do not go through it" in effect.detail
+
+
+def test_failures_already_there_before_the_toxic_are_not_its_effect() -> None:
+    # Another outage before the fault: refusals before and during it are not the toxic's.
+    before = steady(T0, APPLIED - 1, error="connect")
+    during = steady(APPLIED + 1, APPLIED + 15, error="connect")
+    effect = judge_toxic(toxic("down"), before + during, APPLIED, APPLIED + 20)
+    assert effect.landed is None and "already failing" in effect.detail
+
+
+def test_a_queue_rise_of_one_is_not_a_storm_of_ten() -> None:
+    # Another client's single request moved the queue 0 -> 1 during the wave.
+    nudge = queue([(APPLIED, 0), (APPLIED + 1.8, 1), (APPLIED + 4, 0)])
+    effect = judge_storm("storm", evidence(storm_streams(APPLIED + 1), "storm",
+                                           [wave(0, APPLIED + 1)], nudge))
+    assert effect.landed is False and "never saw" in effect.detail
+
+
+def test_a_wave_with_no_scrape_while_open_is_not_judged_from_answers_alone() -> None:
+    # Scrapes before and long after, none while the wave was open (they were failing).
+    gap = queue([(APPLIED - 5, 0), (APPLIED + 30, 0)])
+    effect = judge_storm("storm", evidence(storm_streams(APPLIED + 1), "storm",
+                                           [wave(0, APPLIED + 1)], gap))
+    assert effect.landed is None and "no scrape" in effect.detail

@@ -757,7 +757,10 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
         return FaultEffect(None, "no storm wave was recorded while the fault was on (it was "
                                  "reverted before its first wave?): nothing to judge from")
     queue = engine_queue(evidence)
-    landed, unanswered, unseen = [], [], []
+    landed: list[str] = []
+    unanswered: list[str] = []
+    unseen: list[str] = []
+    unjudged: list[str] = []
     for d in sorted(waves, key=lambda w: int(w.get("wave", 0))):
         number = int(d.get("wave", 0)) + 1
         start, dropped = float(d.get("started_at", 0.0)), float(d.get("dropped_at", 0.0))
@@ -785,19 +788,29 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
                               + (f" ({errors})" if errors else ""))
             continue
         first = min((r.start for r in samples), default=start)
-        rise = queue_rise(queue, first, dropped)
-        if rise is not None and rise[1] <= rise[0]:
-            unseen.append(f"wave {number}: the engine's running+waiting stayed at "
-                          f"{rise[0]:g} (max {rise[1]:g}) while its {answered} answered "
+        rise = queue_rise(queue, first, dropped + TAKE_IN_GRACE_S)
+        if rise is None and queue:
+            # The engine was scraped, but not while this wave was open (scrapes failing?):
+            # its answers alone do not show which engine served them.
+            unjudged.append(f"wave {number}: no scrape of the engine while its {answered} "
+                            "answered streams were open")
+            continue
+        if rise is not None and rise[1] < rise[0] + max(1.0, QUEUE_SHARE * answered):
+            unseen.append(f"wave {number}: the engine's running+waiting went from "
+                          f"{rise[0]:g} to at most {rise[1]:g} while its {answered} answered "
                           "streams were open")
             continue
         landed.append(f"wave {number}: {d.get('aborted')} of {d.get('streams')} streams "
                       f"dropped {d.get('abort_after', '')}, {answered} of them answered"
                       + (f", engine queue {rise[0]:g} -> {rise[1]:g}" if rise else ""))
-    notes = "; ".join(unanswered + [f"{u} (a wave the engine never saw)" for u in unseen])
+    notes = "; ".join(unanswered + [f"{u} (a wave the engine never saw)" for u in unseen]
+                      + unjudged)
     if landed:
         return FaultEffect(True, f"{len(landed)} of {len(waves)} waves landed ("
                                  + "; ".join(landed) + ")" + (f"; {notes}" if notes else ""))
+    if unjudged and not unseen:
+        return FaultEffect(None, f"no wave shown to land ({notes}): nothing shows which "
+                                 "engine served the storm")
     why = ("the streams never got an answer: is the storm's base_url the API the engine "
            "serves, reachable from here?" if unanswered else
            "the streams were answered, but the engine whose metrics were scraped never "
@@ -807,6 +820,9 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
 
 # How long after a drop the engine may still be taking in a wave dropped while queued.
 TAKE_IN_GRACE_S = 1.0
+# The rise of the engine's running+waiting, as a share of a wave's answered streams, that
+# shows the engine had the wave (other traffic moves it by a few either way).
+QUEUE_SHARE = 0.5
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 
 

@@ -551,6 +551,11 @@ def judge_docker(spec: DockerFault, fault: str, evidence: Evidence) -> FaultEffe
     seen_events = ", ".join(sorted(set(actions))) or "none"
     if action in ("kill", "restart", "stop"):
         dies = [(ts, d) for ts, d in events if d.get("action") == "die"]
+        untouched = _traffic_untouched(evidence, window)
+        if dies and untouched:
+            # It went down, but the traffic never noticed: not the container it uses.
+            return FaultEffect(False, f"{who} died, but {untouched}: the clients do not go "
+                                      f"through it; {WRONG_TARGET}")
         if dies:
             ts, d = dies[0]
             code = d.get("exit_code")
@@ -619,6 +624,20 @@ def judge_docker(spec: DockerFault, fault: str, evidence: Evidence) -> FaultEffe
                                  f"fault was on{tail}")
     got = ", ".join(f"{d.get('container')}: {d.get(field)}" for d in read)
     return FaultEffect(False, f"the {action} limit read back as {got}, not {unit}")
+
+
+# In-flight requests that must exist before "none of them was cut" says the kill missed.
+UNTOUCHED_MIN_REQUESTS = 3
+
+
+def _traffic_untouched(evidence: Evidence, window: Any) -> str | None:
+    """Why the traffic shows the fault did not reach it, or None: requests were in flight
+    while it was on and not one failed on the network or was retried."""
+    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
+    cut = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1]
+    if len(inside) >= UNTOUCHED_MIN_REQUESTS and not cut:
+        return f"0 of {len(inside)} requests in flight meanwhile failed or were retried"
+    return None
 
 
 def _cut_text(evidence: Evidence, window: Any) -> str:

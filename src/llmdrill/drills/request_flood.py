@@ -35,7 +35,7 @@ from llmdrill.scenario.models import RequestFloodFault
 
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence
+    from llmdrill.harness.records import Evidence, RequestRecord
 
 BACKEND_KEY = "request_flood"
 MAX_BODY_BYTES = 1 << 20  # a whole (non-streamed) answer
@@ -394,6 +394,20 @@ class _Worker:
 REFUSALS = (429, 503)
 
 
+QUEUE_SHARE = 0.5
+
+
+def peak_in_flight(records: list[RequestRecord]) -> int:
+    """The most of these requests that were open at the same time."""
+    edges = sorted([(r.start, 1) for r in records] + [(r.end, -1) for r in records],
+                   key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
 def judge_flood(shape: str, evidence: Evidence, start: float, end: float) -> FaultEffect:
     """A flood landed when its requests reached the engine: answered (tokens or a 200) or
     refused (429/503: the server pushed back), and, when the engine's metrics were scraped
@@ -416,7 +430,9 @@ def judge_flood(shape: str, evidence: Evidence, start: float, end: float) -> Fau
         return FaultEffect(True, f"{counted}; no engine metrics scraped meanwhile, judged "
                                  "from the answers alone")
     queue = f"engine running+waiting {rise[0]:g} before, up to {rise[1]:g} during"
-    if rise[1] > rise[0] or refused:
+    # Other traffic moves the queue by a few: want a rise worth the flood's own size.
+    wanted = max(1.0, QUEUE_SHARE * peak_in_flight(sent))
+    if rise[1] >= rise[0] + wanted or refused:
         return FaultEffect(True, f"{counted}; {queue}")
     return FaultEffect(False, f"{counted}, but {queue}: the engine whose metrics were scraped "
                               "never saw the flood; does metrics_url belong to the engine "

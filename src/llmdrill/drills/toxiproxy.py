@@ -197,6 +197,10 @@ def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: flo
     counted = f"{share_text(len(hit), len(inside))} started while the {kind} toxic was on " \
               f"{where} {what}"
     expected = float(spec.toxicity) * len(inside)
+    already = _already_broken(requests, start, inside)
+    if already:
+        return FaultEffect(None, f"{counted}; but {already}: the traffic was already failing "
+                                 "this way, so nothing shows the toxic did it")
     if len(hit) >= max(1.0, SEEN_SHARE * expected):
         return FaultEffect(True, counted)
     if kind == "slow_close":
@@ -210,6 +214,29 @@ def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: flo
                               f"pointed at the listen address of {where}, and not at the "
                               "engine or another proxy? Does the toxic act on the right "
                               "direction (stream)?")
+
+
+# Requests before the fault that must exist before their failures can explain those inside.
+ALREADY_MIN_REQUESTS = 5
+ALREADY_SHARE = 0.1
+
+
+def _already_broken(requests: list[RequestRecord], start: float,
+                    inside: list[RequestRecord]) -> str | None:
+    """Why failures in the fault's window cannot be put down to the toxic: the requests
+    that ended before it failed on the network (or were retried) about as often."""
+    def broken(r: RequestRecord) -> bool:
+        return r.error_class in NETWORK_ERRORS or r.attempts > 1
+
+    before = [r for r in requests if r.end <= start]
+    if len(before) < ALREADY_MIN_REQUESTS:
+        return None
+    share_before = sum(map(broken, before)) / len(before)
+    share_inside = sum(map(broken, inside)) / len(inside)
+    if share_before >= ALREADY_SHARE and share_before >= 0.5 * share_inside:
+        return (f"{share_text(sum(map(broken, before)), len(before))} that ended before the "
+                "fault failed on the network or were retried too")
+    return None
 
 
 @register_injector(BACKEND)
