@@ -615,6 +615,9 @@ def _shown(index: Any) -> int | None:
     return index + 1 if isinstance(index, int) else None
 
 
+KEPT_STREAMING_TOLERANCE = 0.1  # of a wave's gracefully closed clients
+
+
 def _kept_streaming(drop: Drop, within: float) -> str | None:
     """Client-side evidence of the same fault: after a graceful close (FIN) the server
     kept the stream open for longer than `within`, until the client gave up waiting for
@@ -626,7 +629,10 @@ def _kept_streaming(drop: Drop, within: float) -> str | None:
         kept = sum(1 for s in drop.detail["streamed_on_s"] if float(s) >= within)
     else:
         kept = int(drains.get("hold_expired", 0))
-    if not kept:
+    total = sum(int(n) for n in drains.values())
+    # A busy healthy engine notices a few FINs late (seen: 4 of 100 after 3s on a loaded
+    # 2-core machine); a server that ignores FINs streams on to nearly all of them.
+    if not kept or kept <= KEPT_STREAMING_TOLERANCE * total:
         return None
     return (f"after their FIN the server kept streaming to {kept} of "
             f"{sum(int(n) for n in drains.values())} clients for over {fmt(within)}s, until "
