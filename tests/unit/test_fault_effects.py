@@ -378,3 +378,12 @@ def test_a_wave_with_no_scrape_while_open_is_not_judged_from_answers_alone() -> 
     effect = judge_storm("storm", evidence(storm_streams(APPLIED + 1), "storm",
                                            [wave(0, APPLIED + 1)], gap))
     assert effect.landed is None and "no scrape" in effect.detail
+
+
+def test_an_answered_wave_the_queue_gauge_missed_lands_on_the_prompt_counter() -> None:
+    flat = queue([(APPLIED, 0), (APPLIED + 1.8, 0), (APPLIED + 4, 0)])
+    prompts = [MetricSample(APPLIED, "vllm:prompt_tokens_total", 100.0),
+               MetricSample(APPLIED + 2.5, "vllm:prompt_tokens_total", 400.0)]
+    effect = judge_storm("storm", evidence(storm_streams(APPLIED + 1), "storm",
+                                           [wave(0, APPLIED + 1)], flat + prompts))
+    assert effect.landed is True and "prompt tokens" in effect.detail
