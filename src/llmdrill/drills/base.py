@@ -151,5 +151,10 @@ def baseline_before(requests: Sequence[RequestRecord], start: float) -> Baseline
     return Baseline(ttft, duration, len(before))
 
 
+def cut_or_retried(r: RequestRecord) -> bool:
+    """A request a fault on its path shows in: it failed on the network or was retried."""
+    return r.error_class in NETWORK_ERRORS or r.attempts > 1
+
+
 def share_text(hit: int, total: int) -> str:
     return f"{hit} of {total} request{'s' if total != 1 else ''}"

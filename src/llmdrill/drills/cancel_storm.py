@@ -795,7 +795,6 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
             unjudged.append(f"wave {number}: no scrape of the engine while its {answered} "
                             "answered streams were open")
             continue
-        took_in = None
         if rise is not None and rise[1] < rise[0] + max(1.0, QUEUE_SHARE * answered):
             # The queue gauge may miss a short wave between scrapes; the prompt-token
             # counter does not (e.g. a gateway that answered a few streams of a wave it
@@ -807,7 +806,6 @@ def judge_storm(fault: str, evidence: Evidence) -> FaultEffect:
                               f"streams dropped, {answered} of them answered, and the "
                               f"engine took them in ({took_in})")
                 continue
-        if rise is not None and rise[1] < rise[0] + max(1.0, QUEUE_SHARE * answered):
             unseen.append(f"wave {number}: the engine's running+waiting went from "
                           f"{rise[0]:g} to at most {rise[1]:g} while its {answered} answered "
                           "streams were open")

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmdrill.drills.base import (
-    NETWORK_ERRORS,
     EnvironmentProblem,
     RevertAction,
     baseline_before,
+    cut_or_retried,
     fault_window,
     register_reverter,
     share_text,
@@ -43,7 +43,7 @@ from llmdrill.scenario.models import DockerFault, DockerTarget
 
 if TYPE_CHECKING:
     from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence
+    from llmdrill.harness.records import Evidence, RequestRecord
 
 BACKEND = "docker"
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -630,11 +630,17 @@ def judge_docker(spec: DockerFault, fault: str, evidence: Evidence) -> FaultEffe
 UNTOUCHED_MIN_REQUESTS = 3
 
 
+def _in_flight(evidence: Evidence, window: Any
+               ) -> tuple[list[RequestRecord], list[RequestRecord]]:
+    """The client requests open while the fault was on, and those of them it cut."""
+    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
+    return inside, [r for r in inside if cut_or_retried(r)]
+
+
 def _traffic_untouched(evidence: Evidence, window: Any) -> str | None:
     """Why the traffic shows the fault did not reach it, or None: requests were in flight
     while it was on and not one failed on the network or was retried."""
-    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
-    cut = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1]
+    inside, cut = _in_flight(evidence, window)
     if len(inside) >= UNTOUCHED_MIN_REQUESTS and not cut:
         return f"0 of {len(inside)} requests in flight meanwhile failed or were retried"
     return None
@@ -642,8 +648,7 @@ def _traffic_untouched(evidence: Evidence, window: Any) -> str | None:
 
 def _cut_text(evidence: Evidence, window: Any) -> str:
     """A note of the client requests the fault cut (errors), for the detail."""
-    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
-    cut = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1]
+    inside, cut = _in_flight(evidence, window)
     if not inside:
         return ""
     return f"; {share_text(len(cut), len(inside))} in flight meanwhile failed or were retried"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmdrill.drills.base import (
-    NETWORK_ERRORS,
     Baseline,
     EnvironmentProblem,
     RevertAction,
     baseline_before,
+    cut_or_retried,
     fault_window,
     register_reverter,
     share_text,
@@ -185,12 +185,12 @@ def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: flo
         what = (f"had TTFT or duration >= {LATENCY_SHARE:g} x {added * 1000:.0f} ms over "
                 f"{yardstick}, or timed out")
     elif kind in ("bandwidth", "slicer"):
-        hit = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1
+        hit = [r for r in inside if cut_or_retried(r)
                or _slowed(r, base, SLOW_MIN_S, SLOW_MIN_S, SLOW_RATIO)]
         what = (f"were >= {SLOW_RATIO:g}x slower than before the fault or failed on the "
                 "network")
     else:
-        hit = [r for r in inside if r.error_class in NETWORK_ERRORS or r.attempts > 1
+        hit = [r for r in inside if cut_or_retried(r)
                or _slowed(r, base, LONG_MIN_S, LONG_MIN_S, LONG_RATIO)]
         what = (f"failed on the network (connect, reset, timeout, incomplete stream, 5xx), "
                 f"were retried, or took >= {LONG_RATIO:g}x longer than before")
@@ -225,17 +225,15 @@ def _already_broken(requests: list[RequestRecord], start: float,
                     inside: list[RequestRecord]) -> str | None:
     """Why failures in the fault's window cannot be put down to the toxic: the requests
     that ended before it failed on the network (or were retried) about as often."""
-    def broken(r: RequestRecord) -> bool:
-        return r.error_class in NETWORK_ERRORS or r.attempts > 1
-
     before = [r for r in requests if r.end <= start]
     if len(before) < ALREADY_MIN_REQUESTS:
         return None
-    share_before = sum(map(broken, before)) / len(before)
-    share_inside = sum(map(broken, inside)) / len(inside)
+    broken_before = sum(map(cut_or_retried, before))
+    share_before = broken_before / len(before)
+    share_inside = sum(map(cut_or_retried, inside)) / len(inside)
     if share_before >= ALREADY_SHARE and share_before >= 0.5 * share_inside:
-        return (f"{share_text(sum(map(broken, before)), len(before))} that ended before the "
-                "fault failed on the network or were retried too")
+        return (f"{share_text(broken_before, len(before))} that ended before the fault "
+                "failed on the network or were retried too")
     return None
 
 
