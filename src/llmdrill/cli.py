@@ -97,9 +97,9 @@ def plan(
         return
     _lint([(path, scenario)], strict)
     compiled = compile_plan(scenario)
-    from llmdrill.drills.registry import make_injector
-    from llmdrill.harness.context import RunContext
+    from llmdrill.faults.registry import make_injector
     from llmdrill.harness.progress import Progress
+    from llmdrill.model.context import RunContext
 
     ctx = RunContext("<run>", scenario, None, {}, Progress(quiet=True), Path("."))
 
@@ -121,7 +121,7 @@ def plan(
                               f"{c.kind} over [{c.window[0]:g}s, {c.window[1]:g}s)")
     out.print(table)
     if check:
-        from llmdrill.drills.base import EnvironmentProblem
+        from llmdrill.faults.base import EnvironmentProblem
         from llmdrill.harness.preflight import check_alerting, check_metrics, check_target
         from llmdrill.harness.secrets import SecretMissing, auth_headers
 
@@ -154,8 +154,8 @@ def run(
     """Run scenarios: load, faults, checks, reports. Exit code says how it went."""
     from llmdrill.harness.progress import Progress
     from llmdrill.harness.runner import RunOptions, run_scenario
-    from llmdrill.harness.verdict import EXIT_CODES
-    from llmdrill.harness.verdict import exit_code as suite_exit_code
+    from llmdrill.model.verdict import EXIT_CODES
+    from llmdrill.model.verdict import exit_code as suite_exit_code
     from llmdrill.report import write_suite_index, write_suite_junit
     from llmdrill.scenario.loader import load_scenarios
 
@@ -198,7 +198,7 @@ def run(
 
 
 def _print_result(result: object) -> None:
-    from llmdrill.harness.result import RunResult
+    from llmdrill.model.result import RunResult
 
     assert isinstance(result, RunResult)
     color = {"passed": "green", "failed": "red", "aborted": "yellow", "error": "red",
@@ -224,7 +224,7 @@ def alert_rules(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write here.")] = None,
 ) -> None:
     """Print the LLM-serving Prometheus alert rules the alert drills expect."""
-    from llmdrill.alert_rules import render
+    from llmdrill.monitoring.rules import render
 
     overrides = {}
     for item in set_ or []:

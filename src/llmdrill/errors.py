@@ -12,7 +12,7 @@
                                   of the input; faults are reverted, reports written)
 
 Run verdicts (passed 0, failed 1, error 2, aborted 3, inconclusive 4) are mapped in
-`llmdrill.harness.verdict`; this module maps failures that happen before or outside a run.
+`llmdrill.model.verdict`; this module maps failures that happen before or outside a run.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import `llmdrill.scenario.models` at import time (the scenario model loads the s
 it is being built). Spec models derive from `SpecModel` and may use the units in
 `llmdrill.scenario.units`; the injector and evaluator may import anything, lazily.
 
-The fault protocol, in the order a run calls it (see `llmdrill.drills.base.Injector`):
+The fault protocol, in the order a run calls it (see `llmdrill.faults.base.Injector`):
 `preflight()` (reachability, changes nothing), `prepare()` (the JSON revert action, written
 to the journal before anything changes), `apply()`, `stop()` (live activity), then the
 revert action is handed to `revert(action)` (idempotent, in this process or a fresh one),
@@ -45,9 +45,9 @@ from pydantic import BaseModel, ConfigDict
 from llmdrill.errors import LlmdrillError
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence
-    from llmdrill.harness.result import CheckResult, Window
+    from llmdrill.model.context import RunContext
+    from llmdrill.model.records import Evidence
+    from llmdrill.model.result import CheckResult, Window
 
 FAULTS_GROUP = "llmdrill.faults"
 CHECKS_GROUP = "llmdrill.checks"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llmdrill.harness.result import RunResult
+from llmdrill.model.result import RunResult
 from llmdrill.scenario.errors import ScenarioError
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.faults.base import EnvironmentProblem
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from llmdrill.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llmdrill.alert_rules import render
+from llmdrill.monitoring.rules import render
 from tests.integration.conftest import REPO, Stack, llmdrill
 from tests.integration.monitoring import Monitoring, monitoring
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from tests.integration.conftest import REPO, Stack, llmdrill
 
 pytestmark = pytest.mark.integration

@@ -37,12 +37,12 @@ from typing import Any
 import httpx
 import pytest
 
-from llmdrill.alert_rules import render
-from llmdrill.drills.base import EnvironmentProblem, revert
-from llmdrill.drills.registry import make_injector
-from llmdrill.harness.context import RunContext
-from llmdrill.harness.evidence import EvidenceStore
+from llmdrill.faults.base import EnvironmentProblem, revert
+from llmdrill.faults.registry import make_injector
 from llmdrill.harness.progress import Progress
+from llmdrill.model.context import RunContext
+from llmdrill.model.evidence import EvidenceStore
+from llmdrill.monitoring.rules import render
 from llmdrill.scenario.models import Scenario
 from llmdrill.stack.docker_stack import BASE_IMAGE, DockerStack
 from tests.conftest import count

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llmdrill.alert_rules import render
-from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
+from llmdrill.monitoring.rules import render
 from tests.integration.conftest import REPO, Stack, llmdrill
 from tests.integration.hostile import MODELS, Handler, _head, _serve_in_thread
 from tests.integration.monitoring import Monitoring, monitoring

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter
 
-from llmdrill.drills.base import revert
-from llmdrill.drills.toxiproxy import ProxySetup, ToxiproxyFault
-from llmdrill.drills.toxiproxy_client import ToxiproxyClient
+from llmdrill.faults.base import revert
+from llmdrill.faults.toxiproxy import ProxySetup, ToxiproxyFault
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from llmdrill.scenario.models import ToxiproxyFault as FaultSpec
 from tests.integration.conftest import Stack
 

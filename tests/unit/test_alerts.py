@@ -11,14 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from llmdrill import alert_rules
 from llmdrill.checks import evaluate_check
-from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.harness.alert_watch import AlertWatcher
+from llmdrill.faults.base import EnvironmentProblem
 from llmdrill.harness.preflight import check_alerting
-from llmdrill.harness.records import Evidence, FaultEvent, MetricSample, PhaseWindow
-from llmdrill.harness.result import CheckResult
-from llmdrill.harness.webhook import WebhookReceiver, notifications
+from llmdrill.model.records import Evidence, FaultEvent, MetricSample, PhaseWindow
+from llmdrill.model.result import CheckResult
+from llmdrill.monitoring import rules as alert_rules
+from llmdrill.monitoring.alert_watch import AlertWatcher
+from llmdrill.monitoring.webhook import WebhookReceiver, notifications
 from llmdrill.scenario.models import Check, Scenario
 
 pytestmark = pytest.mark.unit
@@ -281,7 +281,7 @@ def test_watcher_records_only_changes_and_disappearances() -> None:
 def test_shipped_rules_are_the_rendering_of_the_defaults() -> None:
     shipped = (REPO / "deploy/prometheus/rules/llm-serving.rules.yml").read_text()
     assert shipped == alert_rules.render(), (
-        "run: python -m llmdrill.alert_rules --out deploy/prometheus/rules/llm-serving.rules.yml")
+        "run: llmdrill alert-rules --out deploy/prometheus/rules/llm-serving.rules.yml")
 
 
 def test_rule_parameters_are_all_used_and_documented() -> None:

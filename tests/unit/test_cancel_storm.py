@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from llmdrill.drills import cancel_storm as cs
-from llmdrill.drills.registry import make_injector
-from llmdrill.harness.context import RunContext
-from llmdrill.harness.evidence import EvidenceStore
+from llmdrill.faults import cancel_storm as cs
+from llmdrill.faults.registry import make_injector
 from llmdrill.harness.progress import Progress
+from llmdrill.model.context import RunContext
+from llmdrill.model.evidence import EvidenceStore
 from llmdrill.scenario.models import CancelStormFault, Fault, Scenario
 
 pytestmark = pytest.mark.unit
@@ -460,7 +460,7 @@ def test_stop_ends_the_storm_and_records_the_interrupted_wave(tmp_path: Path) ->
 
 
 def test_preflight_refuses_an_unreachable_storm_target(tmp_path: Path) -> None:
-    from llmdrill.drills.base import EnvironmentProblem
+    from llmdrill.faults.base import EnvironmentProblem
 
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]

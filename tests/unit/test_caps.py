@@ -10,8 +10,8 @@ import pytest
 
 from llmdrill.checks.caps import Answer, health_ok, probe_event
 from llmdrill.checks.caps import evaluate_caps as evaluate
-from llmdrill.harness.records import Evidence, PhaseWindow
-from llmdrill.harness.result import CheckResult, Window
+from llmdrill.model.records import Evidence, PhaseWindow
+from llmdrill.model.result import CheckResult, Window
 from llmdrill.probes.caps_cases import (
     DEFAULT_KINDS,
     UNKNOWN_MODEL,

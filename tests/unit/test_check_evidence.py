@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from llmdrill.checks import evaluate_check
-from llmdrill.harness.records import Evidence, FaultEvent, MetricSample, PhaseWindow, RequestRecord
-from llmdrill.harness.result import CheckResult
+from llmdrill.model.records import Evidence, FaultEvent, MetricSample, PhaseWindow, RequestRecord
+from llmdrill.model.result import CheckResult
 from llmdrill.scenario.models import Check
 
 pytestmark = pytest.mark.unit

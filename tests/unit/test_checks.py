@@ -6,14 +6,14 @@ import pytest
 
 from llmdrill.checks import base, evaluate_check, evaluator_for, register, registered_kinds
 from llmdrill.checks.metric import increase
-from llmdrill.harness.records import (
+from llmdrill.model.records import (
     Evidence,
     FaultEvent,
     MetricSample,
     PhaseWindow,
     RequestRecord,
 )
-from llmdrill.harness.result import CheckResult, Window
+from llmdrill.model.result import CheckResult, Window
 from llmdrill.scenario.models import Check
 
 pytestmark = pytest.mark.unit
@@ -476,8 +476,8 @@ def test_recovers_caps_the_reported_steps() -> None:
 
 def test_slo_judges_only_the_named_shapes_and_skips_requests_cut_by_the_stop() -> None:
     from llmdrill.checks.slo import evaluate_slo
-    from llmdrill.harness.records import Evidence, RequestRecord
-    from llmdrill.harness.result import Window
+    from llmdrill.model.records import Evidence, RequestRecord
+    from llmdrill.model.result import Window
     from llmdrill.scenario.models import SloCheck
 
     short = [RequestRecord(start=1.0 + i, end=1.5 + i, ttft=0.05, shape="short",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmdrill.drills.base import RevertAction, register_reverter
+from llmdrill.faults.base import RevertAction, register_reverter
 from llmdrill.harness.cleanup import cleanup_runs
 from llmdrill.harness.journal import Journal, active_runs, outstanding_in
 

@@ -18,10 +18,10 @@ import pytest
 from pydantic import ValidationError
 
 from llmdrill.checks import evaluate_check
-from llmdrill.drills import docker_backend as db
-from llmdrill.drills.base import EnvironmentProblem, revert
-from llmdrill.harness.records import Evidence, PhaseWindow, RequestRecord
-from llmdrill.harness.result import CheckResult
+from llmdrill.faults import docker_backend as db
+from llmdrill.faults.base import EnvironmentProblem, revert
+from llmdrill.model.records import Evidence, PhaseWindow, RequestRecord
+from llmdrill.model.result import CheckResult
 from llmdrill.probes.docker_events import event_detail
 from llmdrill.scenario.models import Check, DockerFault, Fault, Scenario
 from llmdrill.stack.docker_stack import DockerStack, DockerStackConfig, busybox_rootfs

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from llmdrill.drills import cancel_storm as cs
-from llmdrill.drills.request_flood import read_sse, read_whole
+from llmdrill.faults import cancel_storm as cs
+from llmdrill.faults.request_flood import read_sse, read_whole
 from llmdrill.load.sse import StreamTally, completion_empty, read_whole_body, stream_error
 from llmdrill.probes.caps_cases import health_answer_ok, health_answer_problem
 

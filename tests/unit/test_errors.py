@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from llmdrill import cli
-from llmdrill.drills.base import EnvironmentProblem
 from llmdrill.errors import LlmdrillError
+from llmdrill.faults.base import EnvironmentProblem
 from llmdrill.harness.secrets import SecretMissing
+from llmdrill.monitoring.prometheus import MonitoringError
 from llmdrill.plugin import PluginError
-from llmdrill.probes.monitoring import MonitoringError
 from llmdrill.scenario.errors import ScenarioError
 from llmdrill.stack.docker_stack import DockerStackError
 from llmdrill.stack.local import StackError
@@ -43,7 +43,7 @@ def test_main_prints_an_llmdrill_error_without_traceback(
 def test_alert_rules_command_prints_the_rendered_rules() -> None:
     from typer.testing import CliRunner
 
-    from llmdrill.alert_rules import render
+    from llmdrill.monitoring.rules import render
 
     result = CliRunner().invoke(cli.app, ["alert-rules", "--set", "kv_cache_usage=0.8"])
     assert result.exit_code == 0

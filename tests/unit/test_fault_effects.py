@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from llmdrill.drills.cancel_storm import CancelStorm, judge_storm
-from llmdrill.drills.client import RUNNING, WAITING
-from llmdrill.drills.docker_backend import DockerInjector, judge_docker
-from llmdrill.drills.request_flood import RequestFlood, judge_flood
-from llmdrill.drills.toxiproxy import ToxiproxyFault, judge_toxic
-from llmdrill.harness.records import Evidence, FaultEvent, MetricSample, RequestRecord
+from llmdrill.faults.cancel_storm import CancelStorm, judge_storm
+from llmdrill.faults.client import RUNNING, WAITING
+from llmdrill.faults.docker_backend import DockerInjector, judge_docker
+from llmdrill.faults.request_flood import RequestFlood, judge_flood
+from llmdrill.faults.toxiproxy import ToxiproxyFault, judge_toxic
+from llmdrill.model.records import Evidence, FaultEvent, MetricSample, RequestRecord
 from llmdrill.scenario.models import DockerFault
 from llmdrill.scenario.models import ToxiproxyFault as ToxicSpec
 

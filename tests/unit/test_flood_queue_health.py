@@ -18,8 +18,8 @@ import pytest
 from llmdrill.checks import evaluate_check
 from llmdrill.checks.health import poll_once, probe_engine_health
 from llmdrill.checks.probes import probe_for
-from llmdrill.drills.registry import make_injector
-from llmdrill.drills.request_flood import (
+from llmdrill.faults.registry import make_injector
+from llmdrill.faults.request_flood import (
     STOP_GRACE,
     ConnectionCutter,
     RequestFlood,
@@ -29,12 +29,12 @@ from llmdrill.drills.request_flood import (
     read_whole,
     status_class,
 )
-from llmdrill.harness.context import RunContext
-from llmdrill.harness.evidence import EvidenceStore
 from llmdrill.harness.progress import Progress
-from llmdrill.harness.records import Evidence, MetricSample, PhaseWindow, RequestRecord
-from llmdrill.harness.result import CheckResult
 from llmdrill.load.sse import StreamTally
+from llmdrill.model.context import RunContext
+from llmdrill.model.evidence import EvidenceStore
+from llmdrill.model.records import Evidence, MetricSample, PhaseWindow, RequestRecord
+from llmdrill.model.result import CheckResult
 from llmdrill.scenario.models import (
     Check,
     EngineHealthyCheck,

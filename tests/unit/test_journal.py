@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.drills.base import register_reverter
+from llmdrill.faults.base import register_reverter
 from llmdrill.harness.journal import Journal, active_runs, outstanding_in, revert_outstanding
 
 pytestmark = pytest.mark.unit

@@ -9,8 +9,8 @@ import pytest
 
 from llmdrill.checks import evaluate_check
 from llmdrill.checks.kv_cleanup import Point, counter_increase, first_clean, join
-from llmdrill.harness.records import Evidence, MetricSample, PhaseWindow, RequestRecord
-from llmdrill.harness.result import CheckResult
+from llmdrill.model.records import Evidence, MetricSample, PhaseWindow, RequestRecord
+from llmdrill.model.result import CheckResult
 from llmdrill.scenario.models import Check, KvCacheCleanupCheck
 
 pytestmark = pytest.mark.unit

@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from llmdrill.checks import evaluate_check
-from llmdrill.drills import docker_backend as db
-from llmdrill.drills.base import revert
-from llmdrill.harness.records import Evidence, PhaseWindow
-from llmdrill.harness.result import CheckResult
+from llmdrill.faults import docker_backend as db
+from llmdrill.faults.base import revert
+from llmdrill.model.records import Evidence, PhaseWindow
+from llmdrill.model.result import CheckResult
 from llmdrill.scenario.models import Check, DockerFault
 
 pytestmark = pytest.mark.unit

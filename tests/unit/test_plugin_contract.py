@@ -33,8 +33,8 @@ def test_every_builtin_kind_is_an_entry_point_of_llmdrill() -> None:
 
 def test_builtin_entry_points_load_as_modules_that_register_their_kinds() -> None:
     from llmdrill.checks import evaluator_for
-    from llmdrill.drills.base import _REVERTERS
-    from llmdrill.drills.registry import _FACTORIES, load_backends
+    from llmdrill.faults.base import _REVERTERS
+    from llmdrill.faults.registry import _FACTORIES, load_backends
 
     load_backends()
     assert set(_FACTORIES) >= set(BUILTIN_FAULT_BACKENDS)

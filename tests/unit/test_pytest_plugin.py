@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmdrill import pytest_plugin
-from llmdrill.harness.result import CheckResult, RunResult, ScenarioInfo, TargetInfo
+from llmdrill.model.result import CheckResult, RunResult, ScenarioInfo, TargetInfo
 
 pytestmark = pytest.mark.unit
 pytest_plugins = ["pytester"]

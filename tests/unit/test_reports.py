@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.harness.result import (
+from llmdrill.model.result import (
     CheckResult,
     ClientPoint,
     FaultResult,
@@ -501,7 +501,7 @@ def test_fault_windows_extend_unreverted_faults_to_the_end() -> None:
 
 
 def test_engine_charts_mark_events_and_zoom_around_them() -> None:
-    from llmdrill.harness.result import RunResult, ScenarioInfo, Series, TargetInfo
+    from llmdrill.model.result import RunResult, ScenarioInfo, Series, TargetInfo
     from llmdrill.report.html import render_html
 
     series = Series(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.drills.base import EnvironmentProblem, register_reverter
+from llmdrill.faults.base import EnvironmentProblem, register_reverter
 from llmdrill.harness.journal import Journal
 from llmdrill.harness.live import LiveStats
 from llmdrill.harness.runner import check_safety

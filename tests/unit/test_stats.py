@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from llmdrill.checks.stats import client_series, percentile, request_stats
-from llmdrill.harness.records import RequestRecord
+from llmdrill.model.records import RequestRecord
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmdrill.harness.result import CheckResult, CheckStatus, FaultResult
-from llmdrill.harness.verdict import (
+from llmdrill.model.result import CheckResult, CheckStatus, FaultResult
+from llmdrill.model.verdict import (
     EXIT_CODES,
     FaultEffect,
     decide_run_status,

@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, Window
+from llmdrill.model.events import EventKind
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, Window
 from llmdrill.scenario.models import (
     AlertFiresCheck,
     AlertResolvesCheck,

@@ -16,8 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import Check
 
 # The spec is typed Any here so each evaluator can name its own spec model

@@ -23,9 +23,9 @@ import httpx
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.probes import register_probe
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, Window
+from llmdrill.model.events import EventKind
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, Window
 from llmdrill.probes.caps_cases import (
     ProbeRequest,
     build_request,
@@ -43,7 +43,7 @@ from llmdrill.probes.caps_cases import (
 from llmdrill.scenario.models import CapCase, CapsEnforcedCheck
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
+    from llmdrill.model.context import RunContext
 
 KIND = "caps_enforced"
 BODY_CAP = 64 * 1024  # an error answer is small; a hostile one must not fill memory

@@ -22,14 +22,14 @@ import httpx
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.probes import register_probe
-from llmdrill.drills.request_flood import ConnectionCutter
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.faults.request_flood import ConnectionCutter
+from llmdrill.model.events import EventKind
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import EngineHealthyCheck
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
+    from llmdrill.model.context import RunContext
 
 KIND = "engine_healthy"
 # Added to `timeout` for the hard deadline of one poll: the timeout bounds connect and

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmdrill.checks.base import fmt, make_result, register
-from llmdrill.harness.records import Evidence, RequestRecord
-from llmdrill.harness.result import CheckResult, Window
+from llmdrill.model.records import Evidence, RequestRecord
+from llmdrill.model.result import CheckResult, Window
 from llmdrill.scenario.models import NoHungRequestsCheck
 
 KIND = "no_hung_requests"

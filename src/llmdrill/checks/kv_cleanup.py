@@ -53,9 +53,9 @@ from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.metric import similar_names
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.records import Evidence, RequestRecord
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.model.events import EventKind
+from llmdrill.model.records import Evidence, RequestRecord
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import KvCacheCleanupCheck
 
 KIND = "kv_cache_cleanup"

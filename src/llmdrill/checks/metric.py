@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 from llmdrill.checks.base import fmt, make_result, register
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import MetricCheck
 
 KIND = "metric"

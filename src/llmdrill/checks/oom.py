@@ -21,9 +21,9 @@ from typing import Any
 
 from llmdrill.checks.alerts import rfc3339
 from llmdrill.checks.base import fmt, make_result, register
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.model.events import EventKind
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import OomObservedCheck
 
 EVENT = EventKind.DOCKER_EVENT

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from llmdrill.harness.events import EventKind
+from llmdrill.model.events import EventKind
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
+    from llmdrill.model.context import RunContext
 
 Probe = Callable[["RunContext", str, Any, threading.Event], None]
 P = TypeVar("P", bound=Probe)

@@ -15,8 +15,8 @@ from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.metric import similar_names
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import QueueBoundedCheck
 
 KIND = "queue_bounded"

@@ -23,8 +23,8 @@ from itertools import accumulate
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.stats import percentile
-from llmdrill.harness.records import Evidence, RequestRecord
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.model.records import Evidence, RequestRecord
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import RecoversCheck
 
 KIND = "recovers"

@@ -44,15 +44,15 @@ from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.health import poll_once
 from llmdrill.checks.probes import register_probe
 from llmdrill.checks.recovers import measure_started
-from llmdrill.drills.request_flood import ConnectionCutter
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.records import Evidence, RequestRecord
-from llmdrill.harness.result import CheckResult, CheckStatus, Window
+from llmdrill.faults.request_flood import ConnectionCutter
 from llmdrill.load.sse import StreamTally
+from llmdrill.model.events import EventKind
+from llmdrill.model.records import Evidence, RequestRecord
+from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.scenario.models import StreamRecoveryCheck, WarmUpCheck
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
+    from llmdrill.model.context import RunContext
 
 POLL_EVENT = EventKind.RECOVERY_POLL
 TOKEN_EVENT = EventKind.TOKEN_PROBE

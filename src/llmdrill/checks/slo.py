@@ -7,8 +7,8 @@ from typing import Any
 
 from llmdrill.checks.base import fmt, make_result, register
 from llmdrill.checks.stats import request_stats
-from llmdrill.harness.records import Evidence
-from llmdrill.harness.result import CheckResult, CheckStatus, RequestStats, Window
+from llmdrill.model.records import Evidence
+from llmdrill.model.result import CheckResult, CheckStatus, RequestStats, Window
 from llmdrill.scenario.models import Bound, DurationBound, FractionBound, SloCheck
 
 KIND = "slo"

@@ -9,8 +9,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from llmdrill.harness.records import RequestRecord
-from llmdrill.harness.result import ClientPoint, RequestStats
+from llmdrill.model.records import RequestRecord
+from llmdrill.model.result import ClientPoint, RequestStats
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

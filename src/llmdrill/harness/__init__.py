@@ -1,1 +1,1 @@
-"""Plan compiler, runner, journal, evidence store and the canonical run result."""
+"""Plan compiler, runner, services lifecycle, journal, cleanup and the watchdog."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmdrill.drills.base import RevertAction, revert
+from llmdrill.faults.base import RevertAction, revert
 
 
 def state_dir() -> Path:

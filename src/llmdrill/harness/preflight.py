@@ -7,10 +7,10 @@ import socket
 import httpx
 
 from llmdrill.checks.alerts import alert_names
-from llmdrill.drills.base import EnvironmentProblem
+from llmdrill.faults.base import EnvironmentProblem
+from llmdrill.monitoring.prometheus import MonitoringError, alert_rule_names, alertmanager_alerts
 from llmdrill.probes.engine_metrics import MAX_SCRAPE_BYTES, parse_metrics
 from llmdrill.probes.http import bounded_get
-from llmdrill.probes.monitoring import MonitoringError, alert_rule_names, alertmanager_alerts
 from llmdrill.scenario.models import Scenario, Target
 
 DEADLINE_S = 5.0

@@ -25,21 +25,23 @@ from llmdrill.checks import evaluate_check
 from llmdrill.checks.alerts import ALERTS_QUERY, alert_names
 from llmdrill.checks.probes import RunningProbe, probe_for
 from llmdrill.checks.stats import client_series, request_stats
-from llmdrill.drills.base import EnvironmentProblem, Injector
-from llmdrill.drills.registry import blast_radius, make_injector
-from llmdrill.drills.toxiproxy import ProxySetup
-from llmdrill.harness.alert_watch import AlertWatcher
-from llmdrill.harness.context import RunContext
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.evidence import EvidenceStore
-from llmdrill.harness.guard_poller import GuardPoller
+from llmdrill.faults.base import EnvironmentProblem, Injector
+from llmdrill.faults.registry import blast_radius, make_injector
+from llmdrill.faults.toxiproxy import ProxySetup
 from llmdrill.harness.journal import Journal, revert_outstanding
 from llmdrill.harness.live import LiveStats
 from llmdrill.harness.plan import Plan, PlannedPhase, compile_plan
 from llmdrill.harness.preflight import check_metrics, check_target
 from llmdrill.harness.progress import Progress
-from llmdrill.harness.records import Evidence, FaultEvent, MetricSample, PhaseWindow
-from llmdrill.harness.result import (
+from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redact
+from llmdrill.harness.versions import engine_version, harness_versions
+from llmdrill.load.config import LoadConfig, RequestShapeConfig
+from llmdrill.load.runner import LocustProcess
+from llmdrill.model.context import RunContext
+from llmdrill.model.events import EventKind
+from llmdrill.model.evidence import EvidenceStore
+from llmdrill.model.records import Evidence, FaultEvent, MetricSample, PhaseWindow
+from llmdrill.model.result import (
     CheckResult,
     FaultResult,
     PhaseResult,
@@ -49,14 +51,12 @@ from llmdrill.harness.result import (
     Series,
     TargetInfo,
 )
-from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redact
-from llmdrill.harness.verdict import FaultEffect, decide_run_status
-from llmdrill.harness.versions import engine_version, harness_versions
-from llmdrill.harness.webhook import WebhookReceiver
-from llmdrill.load.config import LoadConfig, RequestShapeConfig
-from llmdrill.load.runner import LocustProcess
+from llmdrill.model.verdict import FaultEffect, decide_run_status
+from llmdrill.monitoring.alert_watch import AlertWatcher
+from llmdrill.monitoring.guard_poller import GuardPoller
+from llmdrill.monitoring.prometheus import promql_range
+from llmdrill.monitoring.webhook import WebhookReceiver
 from llmdrill.probes.engine_metrics import MetricsScraper
-from llmdrill.probes.monitoring import promql_range
 from llmdrill.report import write_reports
 from llmdrill.scenario.models import Scenario
 
@@ -184,7 +184,7 @@ class Runner:
         self.progress.event(f"applied {name}: {injector.describe()}")
 
     def _revert(self, name: str, journal: Journal, store: EvidenceStore) -> None:
-        from llmdrill.drills.base import revert
+        from llmdrill.faults.base import revert
 
         entry = self.journal_ids.pop(name, None)
         if entry is None:

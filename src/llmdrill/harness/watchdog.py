@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmdrill.drills.base import revert
+from llmdrill.faults.base import revert
 from llmdrill.harness.journal import Journal, pid_alive
 
 POLL_S = 0.5

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from llmdrill.harness.events import EventKind
+from llmdrill.model.events import EventKind
 
 Sink = Callable[[float, str, dict[str, Any]], None]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmdrill.harness.records import MetricSample
+from llmdrill.model.records import MetricSample
 
 MAX_SCRAPE_BYTES = 8 << 20
 

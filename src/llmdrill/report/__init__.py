@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from llmdrill.harness.result import RESULT_SCHEMA, RunResult
+from llmdrill.model.result import RESULT_SCHEMA, RunResult
 from llmdrill.report.html import render_html, render_index
 from llmdrill.report.junit import junit_xml, write_junit
 from llmdrill.report.markdown import render_markdown

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmdrill.harness.result import RunResult, Series
+from llmdrill.model.result import RunResult, Series
 from llmdrill.report.charts import (
     Marker,
     Point,

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from llmdrill.harness.result import RequestStats, RunResult, Window
+from llmdrill.model.result import RequestStats, RunResult, Window
 
 DASH = "—"
 

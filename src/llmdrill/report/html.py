@@ -16,8 +16,8 @@ import jinja2
 from markupsafe import Markup
 
 import llmdrill
-from llmdrill.harness.result import CheckResult, FaultResult, RunResult
-from llmdrill.harness.verdict import RUN_SEVERITY, worst_status
+from llmdrill.model.result import CheckResult, FaultResult, RunResult
+from llmdrill.model.verdict import RUN_SEVERITY, worst_status
 from llmdrill.report import figures
 from llmdrill.report.fmt import (
     DASH,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llmdrill.harness.result import CheckResult, RunResult
+from llmdrill.model.result import CheckResult, RunResult
 from llmdrill.report.fmt import (
     compact_json,
     offset,

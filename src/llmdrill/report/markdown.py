@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from llmdrill.harness.result import RunResult
+from llmdrill.model.result import RunResult
 from llmdrill.report.fmt import (
     DASH,
     checks_text,

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from llmdrill.drills.docker_backend import connect, docker_host
+from llmdrill.faults.docker_backend import connect, docker_host
 from llmdrill.stack.local import StackError
 
 BASE_IMAGE = "llmdrill/base:busybox"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from llmdrill.drills.toxiproxy_client import ToxiproxyClient
 from llmdrill.errors import LlmdrillError
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 
 HERE = Path(__file__).parent
 

@@ -23,10 +23,10 @@ from pydantic import Field
 from llmdrill.plugin import CheckKind, FaultBackend, Location, Problem, SpecModel
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence
-    from llmdrill.harness.result import CheckResult, Window
-    from llmdrill.harness.verdict import FaultEffect
+    from llmdrill.model.context import RunContext
+    from llmdrill.model.records import Evidence
+    from llmdrill.model.result import CheckResult, Window
+    from llmdrill.model.verdict import FaultEffect
 
 KEY = "marker_file"
 WRITTEN = "marker_file_written"  # the evidence event the fault records when applied
@@ -49,7 +49,7 @@ class MarkerFile:
         return f"create {self.spec.path}"
 
     def preflight(self) -> list[str]:
-        from llmdrill.drills.base import EnvironmentProblem
+        from llmdrill.faults.base import EnvironmentProblem
 
         path = Path(self.spec.path)
         if path.exists():
@@ -71,7 +71,7 @@ class MarkerFile:
         del timeout  # nothing runs in this process
 
     def effect(self, evidence: Evidence) -> FaultEffect:
-        from llmdrill.harness.verdict import FaultEffect
+        from llmdrill.model.verdict import FaultEffect
 
         written = [d for _, d in evidence.events_of(WRITTEN)
                    if d.get("fault") == self.fault_name]

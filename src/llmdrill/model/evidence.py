@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from llmdrill.harness.records import (
+from llmdrill.model.records import (
     Evidence,
     FaultEvent,
     MetricSample,

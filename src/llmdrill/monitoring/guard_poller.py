@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from llmdrill.probes.monitoring import MonitoringError, alert_firing, promql_value
+from llmdrill.monitoring.prometheus import MonitoringError, alert_firing, promql_value
 from llmdrill.scenario.models import Scenario
 
 POLL_S = 2.0

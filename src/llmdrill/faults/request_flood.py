@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from llmdrill.drills.base import fault_window
-from llmdrill.drills.client import ClientActivity, engine_queue, queue_rise
-from llmdrill.drills.registry import register_injector
-from llmdrill.harness.verdict import FaultEffect
+from llmdrill.faults.base import fault_window
+from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise
+from llmdrill.faults.registry import register_injector
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
+from llmdrill.model.verdict import FaultEffect
 from llmdrill.scenario.models import RequestFloodFault
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence, RequestRecord
+    from llmdrill.model.context import RunContext
+    from llmdrill.model.records import Evidence, RequestRecord
 
 BACKEND_KEY = "request_flood"
 MAX_BODY_BYTES = 1 << 20  # a whole (non-streamed) answer

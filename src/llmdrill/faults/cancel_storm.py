@@ -35,18 +35,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.drills.client import ClientActivity, engine_queue, queue_rise
-from llmdrill.drills.registry import register_injector
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.verdict import FaultEffect
+from llmdrill.faults.base import EnvironmentProblem
+from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise
+from llmdrill.faults.registry import register_injector
 from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.model.events import EventKind
+from llmdrill.model.verdict import FaultEffect
 from llmdrill.scenario.models import CancelStormFault
 from llmdrill.scenario.units import format_duration
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence
+    from llmdrill.model.context import RunContext
+    from llmdrill.model.records import Evidence
 
 BACKEND = "cancel_storm"
 SHAPE = "cancel_storm"  # the request shape of storm samples, kept apart from the load's

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from llmdrill.harness.events import EventKind
-from llmdrill.probes.monitoring import (
+from llmdrill.model.events import EventKind
+from llmdrill.monitoring.prometheus import (
     AlertStates,
     MonitoringError,
     alert_rule_names,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from llmdrill.harness.result import CheckResult, FaultResult, RunStatus
+from llmdrill.model.result import CheckResult, FaultResult, RunStatus
 
 # Worst last. A suite's status, its HTML index and its exit code all use this one order.
 RUN_SEVERITY: dict[str, int] = {

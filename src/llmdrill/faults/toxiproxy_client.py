@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from llmdrill.drills.base import EnvironmentProblem
+from llmdrill.faults.base import EnvironmentProblem
 
 
 class ToxiproxyClient:

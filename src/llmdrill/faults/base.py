@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llmdrill.errors import LlmdrillError
 
 if TYPE_CHECKING:
-    from llmdrill.harness.records import Evidence, RequestRecord
-    from llmdrill.harness.verdict import FaultEffect
+    from llmdrill.model.records import Evidence, RequestRecord
+    from llmdrill.model.verdict import FaultEffect
 
 RevertAction = dict[str, Any]
 """Must carry "backend": the key of the function that reverts it."""
@@ -77,7 +77,7 @@ def revert(action: RevertAction) -> None:
 
 
 def _load_backends() -> None:
-    from llmdrill.drills.registry import load_backends
+    from llmdrill.faults.registry import load_backends
 
     load_backends()
 

@@ -5,7 +5,7 @@ Prometheus has no parameters in rule files, so the file is rendered from the tem
 below. deploy/prometheus/rules/llm-serving.rules.yml is the rendering with the defaults
 (a unit test keeps it fresh); render your own with
 
-    python -m llmdrill.alert_rules --set ttft_p95_seconds=1.5 --set for=10m > my.rules.yml
+    llmdrill alert-rules --set ttft_p95_seconds=1.5 --set for=10m > my.rules.yml
 
 The drills' tests render it with short windows and `for:` so alerts fire in seconds.
 """
@@ -70,7 +70,7 @@ PARAMETERS: tuple[Parameter, ...] = (
 
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
 
-TEMPLATE = r"""# Alert rules for LLM serving (vLLM first). Rendered by `python -m llmdrill.alert_rules`
+TEMPLATE = r"""# Alert rules for LLM serving (vLLM first). Rendered by `llmdrill alert-rules`
 # from its template; parameters: <<params>>
 # Edit the parameters, not this file: docs/alerts.md lists them.
 groups:
@@ -198,7 +198,7 @@ def render(overrides: Mapping[str, str] | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmdrill.alert_rules",
+    parser = argparse.ArgumentParser(prog="python -m llmdrill.monitoring.rules",
                                      description="Render the LLM-serving alert rules.")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="Change a parameter (repeatable); see docs/alerts.md.")

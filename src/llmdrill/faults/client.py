@@ -8,10 +8,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from llmdrill.drills.base import RevertAction, register_reverter
+from llmdrill.faults.base import RevertAction, register_reverter
 
 if TYPE_CHECKING:
-    from llmdrill.harness.records import Evidence
+    from llmdrill.model.records import Evidence
 
 BACKEND = "client"
 # The engine's queue: requests running plus waiting. A client-side fault that reaches the

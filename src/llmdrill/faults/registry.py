@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from llmdrill.drills.base import Injector, register_reverter
+from llmdrill.faults.base import Injector, register_reverter
 from llmdrill.plugin import FAULTS_GROUP, FaultBackend, load_plugin, plugin_entry_points
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
+    from llmdrill.model.context import RunContext
     from llmdrill.scenario.models import Fault
 
 Factory = Callable[["RunContext", str, Any], Injector]
@@ -54,7 +54,7 @@ def load_backends() -> None:
         else:
             builtin = True
     if not builtin:  # run from a source tree without installed metadata
-        from llmdrill.drills import (  # noqa: F401
+        from llmdrill.faults import (  # noqa: F401
             cancel_storm,
             client,
             docker_backend,

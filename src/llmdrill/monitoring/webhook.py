@@ -19,8 +19,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llmdrill.drills.base import EnvironmentProblem
-from llmdrill.harness.events import EventKind
+from llmdrill.faults.base import EnvironmentProblem
+from llmdrill.model.events import EventKind
 
 MAX_BODY = 1 << 20
 SOCKET_TIMEOUT_S = 5.0

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from llmdrill.harness.evidence import EvidenceStore
-from llmdrill.harness.progress import Progress
+from llmdrill.model.evidence import EvidenceStore
 from llmdrill.scenario.models import Scenario
+
+
+class EventSink(Protocol):
+    """Where a fault or probe says what happens (the console progress, in a run)."""
+
+    def event(self, message: str) -> None: ...
 
 
 @dataclass
@@ -17,7 +23,7 @@ class RunContext:
     scenario: Scenario
     store: EvidenceStore | None  # None while planning: nothing may be recorded then
     headers: dict[str, str]
-    progress: Progress
+    progress: EventSink
     run_dir: Path
 
     @property

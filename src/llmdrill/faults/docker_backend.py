@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmdrill.drills.base import (
+from llmdrill.faults.base import (
     EnvironmentProblem,
     RevertAction,
     baseline_before,
@@ -34,16 +34,16 @@ from llmdrill.drills.base import (
     register_reverter,
     share_text,
 )
-from llmdrill.drills.registry import register_injector
-from llmdrill.harness.events import EventKind
-from llmdrill.harness.verdict import FaultEffect
+from llmdrill.faults.registry import register_injector
+from llmdrill.model.events import EventKind
+from llmdrill.model.verdict import FaultEffect
 from llmdrill.probes.docker_events import KIND as EVENT_KIND
 from llmdrill.probes.docker_events import DockerEventRecorder
 from llmdrill.scenario.models import DockerFault, DockerTarget
 
 if TYPE_CHECKING:
-    from llmdrill.harness.context import RunContext
-    from llmdrill.harness.records import Evidence, RequestRecord
+    from llmdrill.model.context import RunContext
+    from llmdrill.model.records import Evidence, RequestRecord
 
 BACKEND = "docker"
 DEFAULT_HOST = "unix:///var/run/docker.sock"

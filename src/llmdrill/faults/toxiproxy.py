@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmdrill.drills.base import (
+from llmdrill.faults.base import (
     Baseline,
     EnvironmentProblem,
     RevertAction,
@@ -14,13 +14,13 @@ from llmdrill.drills.base import (
     register_reverter,
     share_text,
 )
-from llmdrill.drills.registry import register_injector
-from llmdrill.drills.toxiproxy_client import ToxiproxyClient
-from llmdrill.harness.verdict import FaultEffect
+from llmdrill.faults.registry import register_injector
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
+from llmdrill.model.verdict import FaultEffect
 from llmdrill.scenario import models as m
 
 if TYPE_CHECKING:
-    from llmdrill.harness.records import Evidence, RequestRecord
+    from llmdrill.model.records import Evidence, RequestRecord
 
 BACKEND = "toxiproxy"
 # Toxics that hold data in flight: removing them from links whose client left can hang.

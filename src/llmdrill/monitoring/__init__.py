@@ -1,0 +1,2 @@
+"""Alerting: the shipped alert rules (`llmdrill alert-rules`), Prometheus queries, the
+alert watcher, the Alertmanager webhook receiver and the guardrail poller."""
