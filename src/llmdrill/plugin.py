@@ -33,16 +33,17 @@ target (a fault that left no trace makes the run inconclusive).
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from llmdrill.errors import LlmdrillError
+from llmdrill.scenario.fields import Strict
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
@@ -63,11 +64,24 @@ Problem = tuple[Location, str]
 """A problem found in a scenario: where (a path of keys from the root) and what."""
 
 
-class SpecModel(BaseModel):
-    """Base of a plugin's spec: unknown keys are errors, specs are immutable (as the
-    built-in ones)."""
+SpecModel = Strict
+"""Base of a spec (built-in or a plugin's): unknown keys are errors, specs are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+Marker = tuple[float, str]
+"""A moment to draw on the report's charts: seconds from the run's start, and a label."""
+
+
+class RunSetup(Protocol):
+    """Run-level preparation a fault backend needs before any fault of the run (e.g. a
+    Toxiproxy proxy the scenario asks to create). Journaled and reverted like a fault."""
+
+    name: str
+
+    def exists(self) -> bool: ...
+    def describe(self) -> str: ...
+    def prepare(self) -> Mapping[str, Any]: ...
+    def apply(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,14 +93,25 @@ class FaultBackend:
     action, `action["backend"]` being this backend's key. `blast_radius(spec)` is how many
     things the fault touches (for safety.max_blast_radius); `references(spec, scenario,
     location)` returns problems with the spec's references to other parts of the scenario.
+
+    Optional, for backends that need them: `run_setups(scenario)` (what the run prepares
+    once before its faults, journaled and reverted like them), `markers(evidence, t0)`
+    (moments drawn on the report's charts), `label(spec)` (the fault's kind in results,
+    default the key) and `params(spec)` (its parameters in results, default the spec).
+    `builtin` is set by discovery: True for llmdrill's own entry points.
     """
 
-    spec: type[BaseModel]
+    spec: Any  # a pydantic model, or an annotated union of them (Toxiproxy's toxics)
     injector: Callable[[RunContext, str, Any], Any]
     revert: Callable[[dict[str, Any]], None]
     description: str = ""
     blast_radius: Callable[[Any], int] | None = None
     references: Callable[[Any, Any, Location], list[Problem]] | None = None
+    run_setups: Callable[[Any], list[RunSetup]] | None = None
+    markers: Callable[[Evidence, float], list[Marker]] | None = None
+    label: Callable[[Any], str] | None = None
+    params: Callable[[Any], dict[str, Any]] | None = None
+    builtin: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +121,9 @@ class CheckKind:
     `evaluate(name, phase, spec, evidence, window)` returns a CheckResult (see
     `llmdrill.checks.base.make_result`); it must say `inconclusive` when the evidence is
     below what it needs. `probe(ctx, check_name, spec, stop)`, if given, runs in a thread
-    for the check's phase and records evidence events.
+    for the check's phase and records evidence events. `queries(scenario)`, if given, names
+    the PromQL range queries the run reads from Prometheus after the run for this kind (as
+    `promql:<name>` series). `builtin` is set by discovery.
     """
 
     spec: type[BaseModel]
@@ -104,6 +131,8 @@ class CheckKind:
     description: str = ""
     probe: Callable[[RunContext, str, Any, Any], None] | None = None
     references: Callable[[Any, Any, Location], list[Problem]] | None = None
+    queries: Callable[[Any], dict[str, str]] | None = None
+    builtin: bool = False
 
 
 class PluginError(LlmdrillError):
@@ -116,37 +145,55 @@ def _external(ep: EntryPoint) -> bool:
 
 
 def plugin_entry_points(group: str, builtin: bool = True) -> list[EntryPoint]:
-    """The entry points of a group, sorted by name; external ones unless switched off."""
+    """The entry points of a group: llmdrill's own in their declared order, then external
+    ones sorted by name, unless switched off with LLMDRILL_PLUGINS=off."""
     external_on = os.environ.get(PLUGINS_ENV, "on").lower() not in ("off", "0", "false")
-    found = [ep for ep in entry_points(group=group)
-             if (builtin and not _external(ep)) or (external_on and _external(ep))]
-    return sorted(found, key=lambda ep: ep.name)
+    found = list(entry_points(group=group))
+    own = [ep for ep in found if builtin and not _external(ep)]
+    other = sorted((ep for ep in found if external_on and _external(ep)),
+                   key=lambda ep: ep.name)
+    return own + other
 
 
-def load_plugin(ep: EntryPoint) -> ModuleType | FaultBackend | CheckKind:
-    """Load one entry point: a built-in module (it registers itself) or a plugin object."""
+def load_plugin(ep: EntryPoint) -> FaultBackend | CheckKind:
+    """Load one entry point: a FaultBackend or CheckKind object, named."""
     try:
         loaded = ep.load()
     except Exception as exc:  # a broken plugin is named, not a traceback
         raise PluginError(f"plugin '{ep.name}' ({ep.value}) cannot be loaded: "
                           f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(loaded, ModuleType | FaultBackend | CheckKind):
+    if not isinstance(loaded, FaultBackend | CheckKind):
         raise PluginError(f"plugin '{ep.name}' ({ep.value}) is a {type(loaded).__name__}, "
                           "not a FaultBackend or CheckKind")
-    return loaded
+    return replace(loaded, builtin=not _external(ep))
 
 
-def external_specs(group: str, taken: tuple[str, ...]
-                   ) -> dict[str, FaultBackend | CheckKind]:
-    """Plugins of other distributions that add a YAML key, for the scenario model."""
-    found: dict[str, FaultBackend | CheckKind] = {}
-    for ep in plugin_entry_points(group, builtin=False):
-        if ep.name in taken:
+def _registered(group: str, kind: type[FaultBackend] | type[CheckKind]
+                ) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for ep in plugin_entry_points(group):
+        if ep.name in found:
             raise PluginError(f"plugin '{ep.name}' ({ep.value}) takes a key llmdrill "
                               "already has")
         loaded = load_plugin(ep)
-        if isinstance(loaded, ModuleType):
-            raise PluginError(f"plugin '{ep.name}' ({ep.value}) must name a FaultBackend "
-                              "or CheckKind object, not a module")
+        if not isinstance(loaded, kind):
+            raise PluginError(f"plugin '{ep.name}' ({ep.value}) is listed under {group} "
+                              f"but is a {type(loaded).__name__}")
         found[ep.name] = loaded
+    if not any(v.builtin for v in found.values()):
+        raise PluginError(f"no built-in {group} entry points: llmdrill's package metadata "
+                          "is missing; install it (pip install -e .) rather than running "
+                          "from a bare source tree")
     return found
+
+
+@functools.cache
+def fault_backends() -> dict[str, FaultBackend]:
+    """Every fault backend by YAML key: the built-in ones, then installed plugins'."""
+    return _registered(FAULTS_GROUP, FaultBackend)
+
+
+@functools.cache
+def check_kinds() -> dict[str, CheckKind]:
+    """Every check kind by YAML key: the built-in ones, then installed plugins'."""
+    return _registered(CHECKS_GROUP, CheckKind)

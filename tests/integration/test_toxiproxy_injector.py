@@ -7,8 +7,8 @@ from pydantic import TypeAdapter
 
 from llmdrill.faults.base import revert
 from llmdrill.faults.toxiproxy import ProxySetup, ToxiproxyFault
+from llmdrill.faults.toxiproxy import ToxiproxySpec as FaultSpec
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
-from llmdrill.scenario.models import ToxiproxyFault as FaultSpec
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from llmdrill.faults import cancel_storm as cs
+from llmdrill.faults.cancel_storm import CancelStormFault
 from llmdrill.faults.registry import make_injector
 from llmdrill.harness.progress import Progress
 from llmdrill.model.context import RunContext
 from llmdrill.model.evidence import EvidenceStore
-from llmdrill.scenario.models import CancelStormFault, Fault, Scenario
+from llmdrill.scenario.models import Fault, Scenario
 
 pytestmark = pytest.mark.unit
 

@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 
-from llmdrill.checks.caps import Answer, health_ok, probe_event
+from llmdrill.checks.caps import Answer, CapsEnforcedCheck, health_ok, probe_event
 from llmdrill.checks.caps import evaluate_caps as evaluate
 from llmdrill.model.records import Evidence, PhaseWindow
 from llmdrill.model.result import CheckResult, Window
 from llmdrill.probes.caps_cases import (
     DEFAULT_KINDS,
     UNKNOWN_MODEL,
+    CapCase,
+    ErrorSchema,
     build_request,
     cases_of,
     excerpt,
@@ -25,7 +27,6 @@ from llmdrill.probes.caps_cases import (
     message_pattern,
     over_context_prompt,
 )
-from llmdrill.scenario.models import CapCase, CapsEnforcedCheck, ErrorSchema
 
 pytestmark = pytest.mark.unit
 

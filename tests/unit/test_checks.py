@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from llmdrill.checks import base, evaluate_check, evaluator_for, register, registered_kinds
+from llmdrill.checks import base, evaluate_check, evaluator_for, registered_kinds
 from llmdrill.checks.metric import increase
 from llmdrill.model.records import (
     Evidence,
@@ -15,6 +15,7 @@ from llmdrill.model.records import (
 )
 from llmdrill.model.result import CheckResult, Window
 from llmdrill.scenario.models import Check
+from tests.unit.fake_backends import register_check, unregister_check
 
 pytestmark = pytest.mark.unit
 
@@ -97,24 +98,28 @@ def test_evaluator_exception_becomes_error_result(monkeypatch: pytest.MonkeyPatc
     def boom(name: str, phase: str, spec: Any, ev: Evidence, window: Window) -> CheckResult:
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setitem(base._REGISTRY, "slo", boom)
+    from dataclasses import replace
+
+    from llmdrill.plugin import check_kinds
+
+    monkeypatch.setitem(check_kinds(), "slo", replace(check_kinds()["slo"], evaluate=boom))
     result = evaluate_check(check("fault", slo={"error_rate": {"max": 0.1}}), 0, evidence())
     assert result.status == "error"
     assert "ZeroDivisionError: oops" in result.summary
     assert result.window is not None and result.window.start == T0 + 30
 
 
-def test_register_adds_a_kind_with_one_decorator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-
-    @register("always")
+def test_a_registered_kind_is_found_by_its_key() -> None:
     def always(name: str, phase: str, spec: Any, ev: Evidence, window: Window) -> CheckResult:
         return base.make_result(name, "always", phase, "passed", "ok")
 
-    assert evaluator_for("always") is always
-    assert "always" in registered_kinds()
-    with pytest.raises(ValueError, match="already registered"):
-        register("always")(lambda *a: always(*a))
+    register_check("always", always)
+    try:
+        assert evaluator_for("always") is always
+        assert "always" in registered_kinds()
+    finally:
+        unregister_check("always")
+    assert evaluator_for("always") is None
 
 
 def test_builtin_kinds_are_registered() -> None:
@@ -475,10 +480,9 @@ def test_recovers_caps_the_reported_steps() -> None:
 
 
 def test_slo_judges_only_the_named_shapes_and_skips_requests_cut_by_the_stop() -> None:
-    from llmdrill.checks.slo import evaluate_slo
+    from llmdrill.checks.slo import SloCheck, evaluate_slo
     from llmdrill.model.records import Evidence, RequestRecord
     from llmdrill.model.result import Window
-    from llmdrill.scenario.models import SloCheck
 
     short = [RequestRecord(start=1.0 + i, end=1.5 + i, ttft=0.05, shape="short",
                            output_tokens=8) for i in range(5)]

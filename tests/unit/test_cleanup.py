@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmdrill.faults.base import RevertAction, register_reverter
+from llmdrill.faults.base import RevertAction
 from llmdrill.harness.cleanup import cleanup_runs
 from llmdrill.harness.journal import Journal, active_runs, outstanding_in
+from tests.unit.fake_backends import register_reverter
 
 pytestmark = pytest.mark.unit
 

@@ -20,10 +20,11 @@ from pydantic import ValidationError
 from llmdrill.checks import evaluate_check
 from llmdrill.faults import docker_backend as db
 from llmdrill.faults.base import EnvironmentProblem, revert
+from llmdrill.faults.docker_backend import DockerFault
 from llmdrill.model.records import Evidence, PhaseWindow, RequestRecord
 from llmdrill.model.result import CheckResult
 from llmdrill.probes.docker_events import event_detail
-from llmdrill.scenario.models import Check, DockerFault, Fault, Scenario
+from llmdrill.scenario.models import Check, Fault, Scenario
 from llmdrill.stack.docker_stack import DockerStack, DockerStackConfig, busybox_rootfs
 
 pytestmark = pytest.mark.unit

@@ -10,12 +10,11 @@ import pytest
 
 from llmdrill.faults.cancel_storm import CancelStorm, judge_storm
 from llmdrill.faults.client import RUNNING, WAITING
-from llmdrill.faults.docker_backend import DockerInjector, judge_docker
+from llmdrill.faults.docker_backend import DockerFault, DockerInjector, judge_docker
 from llmdrill.faults.request_flood import RequestFlood, judge_flood
 from llmdrill.faults.toxiproxy import ToxiproxyFault, judge_toxic
+from llmdrill.faults.toxiproxy import ToxiproxySpec as ToxicSpec
 from llmdrill.model.records import Evidence, FaultEvent, MetricSample, RequestRecord
-from llmdrill.scenario.models import DockerFault
-from llmdrill.scenario.models import ToxiproxyFault as ToxicSpec
 
 pytestmark = pytest.mark.unit
 

@@ -16,13 +16,14 @@ import httpx
 import pytest
 
 from llmdrill.checks import evaluate_check
-from llmdrill.checks.health import poll_once, probe_engine_health
+from llmdrill.checks.health import EngineHealthyCheck, poll_once, probe_engine_health
 from llmdrill.checks.probes import probe_for
 from llmdrill.faults.registry import make_injector
 from llmdrill.faults.request_flood import (
     STOP_GRACE,
     ConnectionCutter,
     RequestFlood,
+    RequestFloodFault,
     classify_exception,
     read_capped,
     read_sse,
@@ -35,14 +36,8 @@ from llmdrill.model.context import RunContext
 from llmdrill.model.evidence import EvidenceStore
 from llmdrill.model.records import Evidence, MetricSample, PhaseWindow, RequestRecord
 from llmdrill.model.result import CheckResult
-from llmdrill.scenario.models import (
-    Check,
-    EngineHealthyCheck,
-    Fault,
-    RequestFloodFault,
-    Scenario,
-    Timeouts,
-)
+from llmdrill.scenario.fields import Timeouts
+from llmdrill.scenario.models import Check, Fault, Scenario
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from llmdrill.cli import app
 from llmdrill.harness.runner import helper_died, log_tail
 from llmdrill.scenario.errors import ScenarioError
+from llmdrill.scenario.fields import http_url
 from llmdrill.scenario.loader import load_scenario
-from llmdrill.scenario.models import MAX_USERS_PER_PROCESS, http_url
+from llmdrill.scenario.models import MAX_USERS_PER_PROCESS
 
 pytestmark = pytest.mark.unit
 

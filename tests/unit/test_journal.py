@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.faults.base import register_reverter
 from llmdrill.harness.journal import Journal, active_runs, outstanding_in, revert_outstanding
+from tests.unit.fake_backends import register_reverter
 
 pytestmark = pytest.mark.unit
 

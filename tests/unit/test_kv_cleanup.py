@@ -8,10 +8,16 @@ from typing import Any
 import pytest
 
 from llmdrill.checks import evaluate_check
-from llmdrill.checks.kv_cleanup import Point, counter_increase, first_clean, join
+from llmdrill.checks.kv_cleanup import (
+    KvCacheCleanupCheck,
+    Point,
+    counter_increase,
+    first_clean,
+    join,
+)
 from llmdrill.model.records import Evidence, MetricSample, PhaseWindow, RequestRecord
 from llmdrill.model.result import CheckResult
-from llmdrill.scenario.models import Check, KvCacheCleanupCheck
+from llmdrill.scenario.models import Check
 
 pytestmark = pytest.mark.unit
 

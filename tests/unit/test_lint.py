@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llmdrill.cli import app
+from llmdrill.scenario.fields import ErrorClass
 from llmdrill.scenario.lint import find_toothless_checks, format_warning, request_ceiling
 from llmdrill.scenario.loader import load_scenario, scenario_files
-from llmdrill.scenario.models import ErrorClass
 
 pytestmark = pytest.mark.unit
 

@@ -16,20 +16,20 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from llmdrill.cli import app
-from llmdrill.scenario import models
-from llmdrill.scenario.errors import ScenarioError
-from llmdrill.scenario.loader import load_scenario
-from llmdrill.scenario.models import (
+from llmdrill.faults.toxiproxy import (
     BandwidthToxic,
     DownToxic,
     LatencyToxic,
     LimitDataToxic,
     ResetPeerToxic,
-    Scenario,
     SlicerToxic,
     SlowCloseToxic,
     TimeoutToxic,
 )
+from llmdrill.scenario import models
+from llmdrill.scenario.errors import ScenarioError
+from llmdrill.scenario.loader import load_scenario
+from llmdrill.scenario.models import Scenario
 from llmdrill.scenario.units import parse_duration, parse_size
 from tests.conftest import count
 

@@ -16,9 +16,10 @@ from pydantic import ValidationError
 from llmdrill.checks import evaluate_check
 from llmdrill.faults import docker_backend as db
 from llmdrill.faults.base import revert
+from llmdrill.faults.docker_backend import DockerFault
 from llmdrill.model.records import Evidence, PhaseWindow
 from llmdrill.model.result import CheckResult
-from llmdrill.scenario.models import Check, DockerFault
+from llmdrill.scenario.models import Check
 
 pytestmark = pytest.mark.unit
 

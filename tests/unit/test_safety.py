@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.faults.base import EnvironmentProblem, register_reverter
+from llmdrill.faults.base import EnvironmentProblem
 from llmdrill.harness.journal import Journal
 from llmdrill.harness.live import LiveStats
 from llmdrill.harness.runner import check_safety
 from llmdrill.harness.watchdog import watch
 from llmdrill.scenario.models import Guardrail, Scenario
+from tests.unit.fake_backends import register_reverter
 
 pytestmark = pytest.mark.unit
 

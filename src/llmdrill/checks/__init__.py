@@ -1,28 +1,15 @@
 """Checks: verdicts over a run's evidence, one module per check kind.
 
-Importing this package registers the built-in kinds; `evaluate_check` is the entry point.
+Each module defines its spec and a `CheckKind` listed under the entry points
+`llmdrill.checks`; `evaluate_check` is what the runner calls.
 """
 
-from llmdrill.checks import (
-    alerts,
-    caps,
-    health,
-    hung,
-    kv_cleanup,
-    metric,
-    oom,
-    queue,
-    recovers,
-    recovery,
-    slo,
-)
 from llmdrill.checks.base import (
     BoundCheck,
     Evaluator,
     WindowCheck,
     evaluate_check,
     evaluator_for,
-    register,
     registered_kinds,
 )
 
@@ -30,19 +17,7 @@ __all__ = [
     "BoundCheck",
     "Evaluator",
     "WindowCheck",
-    "alerts",
-    "caps",
     "evaluate_check",
     "evaluator_for",
-    "health",
-    "hung",
-    "kv_cleanup",
-    "metric",
-    "oom",
-    "queue",
-    "recovers",
-    "recovery",
-    "register",
     "registered_kinds",
-    "slo",
 ]

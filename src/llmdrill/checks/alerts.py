@@ -15,18 +15,70 @@ from __future__ import annotations
 import difflib
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.model.events import EventKind
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, Window
-from llmdrill.scenario.models import (
-    AlertFiresCheck,
-    AlertResolvesCheck,
-    NoFalseAlarmsCheck,
-    Scenario,
+
+if TYPE_CHECKING:
+    from llmdrill.scenario.models import Scenario
+from llmdrill.plugin import CheckKind, Location, Problem
+from llmdrill.scenario import refs
+from llmdrill.scenario.fields import (
+    Name,
+    Strict,
 )
+from llmdrill.scenario.units import Duration
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class _AlertCheckBase(Strict):
+    """What the alert checks share: where the alert's state comes from."""
+
+    notification: bool = Field(
+        default=True,
+        description="Also require (alert_fires, alert_resolves) or forbid (no_false_alarms) "
+        "a notification at the harness's webhook receiver (`monitoring.webhook`): the whole "
+        "path from rule to notification, not only rule evaluation.",
+    )
+
+
+class AlertFiresCheck(_AlertCheckBase):
+    """Alert `alert` reaches firing in Prometheus within `within` of the fault, and (with
+    `notification`) its firing notification reaches the webhook receiver in that time."""
+
+    alert: str = Field(description="Alert name (the alertname label) of a loaded rule.")
+    within: Duration = Field(description="Deadline from the fault's apply (or phase start).")
+    fault: Name | None = Field(
+        default=None,
+        description="The fault whose apply starts the clock (default: the first fault "
+        "applied in the phase, else the phase start).",
+    )
+
+
+class AlertResolvesCheck(_AlertCheckBase):
+    """Alert `alert` is no longer firing in Prometheus within `within` after the fault was
+    reverted, and (with `notification`) its resolved notification arrives in that time."""
+
+    alert: str = Field(description="Alert name (the alertname label) of a loaded rule.")
+    within: Duration = Field(description="Deadline from the fault's revert (or phase start).")
+    fault: Name | None = Field(
+        default=None,
+        description="The fault whose revert starts the clock (default: the last fault "
+        "reverted by the start of the phase, else the phase start).",
+    )
+
+
+class NoFalseAlarmsCheck(_AlertCheckBase):
+    """None of the listed alerts fires (in Prometheus or as a notification) in the phase."""
+
+    alerts: list[str] = Field(min_length=1, description="Alert names that must stay quiet.")
+
 
 PROMETHEUS, ALERTMANAGER = "prometheus", "alertmanager"
 # The run's range query of Prometheus' ALERTS series for the watched alerts, kept as
@@ -38,10 +90,45 @@ def alert_names(scenario: Scenario) -> set[str]:
     """Every alert the scenario's enabled alert checks name."""
     names: set[str] = set()
     for check in scenario.alert_checks:
-        spec = check.alert_fires or check.alert_resolves
-        names.update([spec.alert] if spec else
-                     (check.no_false_alarms.alerts if check.no_false_alarms else []))
+        spec = check.spec
+        if isinstance(spec, AlertFiresCheck | AlertResolvesCheck):
+            names.add(spec.alert)
+        elif isinstance(spec, NoFalseAlarmsCheck):
+            names.update(spec.alerts)
     return names
+
+
+def alerts_queries(scenario: Scenario) -> dict[str, str]:
+    """Prometheus' own record of when each watched alert was pending and firing, at its
+    evaluation resolution, read after the run: the alert checks trust it over the polled
+    state, which a busy harness may read late."""
+    alerts = sorted(alert_names(scenario))
+    if not alerts:
+        return {}
+    pattern = "|".join(re.escape(a) for a in alerts)
+    # Only the labels the checks read: one series per alert and state, fewer rows.
+    return {ALERTS_QUERY:
+            f'max by (alertname, alertstate) (ALERTS{{alertname=~"{pattern}"}})'}
+
+
+def references(spec: Any, scenario: Scenario, location: Location) -> list[Problem]:
+    """An enabled alert check needs Prometheus, the webhook receiver when it checks the
+    notification, and a fault of that name if it names one. A disabled one (an opt-in
+    check left off) needs none of them."""
+    index = location[1]
+    if isinstance(index, int) and not scenario.checks[index].enabled:
+        return []
+    kind = str(location[-1])
+    problems: list[Problem] = []
+    if not scenario.prometheus:
+        problems.append((location, f"an {kind} check needs `prometheus: {{url: ...}}`"))
+    if spec.notification and not scenario.monitoring.webhook:
+        problems.append(
+            ((*location, "notification"),
+             "notification: true needs `monitoring: {webhook: {listen: 127.0.0.1:PORT}}` "
+             "(or notification: false to check rule evaluation only)"))
+    return problems + refs.unknown_fault(scenario, getattr(spec, "fault", None),
+                                         (*location, "fault"))
 
 
 def recorded_firing(evidence: Evidence, alert: str, start: float, end: float) -> float | None:
@@ -209,7 +296,6 @@ def _preconditions(name: str, kind: str, phase: str, alerts: list[str], evidence
     return None
 
 
-@register("alert_fires")
 def evaluate_alert_fires(name: str, phase: str, spec: AlertFiresCheck, evidence: Evidence,
                          window: Window) -> CheckResult:
     kind = "alert_fires"
@@ -275,7 +361,6 @@ def evaluate_alert_fires(name: str, phase: str, spec: AlertFiresCheck, evidence:
         f"(within {fmt(spec.within)}s)", window=window, observed=observed, expected=expected)
 
 
-@register("alert_resolves")
 def evaluate_alert_resolves(name: str, phase: str, spec: AlertResolvesCheck,
                             evidence: Evidence, window: Window) -> CheckResult:
     kind = "alert_resolves"
@@ -348,7 +433,6 @@ def evaluate_alert_resolves(name: str, phase: str, spec: AlertResolvesCheck,
         f"(within {fmt(spec.within)}s)", window=window, observed=observed, expected=expected)
 
 
-@register("no_false_alarms")
 def evaluate_no_false_alarms(name: str, phase: str, spec: NoFalseAlarmsCheck,
                              evidence: Evidence, window: Window) -> CheckResult:
     kind = "no_false_alarms"
@@ -390,3 +474,33 @@ def evaluate_no_false_alarms(name: str, phase: str, spec: NoFalseAlarmsCheck,
         f"none of {', '.join(spec.alerts)} fired over {fmt(window.end - window.start, 1)}s"
         + (" (no notifications either)" if spec.notification else ""),
         window=window, observed=observed, expected=expected)
+
+
+ALERT_FIRES = CheckKind(
+    references=references,
+    queries=alerts_queries,
+    spec=AlertFiresCheck,
+    evaluate=evaluate_alert_fires,
+    description="An alert fires in time and its notification arrives.",
+    probe=None,
+)
+
+
+ALERT_RESOLVES = CheckKind(
+    references=references,
+    queries=alerts_queries,
+    spec=AlertResolvesCheck,
+    evaluate=evaluate_alert_resolves,
+    description="An alert resolves in time after the revert, notified.",
+    probe=None,
+)
+
+
+NO_FALSE_ALARMS = CheckKind(
+    references=references,
+    queries=alerts_queries,
+    spec=NoFalseAlarmsCheck,
+    evaluate=evaluate_no_false_alarms,
+    description="None of the listed alerts fires in the phase.",
+    probe=None,
+)

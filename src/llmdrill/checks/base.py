@@ -1,10 +1,10 @@
-"""The check registry and the one entry point the runner calls: `evaluate_check`.
+"""What every check kind shares, and the one entry point the runner calls:
+`evaluate_check`.
 
-A check kind is a function `(name, phase, spec, evidence, window) -> CheckResult`
-registered under its kind name with `@register("kind")`. New kinds (e.g. from a
-later fault backend) only add a module with one decorated function; nothing here
-changes. Evaluators may raise: `evaluate_check` turns any exception into an "error"
-result, because one broken check must not take the whole run's verdict with it.
+A check kind is a `llmdrill.plugin.CheckKind` (spec, evaluator, optional probe) listed
+under the entry points `llmdrill.checks`; the built-in ones are in this package, one module
+each. Evaluators may raise: `evaluate_check` turns any exception into an "error" result,
+because one broken check must not take the whole run's verdict with it.
 """
 
 from __future__ import annotations
@@ -12,63 +12,29 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import Check
+from llmdrill.plugin import check_kinds
+
+if TYPE_CHECKING:
+    from llmdrill.scenario.models import Check
 
 # The spec is typed Any here so each evaluator can name its own spec model
-# (SloCheck, MetricCheck, ...) and still fit the one registry.
+# (SloCheck, MetricCheck, ...) and still fit the one contract.
 Evaluator = Callable[[str, str, Any, Evidence, Window], CheckResult]
-E = TypeVar("E", bound=Evaluator)
-
-_REGISTRY: dict[str, Evaluator] = {}
-
-
-def register(kind: str) -> Callable[[E], E]:
-    """Decorator: make `fn` the evaluator of check kind `kind`."""
-
-    def decorate(fn: E) -> E:
-        if kind in _REGISTRY and _REGISTRY[kind] is not fn:
-            raise ValueError(f"check kind '{kind}' is already registered")
-        _REGISTRY[kind] = fn
-        return fn
-
-    return decorate
-
-
-_PLUGINS_LOADED = False
-
-
-def load_check_plugins() -> None:
-    """Register the check kinds of installed plugins (entry points `llmdrill.checks`); the
-    built-in ones register themselves when `llmdrill.checks` is imported."""
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    from llmdrill.checks.probes import register_probe
-    from llmdrill.plugin import CHECKS_GROUP, CheckKind, load_plugin, plugin_entry_points
-
-    for ep in plugin_entry_points(CHECKS_GROUP, builtin=False):
-        loaded = load_plugin(ep)
-        if isinstance(loaded, CheckKind):
-            register(ep.name)(loaded.evaluate)
-            if loaded.probe is not None:
-                register_probe(ep.name)(loaded.probe)
 
 
 def evaluator_for(kind: str) -> Evaluator | None:
-    load_check_plugins()
-    return _REGISTRY.get(kind)
+    found = check_kinds().get(kind)
+    return found.evaluate if found is not None else None
 
 
 def registered_kinds() -> tuple[str, ...]:
-    load_check_plugins()
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(check_kinds()))
 
 
 class WindowCheck(Protocol):

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import Field
 
-from llmdrill.checks.base import fmt, make_result, register
-from llmdrill.checks.probes import register_probe
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.model.events import EventKind
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, Window
+from llmdrill.plugin import CheckKind
 from llmdrill.probes.caps_cases import (
+    CapCase,
+    ErrorSchema,
     ProbeRequest,
     build_request,
     cases_of,
@@ -40,10 +43,37 @@ from llmdrill.probes.caps_cases import (
     status_ok,
     status_text,
 )
-from llmdrill.scenario.models import CapCase, CapsEnforcedCheck
+from llmdrill.scenario.fields import (
+    Strict,
+)
+from llmdrill.scenario.units import Duration, PositiveInt
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
+
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+
+
+
+
+class CapsEnforcedCheck(Strict):
+    """Requests over the limits are refused with a helpful 4xx, never a 5xx or a hang, and
+    the server still serves afterwards. The probes run while the phase runs."""
+
+    context_length: PositiveInt = Field(description="The engine's max context, in tokens.")
+    max_output_tokens: PositiveInt | None = Field(
+        default=None, description="Output cap per request, if lower than context_length."
+    )
+    cases: list[CapCase] | None = Field(
+        default=None, description="Cases to probe; default every built-in kind."
+    )
+    error_schema: ErrorSchema = Field(default_factory=ErrorSchema)
+    deadline: Duration = Field(default=10.0, description="Each probe must answer within this.")
+    rounds: PositiveInt = Field(default=1, description="Times the cases run over the phase.")
+
 
 KIND = "caps_enforced"
 BODY_CAP = 64 * 1024  # an error answer is small; a hostile one must not fill memory
@@ -137,7 +167,6 @@ def _phase_duration(ctx: RunContext, check_name: str) -> float:
     return 0.0
 
 
-@register_probe(KIND)
 def probe_caps(ctx: RunContext, check_name: str, spec: CapsEnforcedCheck,
                stop: threading.Event) -> None:
     store = ctx.store
@@ -250,7 +279,6 @@ def _health_problem(health: list[dict[str, Any]]) -> str | None:
     return f"health: {len(failed)} of {len(health)} normal requests after a round failed ({seen})"
 
 
-@register(KIND)
 def evaluate_caps(name: str, phase: str, spec: CapsEnforcedCheck, evidence: Evidence,
                   window: Window) -> CheckResult:
     # Events are stamped at send time; the probe thread starts just before the phase
@@ -319,3 +347,11 @@ def evaluate_caps(name: str, phase: str, spec: CapsEnforcedCheck, evidence: Evid
                f"after them succeeded")
     return make_result(name, KIND, phase, "passed", summary, window=window,
                        observed=observed, expected=expected)
+
+
+CAPS_ENFORCED = CheckKind(
+    spec=CapsEnforcedCheck,
+    evaluate=evaluate_caps,
+    description="Over-limit requests get a helpful 4xx; server stays up.",
+    probe=probe_caps,
+)

@@ -19,17 +19,53 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import Field, field_validator
 
-from llmdrill.checks.base import fmt, make_result, register
-from llmdrill.checks.probes import register_probe
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.faults.request_flood import ConnectionCutter
 from llmdrill.model.events import EventKind
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import EngineHealthyCheck
+from llmdrill.plugin import CheckKind
+from llmdrill.scenario.fields import (
+    Strict,
+    http_url,
+)
+from llmdrill.scenario.units import Duration
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
+
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class EngineHealthyCheck(Strict):
+    """The engine answers its health endpoint all through the phase (polled)."""
+
+    url: str | None = Field(
+        default=None, description="Health URL; default <metrics_url host>/health."
+    )
+    interval: Duration = Field(default=1.0, description="Time between two polls.")
+    timeout: Duration = Field(
+        default=2.0, description="A poll without an answer this soon has failed."
+    )
+    max_failures: int = Field(
+        default=0, ge=0,
+        description="Failed polls (no 2xx within `timeout`) plus failed metric scrapes "
+        "allowed.",
+    )
+    min_polls: int = Field(
+        default=3, ge=1,
+        description="Fewer polls in the phase is inconclusive; polls must also cover the "
+        "whole phase (no gap longer than interval + timeout + 5.5s).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
+
 
 KIND = "engine_healthy"
 # Added to `timeout` for the hard deadline of one poll: the timeout bounds connect and
@@ -82,7 +118,6 @@ def poll_once(client: httpx.Client, url: str, timeout: float
     return ok, status, None if ok else f"status {status}"
 
 
-@register_probe(KIND)
 def probe_engine_health(ctx: RunContext, check_name: str, spec: EngineHealthyCheck,
                         stop: threading.Event) -> None:
     url = health_url(ctx, spec)
@@ -102,7 +137,6 @@ def probe_engine_health(ctx: RunContext, check_name: str, spec: EngineHealthyChe
             stop.wait(max(MIN_PAUSE, spec.interval - elapsed))
 
 
-@register(KIND)
 def evaluate_engine_healthy(
     name: str, phase: str, spec: EngineHealthyCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -169,3 +203,11 @@ def evaluate_engine_healthy(
                    f"{failures} failures (allowed {spec.max_failures})")
     return make_result(name, KIND, phase, status, summary, window=window, observed=observed,
                        expected=expected)
+
+
+ENGINE_HEALTHY = CheckKind(
+    spec=EngineHealthyCheck,
+    evaluate=evaluate_engine_healthy,
+    description="The engine's health endpoint answers all through.",
+    probe=probe_engine_health,
+)

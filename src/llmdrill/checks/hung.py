@@ -10,10 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, Window
-from llmdrill.scenario.models import NoHungRequestsCheck
+from llmdrill.plugin import CheckKind
+from llmdrill.scenario.fields import (
+    Strict,
+)
+from llmdrill.scenario.units import Duration
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class NoHungRequestsCheck(Strict):
+    deadline: Duration = Field(description="Every request finishes or fails within this.")
+    min_requests: int = Field(
+        default=1, ge=1,
+        description="Fewer requests started in the window is inconclusive (too little "
+        "evidence).",
+    )
+
 
 KIND = "no_hung_requests"
 WORST_SHOWN = 10
@@ -36,7 +54,6 @@ def _judge(record: RequestRecord, deadline: float, run_end: float | None) -> _Se
     return _Seen(record, duration, duration > deadline)
 
 
-@register(KIND)
 def evaluate_no_hung(
     name: str, phase: str, spec: NoHungRequestsCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -102,3 +119,11 @@ def evaluate_no_hung(
         observed=observed,
         expected=expected,
     )
+
+
+NO_HUNG_REQUESTS = CheckKind(
+    spec=NoHungRequestsCheck,
+    evaluate=evaluate_no_hung,
+    description="Every request finishes or fails in time.",
+    probe=None,
+)

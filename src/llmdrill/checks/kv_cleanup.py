@@ -49,14 +49,65 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.checks.metric import similar_names
 from llmdrill.model.events import EventKind
 from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import KvCacheCleanupCheck
+from llmdrill.plugin import CheckKind, Location, Problem
+from llmdrill.scenario import refs
+from llmdrill.scenario.fields import (
+    Strict,
+)
+from llmdrill.scenario.units import Duration, Fraction
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class KvCacheCleanupCheck(Strict):
+    """After each cancel-storm wave (or the phase start), the engine's running requests
+    and KV-cache usage return to their pre-storm baseline within `within`, and the engine
+    does not go on generating (or finish requests) for the clients that left."""
+
+    within: Duration = Field(default=2.0, description="Deadline for each wave's cleanup.")
+    running_tolerance: float = Field(
+        default=0.0, ge=0, description="Running requests allowed above the baseline."
+    )
+    kv_tolerance: Fraction = Field(
+        default=0.02, description="KV-cache usage (0-1) allowed above the baseline."
+    )
+    baseline_window: Duration = Field(
+        default=2.0,
+        description="Samples before each wave that make its baseline (the highest of them).",
+    )
+    after: Literal["waves", "phase_start"] = Field(
+        default="waves",
+        description="waves: every cancel-storm wave in the window; phase_start: once, from "
+        "the start of the phase (e.g. after a flood phase), baseline = `baseline_phase`.",
+    )
+    baseline_phase: str | None = Field(
+        default=None, description="With after: phase_start, the phase whose level is normal."
+    )
+    min_scrapes: int = Field(
+        default=3, ge=1,
+        description="Scrapes of the engine after each drop (until the next wave or the end "
+        "of the window) needed to judge it; a wave with fewer is inconclusive.",
+    )
+    drop_grace: Duration = Field(
+        default=0.2,
+        description="Time after a drop the engine may take to notice it: tokens generated "
+        "and requests finished later count as work for clients that left.",
+    )
+    tokens_after_drop: float = Field(
+        default=32, ge=0,
+        description="Tokens per dropped stream the engine may generate after the drop (and "
+        "`drop_grace`) beyond what the other traffic explains; more fails the wave.",
+    )
+
 
 KIND = "kv_cache_cleanup"
 RUNNING_SERIES = ("vllm:num_requests_running",)
@@ -658,7 +709,6 @@ def _find(present: set[str], names: Sequence[str]) -> str | None:
     return next((n for n in names if n in present), None)
 
 
-@register(KIND)
 def evaluate_kv_cleanup(
     name: str, phase: str, spec: KvCacheCleanupCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -762,3 +812,20 @@ def _traffic(evidence: Evidence, present: set[str]) -> Traffic:
     return Traffic(generated=found(GENERATED_SERIES), prompt=found(PROMPT_SERIES),
                    finished=finished, waiting=found(WAITING_SERIES),
                    requests=evidence.requests)
+
+
+def references(spec: KvCacheCleanupCheck, scenario: Any, location: Location) -> list[Problem]:
+    problems = refs.unknown_phase(scenario, spec.baseline_phase, (*location, "baseline_phase"))
+    if spec.after == "phase_start" and not spec.baseline_phase:
+        problems.append(((*location, "baseline_phase"),
+                         "after: phase_start needs a baseline_phase"))
+    return problems + refs.needs_metrics_url(scenario, KIND, location)
+
+
+KV_CACHE_CLEANUP = CheckKind(
+    references=references,
+    spec=KvCacheCleanupCheck,
+    evaluate=evaluate_kv_cleanup,
+    description="Running requests and KV cache back to baseline in time.",
+    probe=None,
+)

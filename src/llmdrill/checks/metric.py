@@ -11,11 +11,50 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Any, Literal
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field, model_validator
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import MetricCheck
+from llmdrill.plugin import CheckKind, Location, Problem
+from llmdrill.scenario.fields import (
+    Strict,
+)
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class MetricCheck(Strict):
+    """A condition on a scraped engine series within the window."""
+
+    series: list[str] = Field(
+        min_length=1, description="Metric names, first one the target exposes is used."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Only samples with these labels; matching series are summed per scrape.",
+    )
+    aggregate: Literal["max", "min", "mean", "last", "first", "increase"] = Field(
+        default="max",
+        description="How the window's samples become one value; increase reads a counter "
+        "across restarts.",
+    )
+    min: float | None = Field(default=None, description="Lowest allowed value (inclusive).")
+    max: float | None = Field(default=None, description="Highest allowed value (inclusive).")
+    min_samples: int = Field(
+        default=2, ge=1,
+        description="Fewer scrapes of the series in the window is inconclusive (increase "
+        "always needs 2).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MetricCheck:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
 
 KIND = "metric"
 SIMILAR_SHOWN = 10
@@ -53,7 +92,6 @@ def similar_names(tried: Sequence[str], present: set[str]) -> list[str]:
     return found[:SIMILAR_SHOWN]
 
 
-@register(KIND)
 def evaluate_metric(
     name: str, phase: str, spec: MetricCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -130,3 +168,30 @@ def _bounds(spec: MetricCheck) -> str:
     if spec.max is not None:
         parts.append(f"max {fmt(spec.max)}")
     return ", ".join(parts)
+
+
+def references(spec: MetricCheck, scenario: Any, location: Location) -> list[Problem]:
+    """A scraped series needs target.metrics_url; a `promql:<name>` one, a query of that
+    name in monitoring.queries."""
+    problems: list[Problem] = []
+    queries = scenario.monitoring.queries
+    for name in spec.series:
+        query = name.removeprefix("promql:")
+        if name.startswith("promql:") and query not in queries:
+            defined = ", ".join(sorted(queries)) or "none"
+            problems.append(((*location, "series"),
+                             f"'{name}' names no query in monitoring.queries "
+                             f"(defined: {defined})"))
+    if not scenario.target.metrics_url and not all(
+            name.startswith("promql:") for name in spec.series):
+        problems.append((location, "a metric check needs target.metrics_url"))
+    return problems
+
+
+METRIC = CheckKind(
+    references=references,
+    spec=MetricCheck,
+    evaluate=evaluate_metric,
+    description="A condition on a scraped engine metric.",
+    probe=None,
+)

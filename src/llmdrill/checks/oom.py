@@ -19,12 +19,42 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from llmdrill.checks.alerts import rfc3339
-from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.model.events import EventKind
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import OomObservedCheck
+from llmdrill.plugin import CheckKind
+from llmdrill.scenario.fields import (
+    Name,
+    Strict,
+)
+from llmdrill.scenario.units import Duration
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class OomObservedCheck(Strict):
+    """The kernel's OOM killer struck in the fault's containers: an `oom` event from the
+    Docker Engine, or State.OOMKilled, within the phase (and within `within` of the
+    fault). Reported with its time; no OOM fails the check and says what was seen."""
+
+    fault: Name | None = Field(
+        default=None,
+        description="The Docker fault whose containers are watched and whose apply starts "
+        "the clock (default: the first Docker fault applied in the phase).",
+    )
+    within: Duration | None = Field(
+        default=None, description="The first OOM must come this soon after the fault."
+    )
+    container_died: bool = Field(
+        default=False,
+        description="Also require the container to die (a `die` event) after the OOM, not "
+        "only a process in it.",
+    )
+
 
 EVENT = EventKind.DOCKER_EVENT
 STATE = EventKind.DOCKER_STATE
@@ -62,7 +92,6 @@ def container_events(evidence: Evidence, window: Window, fault: str | None
     return sorted(found, key=lambda e: e[0])
 
 
-@register("oom_observed")
 def evaluate_oom_observed(name: str, phase: str, spec: OomObservedCheck,
                           evidence: Evidence, window: Window) -> CheckResult:
     kind = "oom_observed"
@@ -167,3 +196,11 @@ def evaluate_oom_observed(name: str, phase: str, spec: OomObservedCheck,
     if problems:
         return result("failed", "; ".join(problems) + " (" + "; ".join(parts) + ")")
     return result("passed", "; ".join(parts))
+
+
+OOM_OBSERVED = CheckKind(
+    spec=OomObservedCheck,
+    evaluate=evaluate_oom_observed,
+    description="The OOM killer struck in the fault's containers, timed.",
+    probe=None,
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from llmdrill.model.events import EventKind
 
@@ -18,25 +18,13 @@ if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
 
 Probe = Callable[["RunContext", str, Any, threading.Event], None]
-P = TypeVar("P", bound=Probe)
-
-_PROBES: dict[str, Probe] = {}
-
-
-def register_probe(kind: str) -> Callable[[P], P]:
-    def decorator(func: P) -> P:
-        _PROBES[kind] = func
-        return func
-
-    return decorator
 
 
 def probe_for(kind: str) -> Probe | None:
-    import llmdrill.checks  # noqa: F401  (registers the built-in kinds)
-    from llmdrill.checks.base import load_check_plugins
+    from llmdrill.plugin import check_kinds
 
-    load_check_plugins()
-    return _PROBES.get(kind)
+    found = check_kinds().get(kind)
+    return found.probe if found is not None else None
 
 
 class RunningProbe:

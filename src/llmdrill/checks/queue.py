@@ -13,16 +13,47 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.checks.metric import similar_names
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import QueueBoundedCheck
+from llmdrill.plugin import CheckKind, Location, Problem
+from llmdrill.scenario import refs
+from llmdrill.scenario.fields import (
+    Strict,
+)
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class QueueBoundedCheck(Strict):
+    """The engine's waiting queue stays within a bound, or excess requests are refused
+    with 429/503 (and Retry-After where declared) instead of waiting without bound."""
+
+    max_waiting: float = Field(ge=0, description="Bound on the engine's waiting requests.")
+    series: list[str] = Field(
+        default_factory=lambda: ["vllm:num_requests_waiting"], min_length=1,
+        description="Waiting-queue metric names, first one the target exposes is used; "
+        "none exposed fails the check.",
+    )
+    refusal_statuses: list[int] = Field(
+        default_factory=lambda: [429, 503],
+        description="Statuses that count as a request refused under load.",
+    )
+    require_retry_after: bool = Field(
+        default=False, description="Refusals must carry a Retry-After header."
+    )
+    min_samples: int = Field(
+        default=3, ge=1,
+        description="Fewer scrapes of the waiting series in the window is inconclusive.",
+    )
+
 
 KIND = "queue_bounded"
 
 
-@register(KIND)
 def evaluate_queue_bounded(
     name: str, phase: str, spec: QueueBoundedCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -86,3 +117,16 @@ def evaluate_queue_bounded(
     status: CheckStatus = "failed" if over or missing_ra else "passed"
     return make_result(name, KIND, phase, status, text, window=window, observed=observed,
                        expected=expected)
+
+
+def references(spec: QueueBoundedCheck, scenario: Any, location: Location) -> list[Problem]:
+    return refs.needs_metrics_url(scenario, KIND, location)
+
+
+QUEUE_BOUNDED = CheckKind(
+    references=references,
+    spec=QueueBoundedCheck,
+    evaluate=evaluate_queue_bounded,
+    description="The waiting queue stays bounded or excess is refused.",
+    probe=None,
+)

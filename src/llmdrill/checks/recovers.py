@@ -20,12 +20,53 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import accumulate
+from typing import Any, Literal
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.checks.stats import percentile
 from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import RecoversCheck
+from llmdrill.plugin import CheckKind, Location, Problem
+from llmdrill.scenario import refs
+from llmdrill.scenario.fields import (
+    Strict,
+)
+from llmdrill.scenario.units import Duration, Fraction
+
+RecoverMeasure = Literal["ttft_p50", "ttft_p95", "error_rate", "tokens_per_s"]
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class RecoversCheck(Strict):
+    """A measure comes back within tolerance of its baseline soon after the phase starts."""
+
+    measure: RecoverMeasure = Field(description="What has to come back.")
+    baseline_phase: str = Field(description="Healthy phase whose value is the baseline.")
+    within: Duration = Field(description="Recovery must come this soon after the phase starts.")
+    tolerance: Fraction = Field(
+        default=0.2, description="Allowed distance from the baseline, as a share of it."
+    )
+    slack: float = Field(
+        default=0.0,
+        ge=0,
+        description="Absolute allowance added to the tolerance band, in the measure's unit "
+        "(seconds for TTFT).",
+    )
+    window: Duration = Field(default=5.0, description="Sliding window the measure is taken over.")
+    max_error_rate: Fraction = Field(
+        default=0.05,
+        description="A window counts as recovered only if at most this share of the "
+        "requests started in it failed (fast errors are not a recovery).",
+    )
+    min_requests: int = Field(
+        default=3, ge=1,
+        description="Requests that must have started (and ended) in a window for it to "
+        "count; no window with this many is inconclusive.",
+    )
+
 
 KIND = "recovers"
 STEP_S = 0.5
@@ -112,7 +153,6 @@ def _thin(points: list[list[float | None]]) -> list[list[float | None]]:
     return points[:: math.ceil(len(points) / MAX_POINTS)]
 
 
-@register(KIND)
 def evaluate_recovers(
     name: str, phase: str, spec: RecoversCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -206,3 +246,16 @@ def evaluate_recovers(
     return make_result(
         name, KIND, phase, status, summary, window=window, observed=observed, expected=expected
     )
+
+
+def references(spec: RecoversCheck, scenario: Any, location: Location) -> list[Problem]:
+    return refs.unknown_phase(scenario, spec.baseline_phase, (*location, "baseline_phase"))
+
+
+RECOVERS = CheckKind(
+    references=references,
+    spec=RecoversCheck,
+    evaluate=evaluate_recovers,
+    description="A measure comes back to its baseline in time.",
+    probe=None,
+)

@@ -39,20 +39,129 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import Field, field_validator
 
-from llmdrill.checks.base import fmt, make_result, register
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.checks.health import poll_once
-from llmdrill.checks.probes import register_probe
 from llmdrill.checks.recovers import measure_started
 from llmdrill.faults.request_flood import ConnectionCutter
 from llmdrill.load.sse import StreamTally
 from llmdrill.model.events import EventKind
 from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.scenario.models import StreamRecoveryCheck, WarmUpCheck
+from llmdrill.plugin import CheckKind, Location, Problem
+from llmdrill.scenario import refs
+from llmdrill.scenario.fields import (
+    CUT_CLASSES,
+    ErrorClass,
+    Name,
+    Strict,
+    http_url,
+)
+from llmdrill.scenario.units import Duration, Fraction
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
+
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class _AfterNodeFault(Strict):
+    """What the node-restart checks share: the fault that marks the kill, and the health
+    polls (their own probe, over the phase) that show the engine down and back."""
+
+    fault: Name | None = Field(
+        default=None,
+        description="The fault whose start is the moment of the kill (default: the first "
+        "fault applied in the phase).",
+    )
+    health_url: str | None = Field(
+        default=None, description="Health URL polled; default <metrics_url host>/health."
+    )
+    poll_interval: Duration = Field(default=0.5, description="Time between two polls.")
+    poll_timeout: Duration = Field(
+        default=2.0, description="A poll without a 2xx this soon counts as down."
+    )
+    down_polls: int = Field(
+        default=3, ge=1,
+        description="Consecutive failed health polls that show the engine down when there "
+        "is no `die` event of its container; fewer is a blip, not an outage.",
+    )
+
+    @field_validator("health_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
+
+
+class StreamRecoveryCheck(_AfterNodeFault):
+    """The engine was killed or restarted under load: every request in flight ends with a
+    clear, classified error within `deadline` (no hang), requests sent while the engine
+    was down (a client can retry them) succeed once it is back, and it comes back at all."""
+
+    deadline: Duration = Field(
+        default=10.0,
+        description="A request caught by the kill that fails must have ended this soon "
+        "after the kill.",
+    )
+    allowed_error_classes: list[ErrorClass] = Field(
+        default_factory=lambda: list(CUT_CLASSES),
+        description="Classes a request cut by the fault may end with; others (timeout: the "
+        "client had to give up on a silent stream) fail the check.",
+    )
+    min_in_flight: int = Field(
+        default=1, ge=0,
+        description="Fewer requests in flight at the fault is inconclusive (no evidence).",
+    )
+    min_cut: int = Field(
+        default=1, ge=1,
+        description="Requests in flight that the kill must actually have cut (ended with an "
+        "error); requests that completed normally show nothing about recovery. Fewer is "
+        "inconclusive.",
+    )
+    retry_success: Fraction = Field(
+        default=1.0,
+        description="Share of the requests sent while the engine was down (the ones a client "
+        "can retry) that must end in success.",
+    )
+    min_retryable: int = Field(
+        default=1, ge=0, description="Fewer retryable requests is inconclusive (no evidence)."
+    )
+    back_within: Duration = Field(
+        default=300.0, description="The engine must answer its health URL again this soon."
+    )
+    after_error_rate: Fraction = Field(
+        default=0.0,
+        description="Highest share of failed requests among those sent once it is back.",
+    )
+
+
+class WarmUpCheck(_AfterNodeFault):
+    """How long the engine takes to come back after a kill: to healthy, to the first
+    token, and until client TTFT p95 is back within tolerance of the baseline."""
+
+    baseline_phase: str = Field(description="Healthy phase whose TTFT p95 is the baseline.")
+    healthy_within: Duration = Field(description="Bound on the time from the kill to healthy.")
+    first_token_within: Duration = Field(
+        description="Bound on the time from the kill to the first token of a probe request."
+    )
+    ttft_within: Duration = Field(
+        description="Bound on the time from the kill until TTFT p95 is back in the band."
+    )
+    tolerance: Fraction = Field(
+        default=0.5, description="Allowed distance of TTFT p95 from baseline, as a share."
+    )
+    slack: float = Field(
+        default=0.0, ge=0, description="Seconds added to the band (for tiny baselines)."
+    )
+    window: Duration = Field(
+        default=5.0, description="Sliding window TTFT p95 is taken over (0.5s steps)."
+    )
+    probe_timeout: Duration = Field(
+        default=10.0, description="Deadline of one token probe (a 1-token completion)."
+    )
+
 
 POLL_EVENT = EventKind.RECOVERY_POLL
 TOKEN_EVENT = EventKind.TOKEN_PROBE
@@ -146,8 +255,6 @@ def probe_node_recovery(ctx: RunContext, check_name: str,
             stop.wait(max(MIN_PAUSE, spec.poll_interval - (time.time() - began)))
 
 
-register_probe("stream_recovery")(probe_node_recovery)
-register_probe("warm_up")(probe_node_recovery)
 
 
 # --- pure evaluation helpers ------------------------------------------------------------
@@ -359,7 +466,6 @@ def _common(name: str, kind: str, phase: str, spec: StreamRecoveryCheck | WarmUp
 # --- stream_recovery ------------------------------------------------------------------------
 
 
-@register("stream_recovery")
 def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
                              evidence: Evidence, window: Window) -> CheckResult:
     kind = "stream_recovery"
@@ -477,7 +583,6 @@ def _baseline_ttft(evidence: Evidence, phase_name: str) -> float | str:
     return value
 
 
-@register("warm_up")
 def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidence,
                      window: Window) -> CheckResult:
     kind = "warm_up"
@@ -555,3 +660,31 @@ def evaluate_warm_up(name: str, phase: str, spec: WarmUpCheck, evidence: Evidenc
         summary = "from the kill: " + "; ".join(parts)
     return make_result(name, kind, phase, status, summary, window=window, observed=observed,
                        expected=expected)
+
+
+def stream_recovery_references(spec: StreamRecoveryCheck, scenario: Any, location: Location
+                               ) -> list[Problem]:
+    return refs.unknown_fault(scenario, spec.fault, (*location, "fault"))
+
+
+def warm_up_references(spec: WarmUpCheck, scenario: Any, location: Location) -> list[Problem]:
+    return (refs.unknown_phase(scenario, spec.baseline_phase, (*location, "baseline_phase"))
+            + refs.unknown_fault(scenario, spec.fault, (*location, "fault")))
+
+
+STREAM_RECOVERY = CheckKind(
+    references=stream_recovery_references,
+    spec=StreamRecoveryCheck,
+    evaluate=evaluate_stream_recovery,
+    description="Streams cut cleanly by a kill; retrying clients get back.",
+    probe=probe_node_recovery,
+)
+
+
+WARM_UP = CheckKind(
+    references=warm_up_references,
+    spec=WarmUpCheck,
+    evaluate=evaluate_warm_up,
+    description="Kill to healthy, to first token, to TTFT back: bounded.",
+    probe=probe_node_recovery,
+)

@@ -5,11 +5,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llmdrill.checks.base import fmt, make_result, register
+from pydantic import Field
+
+from llmdrill.checks.base import fmt, make_result
 from llmdrill.checks.stats import request_stats
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, RequestStats, Window
-from llmdrill.scenario.models import Bound, DurationBound, FractionBound, SloCheck
+from llmdrill.plugin import CheckKind
+from llmdrill.scenario.fields import (
+    Bound,
+    DurationBound,
+    ErrorClass,
+    FractionBound,
+    Strict,
+)
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class SloCheck(Strict):
+    """Client-side service levels over the requests that started in the window."""
+
+    shapes: list[str] | None = Field(
+        default=None,
+        description="Only requests of these shape names (load.requests[].name, or a "
+        "request_flood's name); default all.",
+    )
+    ttft_p50: DurationBound | None = Field(
+        default=None, description="Median time to first token of successful requests."
+    )
+    ttft_p95: DurationBound | None = Field(
+        default=None, description="95th percentile time to first token of successful requests."
+    )
+    ttft_p99: DurationBound | None = Field(
+        default=None, description="99th percentile time to first token of successful requests."
+    )
+    tokens_per_s: Bound | None = Field(default=None, description="Output tokens/s, all requests.")
+    request_tokens_per_s_p50: Bound | None = Field(
+        default=None,
+        description="Median decode speed of one request: output tokens/s after its first token.",
+    )
+    error_rate: FractionBound | None = Field(
+        default=None, description="Share of requests that failed."
+    )
+    error_rate_by_class: dict[ErrorClass, FractionBound] = Field(
+        default_factory=dict, description="Share of requests that failed with a given class."
+    )
+    allowed_error_classes: list[ErrorClass] | None = Field(
+        default=None, description="Any failed request of another class fails the check."
+    )
+    min_requests: int = Field(
+        default=1, ge=0,
+        description="Fewer requests started in the window is inconclusive (too little "
+        "evidence); 0 still needs one request.",
+    )
+
 
 KIND = "slo"
 
@@ -99,7 +149,6 @@ def _fraction(label: str, key: str, value: float | None, bound: FractionBound) -
     return _Measured(label, key, value, bound.min, bound.max, no_data="no requests (no evidence)")
 
 
-@register(KIND)
 def evaluate_slo(
     name: str, phase: str, spec: SloCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
@@ -163,3 +212,11 @@ def evaluate_slo(
         expected=expected,
         evidence={"stats": stats.model_dump()},
     )
+
+
+SLO = CheckKind(
+    spec=SloCheck,
+    evaluate=evaluate_slo,
+    description="Client-side service levels: TTFT, throughput, errors.",
+    probe=None,
+)

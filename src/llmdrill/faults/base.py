@@ -9,7 +9,7 @@ is what lets `llmdrill cleanup` undo a fault after the harness was killed with -
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,10 +19,9 @@ if TYPE_CHECKING:
     from llmdrill.model.records import Evidence, RequestRecord
     from llmdrill.model.verdict import FaultEffect
 
-RevertAction = dict[str, Any]
-"""Must carry "backend": the key of the function that reverts it."""
-
-_REVERTERS: dict[str, Callable[[RevertAction], None]] = {}
+RevertAction = Mapping[str, Any]
+"""What undoes one change, as JSON for the journal. It carries "backend": the YAML key of
+the backend whose `revert` takes it. Each built-in backend types its own (a TypedDict)."""
 
 
 class EnvironmentProblem(LlmdrillError):
@@ -57,29 +56,12 @@ class Injector(Protocol):
 
 
 
-def register_reverter(backend: str) -> Callable[[Callable[[RevertAction], None]], Callable[
-    [RevertAction], None]]:
-    def decorator(func: Callable[[RevertAction], None]) -> Callable[[RevertAction], None]:
-        _REVERTERS[backend] = func
-        return func
-
-    return decorator
-
-
 def revert(action: RevertAction) -> None:
-    """Undo one action. Idempotent: reverting what is already gone is not an error."""
-    _load_backends()
-    backend = action.get("backend")
-    func = _REVERTERS.get(str(backend))
-    if func is None:
-        raise ValueError(f"no reverter for backend '{backend}'")
-    func(action)
+    """Undo one action through its backend. Idempotent: reverting what is already gone is
+    not an error."""
+    from llmdrill.faults.registry import backend_of
 
-
-def _load_backends() -> None:
-    from llmdrill.faults.registry import load_backends
-
-    load_backends()
+    backend_of(str(action.get("backend"))).revert(dict(action))
 
 
 # --- evidence that a fault landed (shared by the backends' `effect`) ------------------------

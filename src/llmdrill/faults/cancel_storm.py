@@ -35,18 +35,97 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from pydantic import Field, field_validator, model_validator
+
 from llmdrill.faults.base import EnvironmentProblem
-from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise
-from llmdrill.faults.registry import register_injector
+from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise, revert_client
 from llmdrill.load.sse import StreamTally, error_type_of_body
 from llmdrill.model.events import EventKind
 from llmdrill.model.verdict import FaultEffect
-from llmdrill.scenario.models import CancelStormFault
-from llmdrill.scenario.units import format_duration
+from llmdrill.plugin import FaultBackend
+from llmdrill.scenario.fields import (
+    APIS,
+    Api,
+    Strict,
+    http_url,
+)
+from llmdrill.scenario.units import Duration, PositiveInt, format_duration
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
     from llmdrill.model.records import Evidence
+
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class AbortAfter(Strict):
+    """When a cancel-storm client drops its stream: after some chunks, or after a delay."""
+
+    chunks: int | None = Field(
+        default=None, ge=0,
+        description="Drop after this many SSE data events that carry a token; 0 drops as "
+        "soon as the response headers arrive, before any token (during prefill).",
+    )
+    delay: Duration | None = Field(default=None, description="Drop this long after sending.")
+
+    @model_validator(mode="after")
+    def _one(self) -> AbortAfter:
+        if (self.chunks is None) == (self.delay is None):
+            raise ValueError("give exactly one of chunks or delay")
+        return self
+
+
+class CancelStormFault(Strict):
+    """Client-side: waves of streaming requests that are abandoned mid-flight."""
+
+    streams: PositiveInt = Field(default=30, description="Concurrent streams per wave.")
+    apis: list[Api] = Field(
+        default_factory=lambda: list(APIS), min_length=1,
+        description="APIs the streams use, in turn.",
+    )
+    prompt_tokens: PositiveInt = Field(default=64, description="Prompt length, in tokens.")
+    max_tokens: PositiveInt = Field(
+        default=256,
+        description="Output tokens asked for (with ignore_eos): what an engine that misses "
+        "the disconnect keeps generating for nobody.",
+    )
+    n: PositiveInt = Field(
+        default=1,
+        description="Completions per request (the API's `n`): each is work an engine that "
+        "misses the disconnect keeps doing for nobody.",
+    )
+    abort_after: AbortAfter = Field(
+        default_factory=lambda: AbortAfter(chunks=3),
+        description="When each stream is dropped: after `chunks` token events or a `delay`.",
+    )
+    close: Literal["graceful", "reset", "stop_reading"] = Field(
+        default="reset",
+        description="graceful: FIN, then read on until the server closes too (at most "
+        "`hold`); reset: TCP RST; stop_reading: stop reading and hold the connection open "
+        "for `hold`, then reset it.",
+    )
+    hold: Duration = Field(
+        default=5.0,
+        description="How long stop_reading holds a connection, and the longest a graceful "
+        "close waits for the server's side to close.",
+    )
+    waves: PositiveInt = Field(default=1, description="How many waves the storm sends.")
+    interval: Duration = Field(default=5.0, description="Time between the starts of waves.")
+    start_after: Duration = Field(
+        default=0.0,
+        description="Delay from the fault's apply to its first wave; lets two storms in one "
+        "phase take turns.",
+    )
+    base_url: str | None = Field(
+        default=None, description="Where the storm goes (default: target.base_url)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
+
 
 BACKEND = "cancel_storm"
 SHAPE = "cancel_storm"  # the request shape of storm samples, kept apart from the load's
@@ -658,6 +737,8 @@ def wave_line(fault: str, detail: dict[str, Any], waves: int) -> str:
 
 
 class CancelStorm(ClientActivity):
+    backend = BACKEND
+
     def __init__(self, ctx: RunContext, fault_name: str, spec: CancelStormFault) -> None:
         super().__init__(fault_name)
         self.ctx = ctx
@@ -857,6 +938,22 @@ def _engine_took_in(evidence: Evidence, queue: list[tuple[float, float]], start:
     return None
 
 
-@register_injector(BACKEND)
 def make_cancel_storm(ctx: RunContext, name: str, spec: CancelStormFault) -> CancelStorm:
     return CancelStorm(ctx, name, spec)
+
+
+def wave_markers(evidence: Evidence, t0: float) -> list[tuple[float, str]]:
+    """Each wave's drop, drawn on the report's charts."""
+    return [(round(float(d.get("dropped_at", ts)) - t0, 3),
+             f"{d.get('fault', 'storm')} wave {int(d.get('wave', 0)) + 1}")
+            for ts, d in evidence.events_of(EVENT)]
+
+
+CANCEL_STORM = FaultBackend(
+    spec=CancelStormFault,
+    injector=make_cancel_storm,
+    revert=revert_client,
+    description="Waves of client streams abandoned mid-flight.",
+    markers=wave_markers,
+    blast_radius=lambda spec: int(spec.streams),
+)

@@ -6,14 +6,22 @@ with the harness), which is what the reverter records."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypedDict
 
-from llmdrill.faults.base import RevertAction, register_reverter
+from llmdrill.faults.base import RevertAction
 
 if TYPE_CHECKING:
     from llmdrill.model.records import Evidence
 
-BACKEND = "client"
+
+
+class ClientRevert(TypedDict):
+    """The journal's record of a client-side fault: nothing to undo outside the harness."""
+
+    backend: str  # the fault's YAML key (cancel_storm, request_flood)
+    op: Literal["stop"]
+    fault: str
+
 # The engine's queue: requests running plus waiting. A client-side fault that reaches the
 # engine makes it rise.
 RUNNING = "vllm:num_requests_running"
@@ -23,7 +31,7 @@ WAITING = "vllm:num_requests_waiting"
 class ClientActivity:
     """Base for client-side faults: `run(stop)` in a thread from apply() until stop()."""
 
-    backend = BACKEND
+    backend: str  # the fault's YAML key, set by each subclass
 
     def __init__(self, fault_name: str) -> None:
         self.fault_name = fault_name
@@ -38,7 +46,7 @@ class ClientActivity:
         return [self.describe()]
 
     def prepare(self) -> RevertAction:
-        return {"backend": BACKEND, "op": "stop", "fault": self.fault_name}
+        return ClientRevert(backend=self.backend, op="stop", fault=self.fault_name)
 
     def apply(self) -> None:
         # A fault listed again in a later phase is applied again: start from a clear stop.
@@ -82,7 +90,6 @@ def queue_rise(queue: list[tuple[float, float]], start: float, end: float
     return (before[-1] if before else 0.0), max(inside)
 
 
-@register_reverter(BACKEND)
 def revert_client(action: RevertAction) -> None:
     """A client-side fault lives in the harness process: if the journal still lists it,
     that process is gone and so is the fault."""

@@ -23,29 +23,141 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Required, TypedDict
+
+from pydantic import Field, model_validator
 
 from llmdrill.faults.base import (
     EnvironmentProblem,
-    RevertAction,
     baseline_before,
     cut_or_retried,
     fault_window,
-    register_reverter,
     share_text,
 )
-from llmdrill.faults.registry import register_injector
 from llmdrill.model.events import EventKind
 from llmdrill.model.verdict import FaultEffect
+from llmdrill.plugin import FaultBackend
 from llmdrill.probes.docker_events import KIND as EVENT_KIND
 from llmdrill.probes.docker_events import DockerEventRecorder
-from llmdrill.scenario.models import DockerFault, DockerTarget
+from llmdrill.scenario.fields import (
+    Strict,
+)
+from llmdrill.scenario.units import Duration, PositiveInt, Size
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
     from llmdrill.model.records import Evidence, RequestRecord
 
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class DockerTarget(Strict):
+    """Which containers a Docker fault acts on: one by name, or every one with labels."""
+
+    name: str | None = Field(default=None, description="Container name (or id).")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels a container must all carry to be targeted; every match is.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> DockerTarget:
+        if (self.name is None) == (not self.labels):
+            raise ValueError("give exactly one of name or labels")
+        return self
+
+
+DockerAction = Literal["restart", "kill", "stop", "pause", "memory", "cpu", "hog"]
+
+
+class DockerFault(Strict):
+    """A change to containers through the Docker Engine API, journaled before it is made
+    and reverted after: unpause, start what was stopped or killed, restore limits, end
+    the hog."""
+
+    action: DockerAction = Field(
+        description="restart, kill (a signal), stop, pause, memory (squeeze the limit), "
+        "cpu (a CPU quota) or hog (a memory hog run inside the container).",
+    )
+    target: DockerTarget = Field(description="The container(s): by name or by labels.")
+    docker_host: str | None = Field(
+        default=None,
+        description="Docker Engine address (default: $DOCKER_HOST, else the local socket).",
+    )
+    signal: str = Field(default="SIGKILL", description="kill: the signal sent.")
+    via: Literal["process", "engine"] = Field(
+        default="process",
+        description="kill: `process` signals the container's main process from the host, "
+        "like a crash (its restart policy applies; needs a local engine); `engine` asks "
+        "Docker (`docker kill`), which Docker treats as a deliberate stop: no restart.",
+    )
+    grace: Duration = Field(
+        default=10.0, description="stop and restart: wait after SIGTERM before SIGKILL."
+    )
+    memory: Size | None = Field(
+        default=None,
+        description="memory: the squeezed limit; hog: how much memory the hog fills.",
+    )
+    cpus: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="cpu: the CPU quota, in CPUs (0.5: half a core)."
+    )
+    restore: Literal["exact", "host_memory"] = Field(
+        default="exact",
+        description="memory: Docker cannot remove a memory limit once set. `exact` refuses "
+        "to squeeze a container without one; `host_memory` restores it to the host's "
+        "total memory (no limit in practice, but `docker inspect` shows the number).",
+    )
+    hog_command: list[str] | None = Field(
+        default=None,
+        description="hog: the command run inside the container; {size} is replaced by the "
+        "byte count (default: python3 filling `memory` bytes, then sleeping).",
+    )
+    max_containers: PositiveInt = Field(
+        default=1,
+        description="Blast radius: the fault is refused if more containers match.",
+    )
+    timeout: Duration = Field(
+        default=30.0, description="Deadline of each Docker API call (stop/restart: + grace)."
+    )
+    oom_score_adj: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None,
+        description="memory, hog: before the change, raise the oom_score_adj of the "
+        "container's processes to this (1-1000, through `docker exec ... sh`), so the "
+        "kernel's OOM killer picks the engine rather than the hog; the old values are "
+        "journaled and written back at revert (unless the container restarted meanwhile).",
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> DockerFault:
+        if self.action in ("memory", "hog") and self.memory is None:
+            raise ValueError(f"action {self.action} needs memory (e.g. '512MiB')")
+        if self.action == "cpu" and self.cpus is None:
+            raise ValueError("action cpu needs cpus (e.g. 0.5)")
+        if self.action == "memory" and self.memory is not None and self.memory < 6 * 1024**2:
+            raise ValueError("Docker refuses a memory limit under 6MiB")
+        if self.oom_score_adj is not None and self.action not in ("memory", "hog"):
+            raise ValueError("oom_score_adj goes with action memory or hog")
+        return self
+
+
 BACKEND = "docker"
+
+
+class DockerRevert(TypedDict, total=False):
+    """The journal's way back from a Docker fault, for every container it touched."""
+
+    backend: Required[str]
+    op: Required[Literal["unpause", "start", "update", "kill_hog"]]
+    host: Required[str]  # the Docker Engine
+    containers: Required[list[str]]  # ids
+    names: dict[str, str]  # id -> name, for messages
+    limits: dict[str, dict[str, Any]]  # update: id -> the limits to write back
+    command: list[str]  # kill_hog: the hog's command line, to find it
+    start: bool  # kill_hog: start the container if the OOM killer stopped it
+    oom_score_adj: int  # the score the fault raised processes to
+    scores: dict[str, dict[str, Any]]  # id -> {started_at, pids: {pid: the score before}}
+
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 REVERT_TIMEOUT = 30.0
 CPU_PERIOD_US = 100_000  # the kernel's default CFS period
@@ -204,14 +316,14 @@ def restore_args(pids: dict[str, int], raised: int) -> list[str]:
 
 def revert_action(spec: DockerFault, host: str, containers: list[dict[str, Any]],
                   marker: str, host_memory: int,
-                  scores: dict[str, dict[str, int]] | None = None) -> RevertAction:
+                  scores: dict[str, dict[str, int]] | None = None) -> DockerRevert:
     """The journal's way back for `spec` applied to `containers` (their inspect data);
     `scores`: each container's processes' oom_score_adj before the change."""
     ids = [str(c["Id"]) for c in containers]
-    action: RevertAction = {
-        "backend": BACKEND, "host": host, "containers": ids,
-        "names": {str(c["Id"]): str(c.get("Name", "")).lstrip("/") for c in containers},
-    }
+    action = DockerRevert(
+        backend=BACKEND, op="start", host=host, containers=ids,
+        names={str(c["Id"]): str(c.get("Name", "")).lstrip("/") for c in containers},
+    )
     if spec.action == "pause":
         action["op"] = "unpause"
     elif spec.action in ("stop", "kill", "restart"):
@@ -351,7 +463,7 @@ class DockerInjector:
                 self._plan(containers, client)  # refuses what could not be restored
         return lines
 
-    def _plan(self, containers: list[Any], client: Any) -> RevertAction:
+    def _plan(self, containers: list[Any], client: Any) -> DockerRevert:
         host_memory = 0
         if self.spec.action == "memory":
             host_memory = int(client.info().get("MemTotal") or 0)
@@ -371,7 +483,7 @@ class DockerInjector:
                 f"'{container.name}' (exec sh exited {code}); is there a shell in it?")
         return scores
 
-    def prepare(self) -> RevertAction:
+    def prepare(self) -> DockerRevert:
         # Resolved again: what preflight saw may have changed since.
         with connect(self.host, self.spec.timeout) as client:
             containers = self._resolve(client)
@@ -654,7 +766,6 @@ def _cut_text(evidence: Evidence, window: Any) -> str:
     return f"; {share_text(len(cut), len(inside))} in flight meanwhile failed or were retried"
 
 
-@register_injector(BACKEND)
 def make_docker_fault(ctx: RunContext, name: str, spec: DockerFault) -> DockerInjector:
     return DockerInjector(ctx, name, spec)
 
@@ -662,8 +773,7 @@ def make_docker_fault(ctx: RunContext, name: str, spec: DockerFault) -> DockerIn
 # --- the reverter --------------------------------------------------------------------------
 
 
-@register_reverter(BACKEND)
-def revert_docker(action: RevertAction) -> None:
+def revert_docker(action: DockerRevert) -> None:
     """Idempotent: a container that is gone, running, unpaused or already restored is left
     as it is. Every container is tried; the errors are raised together at the end."""
     import docker
@@ -693,7 +803,7 @@ def _explain(exc: BaseException) -> str:
     return str(explanation or exc)
 
 
-def _revert_one(op: str, client: Any, container: Any, action: RevertAction) -> None:
+def _revert_one(op: str, client: Any, container: Any, action: DockerRevert) -> None:
     import docker
 
     state = container.attrs.get("State") or {}
@@ -718,7 +828,7 @@ def _revert_one(op: str, client: Any, container: Any, action: RevertAction) -> N
             _revert_one("start", client, container, action)
 
 
-def _restore_scores(container: Any, action: RevertAction) -> None:
+def _restore_scores(container: Any, action: DockerRevert) -> None:
     saved = (action.get("scores") or {}).get(container.id)
     if not saved:
         return
@@ -754,3 +864,13 @@ def _kill_hog(client: Any, container: Any, command: list[str]) -> None:
                 "this host; kill it inside the container")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+DOCKER = FaultBackend(
+    spec=DockerFault,
+    injector=make_docker_fault,
+    revert=revert_docker,  # type: ignore[arg-type]
+    description="A container restarted, killed, stopped, paused or squeezed.",
+    # The containers it touches are counted when they are matched (prepare refuses more
+    # than safety.max_blast_radius); before that, one fault is one target.
+)

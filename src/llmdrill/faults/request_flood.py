@@ -22,20 +22,62 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
+from pydantic import Field, field_validator
 
 from llmdrill.faults.base import fault_window
-from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise
-from llmdrill.faults.registry import register_injector
+from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise, revert_client
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.model.verdict import FaultEffect
-from llmdrill.scenario.models import RequestFloodFault
+from llmdrill.plugin import FaultBackend
+from llmdrill.scenario.fields import (
+    Name,
+    Strict,
+    Timeouts,
+    http_url,
+)
+from llmdrill.scenario.units import PositiveInt
 
 if TYPE_CHECKING:
     from llmdrill.model.context import RunContext
     from llmdrill.model.records import Evidence, RequestRecord
+
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class RequestFloodFault(Strict):
+    """Client-side: a flood of long requests (long prompts, long outputs) while it lasts."""
+
+    concurrency: PositiveInt = Field(
+        default=16, description="Requests kept in flight, each sent again as soon as it ends."
+    )
+    api: Literal["chat", "completions"] = Field(
+        default="completions", description="Endpoint: /v1/chat/completions or /v1/completions."
+    )
+    prompt_tokens: PositiveInt = Field(default=400, description="Prompt length, in tokens.")
+    max_tokens: PositiveInt = Field(default=100, description="Output tokens asked for.")
+    stream: bool = Field(default=True, description="Ask for streamed (SSE) responses.")
+    ignore_eos: bool = Field(
+        default=True, description="vLLM extension: generate exactly max_tokens tokens."
+    )
+    name: Name = Field(default="flood", description="Request shape name in the evidence.")
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts,
+        description="Deadlines of each flood request (never retried); on stop, requests in "
+        "flight are cut and recorded as interrupted.",
+    )
+    base_url: str | None = Field(
+        default=None, description="Where the flood goes (default: target.base_url)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
+
 
 BACKEND_KEY = "request_flood"
 MAX_BODY_BYTES = 1 << 20  # a whole (non-streamed) answer
@@ -173,6 +215,8 @@ class _InFlight:
 
 
 class RequestFlood(ClientActivity):
+    backend = BACKEND_KEY
+
     def __init__(self, ctx: RunContext, fault_name: str, spec: RequestFloodFault) -> None:
         super().__init__(fault_name)
         self.ctx = ctx
@@ -439,6 +483,14 @@ def judge_flood(shape: str, evidence: Evidence, start: float, end: float) -> Fau
                               "behind the flood's base_url?")
 
 
-@register_injector(BACKEND_KEY)
 def make_request_flood(ctx: RunContext, name: str, spec: RequestFloodFault) -> RequestFlood:
     return RequestFlood(ctx, name, spec)
+
+
+REQUEST_FLOOD = FaultBackend(
+    spec=RequestFloodFault,
+    injector=make_request_flood,
+    revert=revert_client,
+    description="Extra long requests from the harness while applied.",
+    blast_radius=lambda spec: int(spec.concurrency),
+)

@@ -2,27 +2,130 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Required, TypedDict
+
+from pydantic import Field
 
 from llmdrill.faults.base import (
     Baseline,
     EnvironmentProblem,
-    RevertAction,
     baseline_before,
     cut_or_retried,
     fault_window,
-    register_reverter,
     share_text,
 )
-from llmdrill.faults.registry import register_injector
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from llmdrill.model.verdict import FaultEffect
-from llmdrill.scenario import models as m
+from llmdrill.plugin import FaultBackend, Location, Problem, RunSetup
+from llmdrill.scenario.fields import (
+    Name,
+    Strict,
+)
+from llmdrill.scenario.units import Duration, Fraction, Size
 
 if TYPE_CHECKING:
     from llmdrill.model.records import Evidence, RequestRecord
 
+
+# --- the spec: the YAML under this key ----------------------------------------
+
+
+class _ToxicBase(Strict):
+    server: str = Field(default="default", description="Key in `toxiproxy:` servers.")
+    proxy: Name = Field(description="Toxiproxy proxy name; created if listen/upstream are set.")
+    listen: str | None = Field(default=None, description="host:port the proxy listens on.")
+    upstream: str | None = Field(default=None, description="host:port the proxy forwards to.")
+    stream: Literal["downstream", "upstream"] = Field(
+        default="downstream",
+        description="Direction the toxic acts on: downstream is server to client, "
+        "upstream is client to server.",
+    )
+    toxicity: Fraction = Field(
+        default=1.0, description="Chance that a connection gets the toxic (1: every one)."
+    )
+
+
+class LatencyToxic(_ToxicBase):
+    toxic: Literal["latency"]
+    latency: Duration = Field(description="Delay added to the data passing through.")
+    jitter: Duration = Field(
+        default=0.0, description="Random amount added to or taken from the latency."
+    )
+
+
+class TimeoutToxic(_ToxicBase):
+    """Stops all data; closes the connection after `timeout` (0s: never)."""
+
+    toxic: Literal["timeout"]
+    timeout: Duration = Field(
+        description="When the stalled connection is closed; 0s: it stays open, stalled."
+    )
+
+
+class BandwidthToxic(_ToxicBase):
+    toxic: Literal["bandwidth"]
+    rate: Size = Field(description="Bytes per second, e.g. '16KiB'.")
+
+
+class SlowCloseToxic(_ToxicBase):
+    toxic: Literal["slow_close"]
+    delay: Duration = Field(description="How long the close of a connection is delayed.")
+
+
+class ResetPeerToxic(_ToxicBase):
+    toxic: Literal["reset_peer"]
+    timeout: Duration = Field(
+        default=0.0, description="Wait before the connection is reset (TCP RST); 0s: at once."
+    )
+
+
+class SlicerToxic(_ToxicBase):
+    toxic: Literal["slicer"]
+    average_size: Size = Field(description="Average size of the slices the data is cut into.")
+    size_variation: Size = Field(
+        default=0, description="How much a slice's size varies around the average."
+    )
+    delay: Duration = Field(default=0.0, description="Pause between two slices.")
+
+
+class LimitDataToxic(_ToxicBase):
+    toxic: Literal["limit_data"]
+    bytes: Size = Field(description="The connection is closed once this much data has passed.")
+
+
+class DownToxic(_ToxicBase):
+    """The proxy is disabled: new connections are refused, open ones are cut."""
+
+    toxic: Literal["down"]
+
+
+ToxiproxySpec = Annotated[
+    LatencyToxic
+    | TimeoutToxic
+    | BandwidthToxic
+    | SlowCloseToxic
+    | ResetPeerToxic
+    | SlicerToxic
+    | LimitDataToxic
+    | DownToxic,
+    Field(discriminator="toxic"),
+]
+
+
 BACKEND = "toxiproxy"
+
+
+class ToxiproxyRevert(TypedDict, total=False):
+    """The journal's way back from a toxic, a disabled proxy or a proxy the run created."""
+
+    backend: Required[str]
+    op: Required[Literal["remove_toxic", "enable_proxy", "delete_proxy"]]
+    server: Required[str]  # the Toxiproxy API
+    proxy: Required[str]
+    toxic: str  # remove_toxic: the toxic's name
+    listen: str | None  # the proxy as it was, to rebuild it if Toxiproxy wedges
+    upstream: str | None
+
 # Toxics that hold data in flight: removing them from links whose client left can hang.
 WEDGE_PRONE = ("latency", "bandwidth", "slicer", "timeout")
 
@@ -38,20 +141,20 @@ def _ms(seconds: float) -> int:
 
 def toxic_attributes(spec: Any) -> dict[str, Any]:
     """Scenario units (seconds, bytes) to Toxiproxy's (ms, KB/s, microseconds)."""
-    if isinstance(spec, m.LatencyToxic):
+    if isinstance(spec, LatencyToxic):
         return {"latency": _ms(spec.latency), "jitter": _ms(spec.jitter)}
-    if isinstance(spec, m.TimeoutToxic):
+    if isinstance(spec, TimeoutToxic):
         return {"timeout": _ms(spec.timeout)}
-    if isinstance(spec, m.BandwidthToxic):
+    if isinstance(spec, BandwidthToxic):
         return {"rate": max(1, spec.rate // 1024)}
-    if isinstance(spec, m.SlowCloseToxic):
+    if isinstance(spec, SlowCloseToxic):
         return {"delay": _ms(spec.delay)}
-    if isinstance(spec, m.ResetPeerToxic):
+    if isinstance(spec, ResetPeerToxic):
         return {"timeout": _ms(spec.timeout)}
-    if isinstance(spec, m.SlicerToxic):
+    if isinstance(spec, SlicerToxic):
         return {"average_size": spec.average_size, "size_variation": spec.size_variation,
                 "delay": round(spec.delay * 1_000_000)}
-    if isinstance(spec, m.LimitDataToxic):
+    if isinstance(spec, LimitDataToxic):
         return {"bytes": spec.bytes}
     return {}
 
@@ -96,9 +199,9 @@ class ToxiproxyFault:
             )
         return lines
 
-    def prepare(self) -> RevertAction:
-        action: RevertAction = {"backend": BACKEND, "server": self.server_url,
-                                "proxy": self.spec.proxy}
+    def prepare(self) -> ToxiproxyRevert:
+        action = ToxiproxyRevert(backend=BACKEND, op="remove_toxic", server=self.server_url,
+                                 proxy=self.spec.proxy)
         # What the proxy looks like now, so a revert can rebuild it if Toxiproxy wedges.
         with ToxiproxyClient(self.server_url) as client:
             proxy = client.get_proxy(self.spec.proxy)
@@ -237,7 +340,6 @@ def _already_broken(requests: list[RequestRecord], start: float,
     return None
 
 
-@register_injector(BACKEND)
 def make_toxiproxy_fault(ctx: Any, name: str, spec: Any) -> ToxiproxyFault:
     server = ctx.scenario.toxiproxy[spec.server].url
     return ToxiproxyFault(ctx.run_id, name, spec, server)
@@ -258,9 +360,9 @@ class ProxySetup:
         with ToxiproxyClient(self.server_url) as client:
             return client.get_proxy(self.name) is not None
 
-    def prepare(self) -> RevertAction:
-        return {"backend": BACKEND, "op": "delete_proxy", "server": self.server_url,
-                "proxy": self.name}
+    def prepare(self) -> ToxiproxyRevert:
+        return ToxiproxyRevert(backend=BACKEND, op="delete_proxy", server=self.server_url,
+                               proxy=self.name)
 
     def apply(self) -> None:
         with ToxiproxyClient(self.server_url) as client:
@@ -270,8 +372,7 @@ class ProxySetup:
 REMOVE_TIMEOUT = 10.0
 
 
-@register_reverter(BACKEND)
-def revert_toxiproxy(action: RevertAction) -> None:
+def revert_toxiproxy(action: ToxiproxyRevert) -> None:
     server, proxy, op = str(action["server"]), str(action["proxy"]), action["op"]
     if op == "delete_proxy":
         with ToxiproxyClient(server, timeout=REMOVE_TIMEOUT) as client:
@@ -300,3 +401,35 @@ def rebuild_proxy(server: str, proxy: str, listen: str, upstream: str) -> None:
     with ToxiproxyClient(server, timeout=3 * REMOVE_TIMEOUT) as client:
         client.delete_proxy(proxy)
         client.create_proxy(proxy, listen, upstream)
+
+
+def proxy_setups(scenario: Any) -> list[RunSetup]:
+    """The proxies the scenario's toxics declare (listen + upstream), one per server and
+    name: the run creates the missing ones before its faults and deletes them after."""
+    setups: dict[tuple[str, str], ProxySetup] = {}
+    for fault in scenario.faults.values():
+        spec = getattr(fault, BACKEND)
+        if spec is not None and spec.listen and spec.upstream:
+            url = scenario.toxiproxy[spec.server].url
+            setups[(url, spec.proxy)] = ProxySetup(url, spec.proxy, spec.listen, spec.upstream)
+    return list(setups.values())
+
+
+def references(spec: Any, scenario: Any, location: Location) -> list[Problem]:
+    if spec.server in scenario.toxiproxy:
+        return []
+    return [((*location, "server"),
+             f"unknown Toxiproxy server '{spec.server}' "
+             f"(defined: {', '.join(sorted(scenario.toxiproxy))})")]
+
+
+TOXIPROXY = FaultBackend(
+    spec=ToxiproxySpec,
+    injector=make_toxiproxy_fault,
+    revert=revert_toxiproxy,  # type: ignore[arg-type]  # a dict from the journal
+    description="A Toxiproxy toxic; `toxic` picks the kind.",
+    references=references,
+    run_setups=proxy_setups,
+    label=lambda spec: str(spec.toxic),
+    params=lambda spec: spec.model_dump(mode="json", exclude={"toxic"}),
+)

@@ -8,7 +8,6 @@ Whatever happens (a check failing, an exception, Ctrl-C, SIGTERM, a guardrail), 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,18 +21,17 @@ from types import FrameType
 from typing import Any
 
 from llmdrill.checks import evaluate_check
-from llmdrill.checks.alerts import ALERTS_QUERY, alert_names
-from llmdrill.checks.probes import RunningProbe, probe_for
+from llmdrill.checks.probes import RunningProbe
 from llmdrill.checks.stats import client_series, request_stats
 from llmdrill.faults.base import EnvironmentProblem, Injector
-from llmdrill.faults.registry import blast_radius, make_injector
-from llmdrill.faults.toxiproxy import ProxySetup
+from llmdrill.faults.registry import backend_of, blast_radius, make_injector
 from llmdrill.harness.journal import Journal, revert_outstanding
 from llmdrill.harness.live import LiveStats
 from llmdrill.harness.plan import Plan, PlannedPhase, compile_plan
 from llmdrill.harness.preflight import check_metrics, check_target
 from llmdrill.harness.progress import Progress
 from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redact
+from llmdrill.harness.services import Callbacks, Services
 from llmdrill.harness.versions import engine_version, harness_versions
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
 from llmdrill.load.runner import LocustProcess
@@ -56,6 +54,7 @@ from llmdrill.monitoring.alert_watch import AlertWatcher
 from llmdrill.monitoring.guard_poller import GuardPoller
 from llmdrill.monitoring.prometheus import promql_range
 from llmdrill.monitoring.webhook import WebhookReceiver
+from llmdrill.plugin import RunSetup
 from llmdrill.probes.engine_metrics import MetricsScraper
 from llmdrill.report import write_reports
 from llmdrill.scenario.models import Scenario
@@ -142,15 +141,15 @@ class Runner:
             self.injectors[name] = injector
         return injector
 
-    def _proxy_setups(self) -> list[ProxySetup]:
-        setups: dict[tuple[str, str], ProxySetup] = {}
-        for fault in self.scenario.faults.values():
-            spec = fault.toxiproxy
-            if spec is not None and spec.listen and spec.upstream:
-                url = self.scenario.toxiproxy[spec.server].url
-                setups[(url, spec.proxy)] = ProxySetup(url, spec.proxy, spec.listen,
-                                                       spec.upstream)
-        return list(setups.values())
+    def _run_setups(self) -> list[RunSetup]:
+        """What the scenario's fault backends prepare once for the run (a Toxiproxy proxy
+        to create), each backend asked once."""
+        setups: list[RunSetup] = []
+        for key in dict.fromkeys(f.backend for f in self.scenario.faults.values()):
+            backend = backend_of(key)
+            if backend.run_setups is not None:
+                setups += backend.run_setups(self.scenario)
+        return setups
 
     def _deadline(self, name: str, index: int, t0: float) -> float:
         """When the watchdog reverts this fault whatever the harness is doing: its planned
@@ -168,10 +167,11 @@ class Runner:
         entry = journal.intent(name, injector.describe(), action, deadline)  # before the change
         self.journal_ids[name] = entry
         fault = self.scenario.faults[name]
-        spec = fault.spec
-        kind = str(getattr(spec, "toxic", fault.backend))
-        result = FaultResult(name=name, backend=fault.backend, kind=kind,
-                             params=spec.model_dump(mode="json", exclude={"toxic"}))
+        spec, backend = fault.spec, fault.kind
+        result = FaultResult(
+            name=name, backend=fault.backend,
+            kind=backend.label(spec) if backend.label else fault.backend,
+            params=backend.params(spec) if backend.params else spec.model_dump(mode="json"))
         self.fault_results[name] = result
         try:
             injector.apply()
@@ -256,23 +256,27 @@ class Runner:
         self.secrets = [key] if key else []
         store = EvidenceStore(self.run_dir / "evidence.db", self.secrets)
         journal = Journal(self.run_dir / "journal.jsonl", self.run_id)
+        # Every helper of the run starts through here and stops, in reverse order, after
+        # the faults are reverted (a helper that breaks while stopping is recorded).
+        services = Services(lambda name, exc: store.add_event(
+            time.time(), EventKind.SERVICE_STOP_FAILED,
+            {"service": name, "error": f"{type(exc).__name__}: {exc}"}))
         started_at = time.time()
         t0 = started_at
         locust: LocustProcess | None = None
         scraper: MetricsScraper | None = None
-        watchdog: subprocess.Popen[bytes] | None = None
         engine: str | None = None
-        webhook: WebhookReceiver | None = None
-        alert_watch: AlertWatcher | None = None
         try:
             headers = auth_headers(self.scenario.target)
             self.ctx = RunContext(self.run_id, self.scenario, store, headers, self.progress,
                                   self.run_dir)
             check_safety(self.scenario, self.options.allow_production)
-            watchdog = self.watchdog = start_watchdog(journal.path)
-            for setup in self._proxy_setups():
+            services.start("watchdog", Callbacks(
+                lambda: setattr(self, "watchdog", start_watchdog(journal.path)),
+                lambda: self._stop_watchdog(journal)))
+            for setup in self._run_setups():
                 if not setup.exists():
-                    entry = journal.intent(f"proxy:{setup.name}", setup.describe(),
+                    entry = journal.intent(f"setup:{setup.name}", setup.describe(),
                                            setup.prepare(),
                                            time.time() + self.plan.total + 120)
                     setup.apply()
@@ -283,20 +287,19 @@ class Runner:
             engine = engine_version(self.scenario.target.base_url, headers)
             if self.scenario.target.metrics_url:
                 check_metrics(self.scenario.target.metrics_url, headers)
-                scraper = MetricsScraper(
+                scraper = services.start("metrics scraper", MetricsScraper(
                     self.scenario.target.metrics_url, store.add_metrics,
                     lambda msg: store.add_event(time.time(), EventKind.SCRAPE_FAILED,
                                                 {"error": msg}),
                     interval=self.scenario.telemetry.scrape_interval,
-                )
-                scraper.start()
+                ))
             self.guard_poller = GuardPoller(
                 self.scenario,
                 lambda msg: store.add_event(time.time(), EventKind.GUARD_POLL_FAILED,
                                             {"error": msg}))
             self.guard_poller.poll_once()  # a monitoring server that is down shows up now
-            self.guard_poller.start()
-            webhook, alert_watch = self._start_alerting(store)
+            services.start("guard poller", self.guard_poller)
+            self._start_alerting(services, store)
             if self.scenario.load.users > 0:
                 locust = LocustProcess(
                     self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
@@ -304,7 +307,8 @@ class Runner:
                 )
             t0 = time.time()
             if locust is not None:
-                locust.start()
+                services.start("load generator", Callbacks(
+                    locust.start, lambda: self._stop_load(locust, store)))
             self._run_phases(t0, locust, scraper, journal, store)
         except Aborted as exc:
             self.abort_reason = str(exc)
@@ -318,22 +322,10 @@ class Runner:
             self.error = f"{type(exc).__name__}: {exc} (traceback in {trace})"
         finally:
             signals.tearing_down = True
-            self._revert_everything(journal, store)
+            self._revert_everything(journal, store)  # first: the faults, with the watchdog up
             run_end = time.time()
-            if locust is not None:
-                locust.stop()
-                store.add_requests(locust.read_new())
-                locust.close()
-            if scraper is not None:
-                scraper.stop()
-            self.guard_poller.stop()
-            if alert_watch is not None:
-                alert_watch.stop()
-            if webhook is not None:
-                webhook.stop()
+            services.close()
             self._read_queries(store, t0, run_end)
-            journal.run_finished()
-            stop_watchdog(watchdog)
             journal.finish()
             result = self._result(store, started_at, t0, run_end, engine)
             if self.secrets:  # a target may have echoed the key into an error we kept
@@ -343,30 +335,30 @@ class Runner:
             signals.restore()
         return result
 
-    def _start_alerting(self, store: EvidenceStore
-                        ) -> tuple[WebhookReceiver | None, AlertWatcher | None]:
+    @staticmethod
+    def _stop_load(locust: LocustProcess, store: EvidenceStore) -> None:
+        locust.stop()
+        store.add_requests(locust.read_new())  # what it recorded up to its last moment
+        locust.close()
+
+    def _stop_watchdog(self, journal: Journal) -> None:
+        journal.run_finished()  # the watchdog exits by itself once it reads this
+        stop_watchdog(self.watchdog)
+
+    def _start_alerting(self, services: Services, store: EvidenceStore) -> None:
         """The webhook receiver (if configured) and the alert watcher, while an enabled
-        alert check needs them. The caller stops both on every exit path."""
+        alert check needs them."""
         monitoring = self.scenario.monitoring
-        webhook = None
         if not self.scenario.alert_checks:
-            return None, None
+            return
         if monitoring.webhook is not None:
-            webhook = WebhookReceiver(
+            services.start("webhook receiver", WebhookReceiver(
                 monitoring.webhook.host, monitoring.webhook.port,
-                lambda ts, detail, kind: store.add_event(ts, kind, detail))
-            webhook.start()
+                lambda ts, detail, kind: store.add_event(ts, kind, detail)))
         prom, am = self.scenario.prometheus, self.scenario.alertmanager
-        watcher = AlertWatcher(prom.url if prom else None, am.url if am else None,
-                               monitoring.poll_interval,
-                               lambda ts, kind, detail: store.add_event(ts, kind, detail))
-        try:
-            watcher.start()
-        except BaseException:
-            if webhook is not None:
-                webhook.stop()
-            raise
-        return webhook, watcher
+        services.start("alert watcher", AlertWatcher(
+            prom.url if prom else None, am.url if am else None, monitoring.poll_interval,
+            lambda ts, kind, detail: store.add_event(ts, kind, detail)))
 
     def _read_queries(self, store: EvidenceStore, t0: float, run_end: float) -> None:
         """The scenario's PromQL range queries over the run, as `promql:<name>` series."""
@@ -375,13 +367,9 @@ class Runner:
             return
         step = self.scenario.monitoring.query_step
         queries = dict(self.scenario.monitoring.queries)
-        alerts = sorted(alert_names(self.scenario))
-        if alerts:
-            # Prometheus' own record of when each watched alert was pending and firing, at
-            # its evaluation resolution: the alert checks trust it over the polled state,
-            # which a busy harness may read late.
-            pattern = "|".join(re.escape(a) for a in alerts)
-            queries[ALERTS_QUERY] = f'ALERTS{{alertname=~"{pattern}"}}'
+        for kind in dict.fromkeys(c.kind_spec for c in self.scenario.checks if c.enabled):
+            if kind.queries is not None:  # what a check kind reads from Prometheus itself
+                queries.update(kind.queries(self.scenario))
         for name, query in queries.items():
             try:
                 found = promql_range(prom.url, query, t0, run_end, step)
@@ -389,9 +377,6 @@ class Runner:
                 store.add_event(time.time(), EventKind.PROMQL_FAILED,
                                 {"query": name, "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            if name == ALERTS_QUERY:  # only what the checks read: fewer rows
-                found = [({k: v for k, v in labels.items() if k in ("alertname", "alertstate")},
-                          points) for labels, points in found]
             store.add_metrics([MetricSample(ts, f"promql:{name}", value, labels)
                                for labels, points in found for ts, value in points])
 
@@ -407,30 +392,26 @@ class Runner:
                                 f" result.json is complete")
             return {"json": str(self.run_dir / "result.json")}
 
-    def _start_probes(self, phase: str) -> list[RunningProbe]:
+    def _start_probes(self, phase: str, services: Services) -> list[RunningProbe]:
         probes = []
         for i, check in enumerate(self.scenario.checks):
-            probe = (probe_for(check.kind) if check.phase == phase and check.enabled
-                     else None)
+            probe = check.kind_spec.probe if check.phase == phase and check.enabled else None
             if probe is not None:
-                running = RunningProbe(self.ctx, check.display_name(i), check.kind, check.spec,
-                                       probe)
-                running.start()
-                probes.append(running)
+                name = check.display_name(i)
+                probes.append(services.start(f"probe {name}", RunningProbe(
+                    self.ctx, name, check.kind, check.spec, probe)))
         return probes
 
     def _run_phases(self, t0: float, locust: LocustProcess | None,
                     scraper: MetricsScraper | None, journal: Journal,
                     store: EvidenceStore) -> None:
         for index, planned in enumerate(self.plan.phases):
-            probes = self._start_probes(planned.name)
-            self.live_probes = probes
-            try:
-                self._run_phase(index, planned, t0, locust, scraper, journal, store)
-            finally:
-                for probe in probes:
-                    probe.stop()
-                self.live_probes = []
+            with Services() as probes:  # the checks' active probes live for their phase
+                self.live_probes = self._start_probes(planned.name, probes)
+                try:
+                    self._run_phase(index, planned, t0, locust, scraper, journal, store)
+                finally:
+                    self.live_probes = []
 
     def _run_phase(self, index: int, planned: PlannedPhase, t0: float,
                    locust: LocustProcess | None, scraper: MetricsScraper | None,
@@ -496,11 +477,9 @@ class Runner:
         for w in windows:
             stats[w.name] = request_stats(evidence.requests_started_in(w.start, w.end),
                                           w.end - w.start)
-        markers = [
-            (round(float(d.get("dropped_at", ts)) - t0, 3),
-             f"{d.get('fault', 'storm')} wave {int(d.get('wave', 0)) + 1}")
-            for ts, d in evidence.events_of(EventKind.STORM_WAVE)
-        ]
+        markers = sorted(
+            marker for key in dict.fromkeys(f.backend for f in self.scenario.faults.values())
+            if (draw := backend_of(key).markers) is not None for marker in draw(evidence, t0))
         series = Series(t0=t0, client=client_series(evidence.requests, t0, run_end),
                         engine=self._engine_series(evidence.metrics, t0), markers=markers)
         unreverted = [f"{f.name} ({f.revert_error})" for f in self.fault_results.values()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from llmdrill.model.evidence import EvidenceStore
-from llmdrill.scenario.models import Scenario
+
+if TYPE_CHECKING:
+    from llmdrill.scenario.models import Scenario
 
 
 class EventSink(Protocol):

@@ -30,13 +30,16 @@ class EventKind(StrEnum):
     """A PromQL range query at the run's end failed. detail: query, error."""
     PROBE_ERROR = "probe_error"
     """An active check's probe crashed. detail: check, kind, error."""
+    SERVICE_STOP_FAILED = "service_stop_failed"
+    """A helper of the run (load generator, scraper, watcher...) failed to stop. detail:
+    service, error."""
 
-    # -- client-side faults (drills.cancel_storm) ------------------------------------------
+    # -- client-side faults (faults.cancel_storm) ------------------------------------------
     STORM_WAVE = "storm_wave"
     """A cancel-storm wave was dropped. detail: fault, wave (0-based), started_at,
     dropped_at, streams, aborted, failed, errors {class: n}, tokens, abort_after."""
 
-    # -- Docker (drills.docker_backend, probes.docker_events) ---------------------------------
+    # -- Docker (faults.docker_backend, probes.docker_events) ---------------------------------
     DOCKER_ACTION = "docker_action"
     """The Docker backend acted on a container. detail: fault, action, container, ..."""
     DOCKER_EVENT = "docker_event"

@@ -11,10 +11,59 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from llmdrill.load.sse import StreamTally, read_whole_body
-from llmdrill.scenario.models import CapCase, CapsEnforcedCheck, ErrorSchema
+from llmdrill.scenario.fields import Name, Strict
+
+if TYPE_CHECKING:
+    from llmdrill.checks.caps import CapsEnforcedCheck
+
+
+class CapCase(Strict):
+    """One request that must be refused with a helpful 4xx."""
+
+    name: Name = Field(description="Case name in the report (the built-in cases use their kind).")
+    kind: Literal[
+        "prompt_over_context",
+        "max_tokens_over_cap",
+        "max_tokens_zero",
+        "max_tokens_negative",
+        "unknown_model",
+        "malformed_json",
+        "custom",
+    ]
+    api: Literal["chat", "completions"] = Field(
+        default="chat", description="Endpoint the case is sent to (unless `path` is set)."
+    )
+    path: str | None = Field(default=None, description="Route for custom cases, e.g. /v1/x.")
+    body: str | None = Field(default=None, description="Raw request body for custom cases.")
+    max_tokens: int | None = Field(default=None, description="Override the case's max_tokens.")
+    expect_status: list[int] = Field(
+        default_factory=list, description="Accepted statuses; default per kind (400, 404...)."
+    )
+    message_matches: str | None = Field(
+        default=None,
+        description="Regex the error message must match (default per kind: it names the "
+        "limit, e.g. the context length).",
+    )
+
+
+class ErrorSchema(Strict):
+    """What an error body must look like (gateways differ, so it is declared)."""
+
+    error_fields: list[str] = Field(
+        default_factory=lambda: ["type", "code", "message"],
+        description="Fields the `error` object must have (OpenAI style).",
+    )
+    request_id: Literal["none", "header", "body", "either"] = Field(
+        default="none", description="Where a request id must appear, if anywhere."
+    )
+    request_id_header: str = Field(
+        default="x-request-id", description="Header that carries the request id, if any."
+    )
 
 DEFAULT_KINDS = (
     "prompt_over_context",

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from llmdrill.scenario import units
-from llmdrill.scenario.models import CHECK_KINDS, NAME_PATTERN
+from llmdrill.scenario.fields import NAME_PATTERN
+from llmdrill.scenario.models import CHECK_KINDS
 from llmdrill.scenario.schema import scenario_json_schema
 
 Schema = dict[str, Any]

@@ -31,16 +31,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
+from llmdrill.checks.alerts import AlertFiresCheck, AlertResolvesCheck
+from llmdrill.checks.health import EngineHealthyCheck
+from llmdrill.checks.hung import NoHungRequestsCheck
+from llmdrill.checks.kv_cleanup import KvCacheCleanupCheck
+from llmdrill.checks.metric import MetricCheck
+from llmdrill.checks.oom import OomObservedCheck
+from llmdrill.checks.queue import QueueBoundedCheck
+from llmdrill.checks.recovers import RecoversCheck
+from llmdrill.checks.recovery import StreamRecoveryCheck, WarmUpCheck
+from llmdrill.checks.slo import SloCheck
+from llmdrill.faults.cancel_storm import CancelStormFault
+from llmdrill.faults.request_flood import RequestFloodFault
 from llmdrill.scenario.errors import ScenarioError, ScenarioIssue
+from llmdrill.scenario.fields import ErrorClass, Timeouts
 from llmdrill.scenario.loader import Loc, Marks, _dotted, _mark_for, _parse
-from llmdrill.scenario.models import (
-    Check,
-    ErrorClass,
-    Load,
-    Phase,
-    Scenario,
-    Timeouts,
-)
+from llmdrill.scenario.models import Check, Load, Phase, Scenario
 
 # A time limit at or above this share of its phase nearly fills it.
 FILL_SHARE = 0.9
@@ -118,8 +124,8 @@ class _Linter:
         out = []
         for name in phase.faults:
             fault = self.scenario.faults.get(name)
-            if fault is not None and fault.request_flood is not None:
-                flood = fault.request_flood
+            flood = fault.spec_as(RequestFloodFault) if fault is not None else None
+            if flood is not None:
                 out.append((flood.name, _flood_ceiling(flood.timeouts), flood.concurrency))
         return out
 
@@ -127,8 +133,9 @@ class _Linter:
         total = 0
         for name in phase.faults:
             fault = self.scenario.faults.get(name)
-            if fault is not None and fault.cancel_storm is not None:
-                total += fault.cancel_storm.streams
+            storm = fault.spec_as(CancelStormFault) if fault is not None else None
+            if storm is not None:
+                total += storm.streams
         return total
 
     def _sources(self, phase: Phase, shapes: list[str] | None) -> list[tuple[str, float]]:
@@ -158,7 +165,8 @@ class _Linter:
             base: Loc = ("checks", i, check.kind)
             kind = check.kind
             if kind in ("slo", "no_hung_requests", "recovers"):
-                shapes = check.slo.shapes if check.slo else None
+                slo = check.spec_as(SloCheck)
+                shapes = slo.shapes if slo else None
                 if not self._sources(phase, shapes):
                     self.warn(base, f"phase '{phase.name}' has no traffic this check could "
                               "judge (load.users is 0 and no request flood"
@@ -184,8 +192,9 @@ class _Linter:
                       f"{1 - FILL_SHARE:.0%} longer than the limit")
 
     def _no_hung_requests(self, check: Check, phase: Phase, base: Loc) -> None:
-        assert check.no_hung_requests is not None
-        deadline = check.no_hung_requests.deadline
+        spec = check.spec_as(NoHungRequestsCheck)
+        assert spec is not None
+        deadline = spec.deadline
         loc = (*base, "deadline")
         sources = self._sources(phase, None)
         ceiling = max(c for _, c in sources)
@@ -204,7 +213,7 @@ class _Linter:
                       "after it")
 
     def _slo(self, check: Check, phase: Phase, base: Loc) -> None:
-        slo = check.slo
+        slo = check.spec_as(SloCheck)
         assert slo is not None
         if slo.error_rate is not None:
             self._fraction((*base, "error_rate"), "error_rate", slo.error_rate.min,
@@ -241,13 +250,13 @@ class _Linter:
                       "is never below 0")
 
     def _recovers(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.recovers
+        spec = check.spec_as(RecoversCheck)
         assert spec is not None
         self._limit((*base, "within"), "recovers.within", spec.within, phase,
                     spec.window, "window")
 
     def _warm_up(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.warm_up
+        spec = check.spec_as(WarmUpCheck)
         assert spec is not None
         self._limit((*base, "healthy_within"), "healthy_within", spec.healthy_within, phase)
         self._limit((*base, "first_token_within"), "first_token_within",
@@ -256,7 +265,7 @@ class _Linter:
                     spec.window, "window")
 
     def _stream_recovery(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.stream_recovery
+        spec = check.spec_as(StreamRecoveryCheck)
         assert spec is not None
         self._limit((*base, "back_within"), "back_within", spec.back_within, phase)
         ceiling = request_ceiling(self.scenario.load)
@@ -266,23 +275,23 @@ class _Linter:
                       "by the kill has ended by then anyway")
 
     def _oom_observed(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.oom_observed
+        spec = check.spec_as(OomObservedCheck)
         assert spec is not None
         if spec.within is not None:
             self._limit((*base, "within"), "oom_observed.within", spec.within, phase)
 
     def _alert_fires(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.alert_fires
+        spec = check.spec_as(AlertFiresCheck)
         assert spec is not None
         self._limit((*base, "within"), "alert_fires.within", spec.within, phase)
 
     def _alert_resolves(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.alert_resolves
+        spec = check.spec_as(AlertResolvesCheck)
         assert spec is not None
         self._limit((*base, "within"), "alert_resolves.within", spec.within, phase)
 
     def _kv_cache_cleanup(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.kv_cache_cleanup
+        spec = check.spec_as(KvCacheCleanupCheck)
         assert spec is not None
         if spec.after == "phase_start" or spec.within >= phase.duration:
             # per wave, only a deadline past the phase itself is sure to be toothless
@@ -292,7 +301,7 @@ class _Linter:
                       "bound: KV-cache usage is a share between 0 and 1")
 
     def _queue_bounded(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.queue_bounded
+        spec = check.spec_as(QueueBoundedCheck)
         assert spec is not None
         most = self._in_flight(phase)
         if spec.max_waiting >= most:
@@ -305,7 +314,7 @@ class _Linter:
                 "streams and a probe): its own load can never break it; bound it below that")
 
     def _metric(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.metric
+        spec = check.spec_as(MetricCheck)
         assert spec is not None
         series = " ".join(spec.series)
         if spec.aggregate == "increase" and spec.max is None and spec.min is not None \
@@ -327,7 +336,7 @@ class _Linter:
                 self.warn((*base, "max"), self._queue_message(f"max {spec.max:g}", most, phase))
 
     def _engine_healthy(self, check: Check, phase: Phase, base: Loc) -> None:
-        spec = check.engine_healthy
+        spec = check.spec_as(EngineHealthyCheck)
         assert spec is not None
         polls = int(phase.duration // spec.interval) + 1
         if spec.max_failures >= polls:

@@ -15,8 +15,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.reader import ReaderError
 
+from llmdrill.faults.toxiproxy import ToxiproxySpec
 from llmdrill.scenario.errors import ScenarioError, ScenarioIssue
-from llmdrill.scenario.models import NAME_PATTERN, Scenario, ToxiproxyFault
+from llmdrill.scenario.fields import NAME_PATTERN
+from llmdrill.scenario.models import Scenario
 
 Loc = tuple[str | int, ...]
 Marks = dict[Loc, tuple[int, int]]
@@ -235,7 +237,7 @@ def _unwrap(annotation: Any, value: Any) -> Any:
 
 
 def _toxic_kinds() -> list[str]:
-    members = typing.get_args(typing.get_args(ToxiproxyFault)[0])
+    members = typing.get_args(typing.get_args(ToxiproxySpec)[0])
     return [typing.get_args(m.model_fields["toxic"].annotation)[0] for m in members]
 
 
