@@ -8,7 +8,7 @@ export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
 .PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit integration \
-	docker-test clean
+	docker-test clean kube-stack kube-up kube-down
 
 all: test
 
@@ -67,6 +67,20 @@ unit: venv
 # docker-compose, and the locally built images the Docker tests use.
 docker-stack: stack
 	$(BIN)/python -m llmdrill.stack.docker_stack install
+
+# A real single-node Kubernetes cluster (etcd, apiserver, controller-manager, scheduler,
+# containerd, kubelet) built from the Go module proxy into a per-user cache (cold: about
+# 10 minutes on 2 cores; cached: seconds). kube-up starts it and deploys the engine (two
+# vLLM replicas in namespace llmdrill-test); kube-down stops everything. Not in `make test` yet.
+kube-stack: stack
+	$(BIN)/python -m llmdrill.stack.kube_cluster install
+
+kube-up: kube-stack
+	$(BIN)/python -m llmdrill.stack.kube_cluster up
+	$(BIN)/python -m llmdrill.stack.kube_cluster deploy-engine
+
+kube-down:
+	-$(BIN)/python -m llmdrill.stack.kube_cluster down
 
 # The session fixture starts vLLM and Toxiproxy (if not already up) and stops what it started.
 integration: stack docker-stack

@@ -1,0 +1,3 @@
+module llmdrill.local/pause
+
+go 1.21
