@@ -82,9 +82,21 @@ kube-up: kube-stack
 kube-down:
 	-$(BIN)/python -m llmdrill.stack.kube_cluster down
 
-# The session fixture starts vLLM and Toxiproxy (if not already up) and stops what it started.
+# Every integration test. The Docker tests (their own engine in a container, on the other
+# core) run in a second pytest beside the rest (the shared local engine): the two halves
+# share no engine, port or state, and the whole takes the time of the longer half. Its
+# output is printed when it ends; either half failing, or collecting no test (pytest's exit
+# code 5), fails the target.
+PYTEST_INTEGRATION := $(BIN)/pytest -q -p no:cacheprovider --durations=15
 integration: stack docker-stack
-	$(BIN)/pytest -m integration -q
+	@$(BIN)/llmdrill up
+	@mkdir -p .stack; log=.stack/docker-tests.log; \
+	$(PYTEST_INTEGRATION) -m docker > $$log 2>&1 & docker_pid=$$!; \
+	$(PYTEST_INTEGRATION) -m "integration and not docker"; rest=$$?; \
+	wait $$docker_pid; docker=$$?; \
+	echo; echo "== the Docker tests (run beside the above; full log: $$log)"; cat $$log; \
+	echo "integration: exit $$rest (local engine), $$docker (Docker)"; \
+	test $$rest -eq 0 && test $$docker -eq 0
 
 # Only the Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials,
 # the docker-compose stack): about 15 minutes.
@@ -97,7 +109,7 @@ docker-test: docker-stack
 test: lint stack docker-stack
 	$(BIN)/pytest -m unit -q
 	$(MAKE) --no-print-directory demo-check
-	$(BIN)/pytest -m integration -q -p no:cacheprovider --durations=25
+	$(MAKE) --no-print-directory integration
 
 clean: down
 	rm -rf $(VENV) reports
