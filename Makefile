@@ -86,12 +86,14 @@ kube-down:
 # core) run in a second pytest beside the rest (the shared local engine): the two halves
 # share no engine, port or state, and the whole takes the time of the longer half. Its
 # output is printed when it ends; either half failing, or collecting no test (pytest's exit
-# code 5), fails the target.
+# code 5), fails the target. Each half journals into its own state folder, so one half's
+# `llmdrill cleanup` trials never see the other's runs.
 PYTEST_INTEGRATION := $(BIN)/pytest -q -p no:cacheprovider --durations=15
 integration: stack docker-stack
 	@$(BIN)/llmdrill up
 	@mkdir -p .stack; log=.stack/docker-tests.log; \
-	$(PYTEST_INTEGRATION) -m docker > $$log 2>&1 & docker_pid=$$!; \
+	LLMDRILL_STATE_DIR=$(LLMDRILL_STATE_DIR)-docker $(PYTEST_INTEGRATION) -m docker \
+	  > $$log 2>&1 & docker_pid=$$!; \
 	$(PYTEST_INTEGRATION) -m "integration and not docker"; rest=$$?; \
 	wait $$docker_pid; docker=$$?; \
 	echo; echo "== the Docker tests (run beside the above; full log: $$log)"; cat $$log; \

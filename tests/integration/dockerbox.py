@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import docker.errors
+
 from llmdrill.stack.docker_stack import BASE_IMAGE, DockerStack
 
 BOX_MEMORY = 64 * 1024 * 1024
@@ -67,9 +69,15 @@ def residue(containers: list[Any]) -> list[str]:
             left.append(f"{c.name} cpu quota {hc['CpuQuota']}")
         if state["Status"] != "running":
             continue
-        if any(HOG_MARK in p[-1] for p in c.top()["Processes"]):
+        try:
+            hog = any(HOG_MARK in p[-1] for p in c.top()["Processes"])
+            _, out = c.exec_run(["sh", "-c", "cat /proc/[0-9]*/oom_score_adj"])
+        except docker.errors.APIError:  # paused or stopped since the reload above
+            c.reload()
+            left.append(f"{c.name} {c.attrs['State']['Status']}")
+            continue
+        if hog:
             left.append(f"{c.name} hog")
-        _, out = c.exec_run(["sh", "-c", "cat /proc/[0-9]*/oom_score_adj"])
         if any(s.isdigit() and int(s) > 0 for s in out.decode().split()):
             left.append(f"{c.name} oom_score_adj raised")
     return left

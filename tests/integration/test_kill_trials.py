@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from tests.conftest import count
 from tests.integration.conftest import REPO, Stack, llmdrill
 
@@ -155,7 +157,9 @@ DOCKER_TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "6"))
 
 # Toxiproxy and Docker faults together, on two busybox containers: paused, squeezed,
 # stopped, a hog with raised OOM scores (its start takes a second). Every phase boundary
-# reverts some faults and applies others.
+# reverts some faults and applies others. The toxic goes on a proxy the run creates for
+# itself (journaled, deleted at its end), not the shared `vllm` one: `make integration`
+# runs these tests beside the others, which drill that proxy at the same time.
 DOCKER_SCENARIO = """
 apiVersion: llmdrill/v1
 kind: Scenario
@@ -163,7 +167,9 @@ metadata: {name: docker-kill-trial}
 target: {base_url: "${LLMDRILL_TARGET_URL}", model: tiny}
 toxiproxy: {default: {url: "${LLMDRILL_TOXIPROXY_URL}"}}
 faults:
-  slow: {toxiproxy: {proxy: vllm, toxic: latency, stream: upstream, latency: 300ms}}
+  slow:
+    toxiproxy: {proxy: docker-trial, listen: "${TRIAL_LISTEN}", upstream: "${TRIAL_UPSTREAM}",
+                toxic: latency, stream: upstream, latency: 300ms}
   freeze: {docker: {action: pause, target: {name: "${BOX0}"}}}
   squeeze: {docker: {action: memory, memory: 32MiB, target: {name: "${BOX1}"}}}
   hog:
@@ -179,18 +185,32 @@ phases:
 
 
 @pytest.mark.docker
+def _trial_proxy_residue(stack: Stack) -> list[str]:
+    with ToxiproxyClient(stack.toxiproxy_url) as client:
+        return ["trial proxy left"] if client.get_proxy(TRIAL_PROXY) is not None else []
+
+
+TRIAL_PROXY = "docker-trial"
+
+
 def test_sigkill_with_docker_faults_then_cleanup_leaves_no_container_changed(
-    clean_proxy: Stack, docker_client: Any, tmp_path: Path
+    stack: Stack, docker_client: Any, tmp_path: Path
 ) -> None:
     from tests.integration.dockerbox import boxes, hog_command, residue
 
     rng = random.Random(int(os.environ.get("LLMDRILL_KILL_SEED", "0")) or None)
     text = DOCKER_SCENARIO.replace("HOG_COMMAND", json.dumps(hog_command()))
     with boxes(docker_client) as made:
-        env = {"BOX0": made[0].name, "BOX1": made[1].name}
+        with socket.socket() as probe:  # a free port for the trial's own proxy
+            probe.bind(("127.0.0.1", 0))
+            listen = f"127.0.0.1:{probe.getsockname()[1]}"
+        env = {"BOX0": made[0].name, "BOX1": made[1].name, "TRIAL_LISTEN": listen,
+               # the engine itself, not through the shared proxy
+               "TRIAL_UPSTREAM": stack.metrics_url.removeprefix("http://").split("/")[0],
+               "LLMDRILL_TARGET_URL": f"http://{listen}"}
 
         def left() -> list[str]:
-            return _residue(clean_proxy) + residue(made)
+            return _trial_proxy_residue(stack) + residue(made)
 
         with_faults = 0
         kinds: set[str] = set()
@@ -201,7 +221,7 @@ def test_sigkill_with_docker_faults_then_cleanup_leaves_no_container_changed(
             proc = subprocess.Popen(
                 [sys.executable, "-m", "llmdrill.cli", "run", str(trial_dir / "trial.yaml"),
                  "--quiet", "--out", str(trial_dir / "reports")],
-                env=clean_proxy.env(**env), cwd=REPO, stdout=subprocess.DEVNULL,
+                env=stack.env(**env), cwd=REPO, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True)
             # Spread over the run (start-up, each phase, the reverts): one slot each.
             time.sleep(0.5 + 5.5 * (trial + rng.random()) / DOCKER_TRIALS)
@@ -214,7 +234,7 @@ def test_sigkill_with_docker_faults_then_cleanup_leaves_no_container_changed(
                 with_faults += 1
                 kinds.update(w for item in found for w in item.split()
                              if w in ("paused", "exited", "memory", "hog", "oom_score_adj"))
-            done = llmdrill("cleanup", env=clean_proxy.env())
+            done = llmdrill("cleanup", env=stack.env())
             assert done.returncode == 0, done.stdout + done.stderr
             assert left() == [], f"trial {trial}: left behind after cleanup"
             count("kill -9 trials with Docker faults")
