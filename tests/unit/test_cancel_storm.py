@@ -114,9 +114,9 @@ def test_sse_counter_counts_token_events_only() -> None:
 
 def test_wave_schedule_and_labels() -> None:
     assert cs.wave_starts(100.0, 3, 5.0, 2.0) == [102.0, 107.0, 112.0]
-    assert cs.http_error_class(429) == "http_429"
-    assert cs.http_error_class(404) == "http_4xx"
-    assert cs.http_error_class(502) == "http_5xx"
+    assert cs.status_error_class(429) == "http_429"
+    assert cs.status_error_class(404) == "http_4xx"
+    assert cs.status_error_class(502) == "http_5xx"
     assert cs.describe_abort(0, None) == "before the first token (prefill)"
     assert cs.describe_abort(1, None) == "after 1 chunk"
     assert cs.describe_abort(None, 1.5) == "after 1.5s"

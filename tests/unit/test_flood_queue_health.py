@@ -28,7 +28,7 @@ from llmdrill.faults.request_flood import (
     read_capped,
     read_sse,
     read_whole,
-    status_class,
+    status_error_class,
 )
 from llmdrill.harness.progress import Progress
 from llmdrill.load.sse import StreamTally
@@ -65,7 +65,7 @@ def judge(check: dict[str, Any], metrics: list[MetricSample] | None = None,
 
 def refused(t: float, status: int, retry_after: bool) -> RequestRecord:
     return RequestRecord(start=T0 + t, end=T0 + t + 0.01, status=status,
-                         error_class=status_class(status), retry_after=retry_after)
+                         error_class=status_error_class(status), retry_after=retry_after)
 
 
 # --- queue_bounded --------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_classify_exception_like_the_load_generator() -> None:
     assert classify_exception(httpx.RemoteProtocolError("x"), False)[0] == "reset"
     assert classify_exception(httpx.RemoteProtocolError("x"), True)[0] == "incomplete_stream"
     assert classify_exception(httpx.LocalProtocolError("x"), False)[0] == "protocol"
-    assert [status_class(s) for s in (400, 404, 429, 500, 503)] == [
+    assert [status_error_class(s) for s in (400, 404, 429, 500, 503)] == [
         "http_4xx", "http_4xx", "http_429", "http_5xx", "http_5xx"]
 
 

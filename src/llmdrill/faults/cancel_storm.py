@@ -39,6 +39,7 @@ from pydantic import Field, field_validator, model_validator
 
 from llmdrill.faults.base import EnvironmentProblem
 from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise, revert_client
+from llmdrill.load.openai_api import make_prompt, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body
 from llmdrill.model.events import EventKind
 from llmdrill.model.verdict import FaultEffect
@@ -146,7 +147,6 @@ LATE_NOTE_S = 1.0  # a drop this late against its plan is mentioned in the progr
 # Slack on top of a stream's longest life, so a wave's join can never wait for ever.
 JOIN_SLACK = 10.0
 
-_WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
 
 Outcome = Literal["aborted", "completed", "failed"]
 
@@ -179,11 +179,6 @@ def parse_endpoint(base_url: str) -> Endpoint:
     default = 443 if parts.scheme == "https" else 80
     return Endpoint(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
 
-
-def make_prompt(tokens: int, rng: random.Random) -> str:
-    # A random number up front keeps the prefix cache from making every prompt a hit;
-    # each of the words is one token for common tokenizers.
-    return " ".join([str(rng.randrange(1 << 30))] + [rng.choice(_WORDS) for _ in range(tokens - 1)])
 
 
 def request_body(api: str, model: str, prompt: str, max_tokens: int, n: int = 1) -> bytes:
@@ -321,15 +316,6 @@ def wave_starts(applied_at: float, waves: int, interval: float, start_after: flo
     """When each wave starts: the first `start_after` after the apply, then every interval."""
     return [applied_at + start_after + i * interval for i in range(waves)]
 
-
-def http_error_class(status: int) -> str:
-    if status == 429:
-        return "http_429"
-    if 400 <= status < 500:
-        return "http_4xx"
-    if status >= 500:
-        return "http_5xx"
-    return "protocol"  # 1xx/2xx other than 200, 3xx: not what a stream answers
 
 
 def describe_abort(chunks: int | None, delay: float | None) -> str:
@@ -539,7 +525,7 @@ async def run_stream(plan: StreamPlan, gate: Gate | None = None) -> StreamOutcom
         got_head = True
         out.status = head.status
         if head.status != 200:
-            out.error_class = http_error_class(head.status)
+            out.error_class = status_error_class(head.status)
             out.error_type = await _error_body_type(reader, rest) or f"status_{head.status}"
             return out
         if plan.abort_chunks == 0:

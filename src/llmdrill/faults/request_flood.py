@@ -29,6 +29,7 @@ from pydantic import Field, field_validator
 
 from llmdrill.faults.base import fault_window
 from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise, revert_client
+from llmdrill.load.openai_api import make_prompt, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.model.verdict import FaultEffect
 from llmdrill.plugin import FaultBackend
@@ -87,15 +88,8 @@ WATCH_INTERVAL = 0.1  # how often the controller looks for requests past their d
 STOP_GRACE = 2.0  # after cutting, how long workers get to record their own requests
 BACKOFF_BASE, BACKOFF_MAX = 0.1, 1.0  # pause after failures, so a dead target is not spun on
 
-_WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
 Error = tuple[str, str]  # (error class, error type)
 
-
-def make_prompt(tokens: int, rng: random.Random) -> str:
-    # A random number up front keeps the prefix cache from sharing blocks between requests:
-    # shared blocks would take the pressure off the KV cache this fault is meant to fill.
-    # (The load generator has its own copy; it lives in the gevent process.)
-    return " ".join([str(rng.randrange(1 << 30))] + [rng.choice(_WORDS) for _ in range(tokens - 1)])
 
 
 class ConnectionCutter:
@@ -156,11 +150,6 @@ def classify_exception(exc: BaseException, got_response: bool) -> Error:
         return "connect", name
     return "protocol", name
 
-
-def status_class(status: int) -> str:
-    if status == 429:
-        return "http_429"
-    return "http_5xx" if status >= 500 else "http_4xx"
 
 
 def read_capped(chunks: Iterable[bytes], cap: int) -> tuple[bytes, bool]:
@@ -423,7 +412,7 @@ class _Worker:
                 if resp.status_code != 200:
                     flight.retry_after = bool(resp.headers.get("retry-after"))
                     body, _ = read_capped(resp.iter_bytes(), MAX_ERROR_BODY_BYTES)
-                    return (status_class(resp.status_code),
+                    return (status_error_class(resp.status_code),
                             error_type_of_body(body) or f"status_{resp.status_code}")
                 if flood.spec.stream:
                     return read_sse(resp.iter_bytes(), flight.tally)

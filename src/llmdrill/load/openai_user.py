@@ -17,15 +17,9 @@ import gevent
 from locust import FastHttpUser, task
 
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
+from llmdrill.load.openai_api import make_prompt, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.load.transport import LineTooLong, classify_exception, read_line
-
-_WORDS = ("self", "return", "value", "data", "name", "import", "class", "def", "None", "list")
-
-
-def make_prompt(tokens: int, rng: random.Random) -> str:
-    # A random word up front keeps the prefix cache from turning every prompt into a hit.
-    return " ".join([str(rng.randrange(1 << 30))] + [rng.choice(_WORDS) for _ in range(tokens - 1)])
 
 
 def read_api_key(config: LoadConfig) -> str | None:
@@ -226,12 +220,7 @@ class OpenAIUser(FastHttpUser):
         status = outcome.status or 0
         body = resp._response.read(self.cfg.max_body_bytes) if resp._response else b""
         outcome.error_type = error_type_of_body(body) or f"status_{status}"
-        if status == 429:
-            outcome.error_class = "http_429"
-        elif status >= 500:
-            outcome.error_class = "http_5xx"
-        else:
-            outcome.error_class = "http_4xx"
+        outcome.error_class = status_error_class(status)
 
     def _read_stream(self, resp: Any, outcome: _Attempt) -> None:
         raw = resp._response
