@@ -75,7 +75,9 @@ class ReplicasReadyCheck(Strict):
         "(reverted: a drain's pods can only come back once the node is uncordoned).",
     )
     selector: dict[str, str] | None = Field(
-        default=None, description="Only pods with these labels (default: the fault's pods)."
+        default=None,
+        description="The pods counted, by labels (default: the fault's pods); give the "
+        "Service's selector when the fault targets only some of its pods.",
     )
 
 
@@ -84,6 +86,11 @@ class ReadyServesCheck(Strict):
     for longer than `grace` is traffic sent to a pod that is not serving."""
 
     fault: Name = Field(description="The kubernetes fault whose cluster and pods are watched.")
+    selector: dict[str, str] | None = Field(
+        default=None,
+        description="The pods judged, by labels (default: the fault's pods); give the "
+        "Service's selector when the fault targets only some of its pods.",
+    )
     urls: dict[str, str] = Field(
         min_length=1,
         description="Health URL of each Deployment's pod, by Deployment name (e.g. "
@@ -158,7 +165,7 @@ def probe_serving(ctx: RunContext, check_name: str, spec: ReadyServesCheck,
     store = ctx.store
     if store is None:
         return
-    watcher = _watcher(ctx, check_name, spec.fault, None)
+    watcher = _watcher(ctx, check_name, spec.fault, spec.selector)
     watcher.start()
     try:
         # No keep-alive: each poll shows the pod accepts connections now.
@@ -426,7 +433,7 @@ def evaluate_ready_serves(name: str, phase: str, spec: ReadyServesCheck, evidenc
     crash = _probe_crash(evidence, name)
     if crash:
         return result("inconclusive", f"inconclusive: the probe crashed: {crash}")
-    states = _states(evidence, name, spec.fault, None)
+    states = _states(evidence, name, spec.fault, spec.selector)
     polls = [(ts, d) for ts, d in evidence.events_of(SERVING, window.start, window.end)
              if d.get("check") == name]
     if not polls:

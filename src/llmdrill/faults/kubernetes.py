@@ -217,7 +217,7 @@ class KubernetesFault(Strict):
     def _needs(self) -> KubernetesFault:
         action = self.action
         given = self.model_fields_set
-        for name in given:
+        for name in sorted(given):
             allowed = ACTION_FIELDS.get(name)
             if allowed is not None and action not in allowed:
                 raise ValueError(f"{name} does not go with action {action} (it is for "
