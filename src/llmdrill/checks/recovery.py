@@ -161,6 +161,17 @@ class WarmUpCheck(_AfterNodeFault):
     probe_timeout: Duration = Field(
         default=10.0, description="Deadline of one token probe (a 1-token completion)."
     )
+    probe_url: str | None = Field(
+        default=None,
+        description="Base URL the token probes go to (default: the target's base_url). "
+        "Behind a load balancer, the restarted replica's own address times its warm-up "
+        "rather than the other replicas' answers.",
+    )
+
+    @field_validator("probe_url")
+    @classmethod
+    def _probe_url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
 
 
 POLL_EVENT = EventKind.RECOVERY_POLL
@@ -183,7 +194,7 @@ class TokenProbe:
     error: str | None
 
 
-def token_probe(ctx: RunContext, timeout: float) -> TokenProbe:
+def token_probe(ctx: RunContext, timeout: float, base_url: str | None = None) -> TokenProbe:
     """One streamed 1-token completion; the time its first token arrived. Bounded by a
     hard deadline (a cutter shuts the socket) and a cap on what is read."""
     body = {"model": ctx.scenario.target.model, "prompt": "Hello", "max_tokens": 4,
@@ -197,7 +208,8 @@ def token_probe(ctx: RunContext, timeout: float) -> TokenProbe:
     try:
         with httpx.Client(timeout=timeout, headers=ctx.headers, trust_env=False,
                           follow_redirects=False) as client, \
-                client.stream("POST", f"{ctx.base_url}/v1/completions", json=body,
+                client.stream("POST", f"{(base_url or ctx.base_url).rstrip('/')}/v1/completions",
+                              json=body,
                               extensions={"trace": cutter.trace}) as resp:
             status = resp.status_code
             if status != 200:
@@ -246,7 +258,7 @@ def probe_node_recovery(ctx: RunContext, check_name: str,
             if tokens and down_seen and not token_done:
                 assert isinstance(spec, WarmUpCheck)
                 sent = time.time()
-                result = token_probe(ctx, spec.probe_timeout)
+                result = token_probe(ctx, spec.probe_timeout, spec.probe_url)
                 token_done = result.ok
                 if store is not None:
                     store.add_event(sent, TOKEN_EVENT, {
@@ -262,12 +274,14 @@ def probe_node_recovery(ctx: RunContext, check_name: str,
 
 def kill_time(evidence: Evidence, window: Window, fault: str | None
               ) -> tuple[float, str] | None:
-    """When the fault struck, and its name: the earliest of its `docker_action` (taken
-    as the Docker call began) and its `fault_applied` event within the window."""
+    """When the fault struck, and its name: the earliest of its `docker_action` or
+    `kube_action` (taken as the call began) and its `fault_applied` event within the
+    window."""
     applied = [(ts, str(d.get("fault"))) for ts, d in
                evidence.events_of(EventKind.FAULT_APPLIED, window.start, window.end)]
-    actions = [(ts, str(d.get("fault"))) for ts, d in
-               evidence.events_of(EventKind.DOCKER_ACTION, window.start, window.end)]
+    actions = [(ts, str(d.get("fault"))) for kind in (EventKind.DOCKER_ACTION,
+                                                      EventKind.KUBE_ACTION)
+               for ts, d in evidence.events_of(kind, window.start, window.end)]
     if fault is None:
         candidates = sorted(applied + actions)
         if not candidates:

@@ -52,6 +52,25 @@ class EventKind(StrEnum):
     """Whether a memory hog was still running when apply stopped watching. detail: fault,
     container, running."""
 
+    # -- Kubernetes (faults.kubernetes, probes.kube_events) ---------------------------------
+    KUBE_ACTION = "kube_action"
+    """The Kubernetes backend acted, or one step of its action happened. detail: fault,
+    action, step (delete, signal, cordon, evict, evict_refused, stop, start, scale,
+    restart, resize, patch, drain_done, drain_incomplete, error), and what it touched (pods,
+    node, deployment, ...)."""
+    KUBE_POD = "kube_pod"
+    """A pod's state changed, as the API's watch reported it. detail: source (fault or
+    check), pod, owner, node, phase, ready, routable (Ready and not terminating),
+    terminating, deleted, restarts, reasons (waiting/terminated reasons: OOMKilled,
+    CrashLoopBackOff, ...), last_exit_code, memory_limit."""
+    KUBE_NODE = "kube_node"
+    """A node's Ready condition or schedulability changed. detail: source, node, ready
+    (True, False or Unknown), unschedulable, reason."""
+
+    KUBE_SERVING = "kube_serving"
+    """One poll of a Deployment's own health URL by ready_serves. detail: check,
+    deployment, url, ok, status, error, at (when the answer came)."""
+
     # -- active checks' probes (checks.*) ------------------------------------------------------
     CAPS_PROBE = "caps_probe"
     """One over-limit request of caps_enforced and its answer. detail: check, case, round,

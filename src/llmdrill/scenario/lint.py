@@ -12,8 +12,8 @@ loader's own line positions), for `llmdrill validate` and `llmdrill plan` to pri
   (no request can be seen older than that);
 - time limits (`recovers.within` + window, `warm_up`, `stream_recovery.back_within`,
   `oom_observed.within`, `alert_fires`/`alert_resolves.within`, `kv_cache_cleanup.within`
-  from the phase start) at or above 90 % of their phase: "too slow" would be the phase
-  ending, not the check failing;
+  from the phase start, `replicas_ready.within`) at or above 90 % of their phase: "too
+  slow" would be the phase ending, not the check failing;
 - bounds the load can never reach: an error rate max of 1 (or a min of 0), a TTFT max at
   or above the client's ceiling, every error class allowed, a 0-1 KV-cache usage max of
   1 or more, a waiting/running bound at or above all the requests the scenario can have
@@ -34,6 +34,7 @@ from typing import get_args
 from llmdrill.checks.alerts import AlertFiresCheck, AlertResolvesCheck
 from llmdrill.checks.health import EngineHealthyCheck
 from llmdrill.checks.hung import NoHungRequestsCheck
+from llmdrill.checks.kube import ReplicasReadyCheck
 from llmdrill.checks.kv_cleanup import KvCacheCleanupCheck
 from llmdrill.checks.metric import MetricCheck
 from llmdrill.checks.oom import OomObservedCheck
@@ -273,6 +274,11 @@ class _Linter:
             self.warn((*base, "deadline"), f"deadline {_s(spec.deadline)} is not below the "
                       f"longest a load request can take ({_s(ceiling)}): every request cut "
                       "by the kill has ended by then anyway")
+
+    def _replicas_ready(self, check: Check, phase: Phase, base: Loc) -> None:
+        spec = check.spec_as(ReplicasReadyCheck)
+        assert spec is not None
+        self._limit((*base, "within"), "replicas_ready.within", spec.within, phase)
 
     def _oom_observed(self, check: Check, phase: Phase, base: Loc) -> None:
         spec = check.spec_as(OomObservedCheck)

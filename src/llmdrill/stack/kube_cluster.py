@@ -28,7 +28,11 @@ Layout under <stack>/kube (LLMDRILL_STACK_DIR, default ./.stack):
   kubeconfig      admin credentials: `kubectl --kubeconfig <stack>/kube/kubeconfig ...`
 
 `python -m llmdrill.stack.kube_cluster install|up|down|status|deploy-engine|undeploy-engine`
-(and `kubectl ARGS...`, the built kubectl with this cluster's kubeconfig).
+(and `kubectl ARGS...`, the built kubectl with this cluster's kubeconfig). For node-restart
+drills: `stop-kubelet`/`start-kubelet` (the kubelet alone: containers keep running) and
+`stop-node`/`start-node` (a power cut: kubelet, every container and containerd stopped;
+then containerd and the kubelet started, which restart the pods' containers); each start
+is idempotent, as the Kubernetes backend's revert needs.
 """
 
 from __future__ import annotations
@@ -1203,6 +1207,35 @@ class KubeCluster:
              f"kubeconfig: {self.config.kubeconfig}")
         return took
 
+    # -- node restarts (the Kubernetes fault backend's test commands) -------------------
+
+    def stop_kubelet(self) -> bool:
+        """The kubelet alone: its containers keep running, the node goes NotReady once the
+        controller-manager's --node-monitor-grace-period passes (node_grace)."""
+        return self.stop("kubelet")
+
+    def stop_node(self) -> list[str]:
+        """A power cut, as near as one host allows: the kubelet stopped, every container
+        of this node killed (SIGKILL), containerd and its shims stopped. The API server
+        and etcd (the control plane, on other machines in a real cluster) stay up; etcd's
+        pods stay, so start_node brings the same pods back with new containers. Every pod
+        here uses the host network: no network namespace is left behind."""
+        stopped = []
+        if self.stop("kubelet"):
+            stopped.append("kubelet")
+        self._kill_tasks()
+        if self.stop("containerd"):
+            stopped.append("containerd")
+        shims = self._stop_shims()
+        if shims:
+            stopped.append(f"{len(shims)} containerd shim(s)")
+        return stopped
+
+    def start_node(self) -> None:
+        """containerd, then the kubelet (each only if not running: idempotent)."""
+        self.start_containerd()
+        self.start_kubelet()
+
     # -- kubectl ------------------------------------------------------------------------
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
@@ -1454,7 +1487,8 @@ def _pod_problem(pod: dict[str, Any]) -> str | None:
 
 
 USAGE = ("usage: python -m llmdrill.stack.kube_cluster "
-         "install|up|down|status|deploy-engine|undeploy-engine|kubectl ARGS...")
+         "install|up|down|status|deploy-engine|undeploy-engine|stop-kubelet|start-kubelet|"
+         "stop-node|start-node|kubectl ARGS...")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1477,6 +1511,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args == ["undeploy-engine"]:
             removed = cluster.undeploy_engine()
             _say("engine removed" if removed else "no engine deployed")
+        elif args == ["stop-kubelet"]:
+            _say("kubelet stopped" if cluster.stop_kubelet() else "the kubelet was not running")
+        elif args == ["start-kubelet"]:
+            cluster.start_kubelet()
+            _say("kubelet running")
+        elif args == ["stop-node"]:
+            _say(f"node stopped: {', '.join(cluster.stop_node()) or 'nothing was running'}")
+        elif args == ["start-node"]:
+            cluster.start_node()
+            _say("node running (containerd, kubelet)")
         elif args[:1] == ["kubectl"]:
             cmd = [cluster._bin("kubectl"), f"--kubeconfig={cluster.config.kubeconfig}",
                    *args[1:]]
