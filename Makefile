@@ -8,7 +8,7 @@ export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
 .PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit integration \
-	docker-test clean kube-stack kube-up kube-down
+	docker-test clean kube-stack kube-up kube-down kube-test
 
 all: test
 
@@ -79,6 +79,10 @@ kube-up: kube-stack
 	$(BIN)/python -m llmdrill.stack.kube_cluster up
 	$(BIN)/python -m llmdrill.stack.kube_cluster deploy-engine
 
+# The Kubernetes drills against the test cluster (not yet part of `make test`).
+kube-test: kube-up
+	$(BIN)/pytest -m kubernetes -q -p no:cacheprovider --durations=15
+
 kube-down:
 	-$(BIN)/python -m llmdrill.stack.kube_cluster down
 
@@ -94,7 +98,7 @@ integration: stack docker-stack
 	@mkdir -p .stack; log=.stack/docker-tests.log; \
 	LLMDRILL_STATE_DIR=$(LLMDRILL_STATE_DIR)-docker $(PYTEST_INTEGRATION) -m docker \
 	  > $$log 2>&1 & docker_pid=$$!; \
-	$(PYTEST_INTEGRATION) -m "integration and not docker"; rest=$$?; \
+	$(PYTEST_INTEGRATION) -m "integration and not docker and not kubernetes"; rest=$$?; \
 	wait $$docker_pid; docker=$$?; \
 	echo; echo "== the Docker tests (run beside the above; full log: $$log)"; cat $$log; \
 	echo "integration: exit $$rest (local engine), $$docker (Docker)"; \
