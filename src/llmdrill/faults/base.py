@@ -8,6 +8,7 @@ is what lets `llmdrill cleanup` undo a fault after the harness was killed with -
 
 from __future__ import annotations
 
+import signal
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,19 @@ def revert(action: RevertAction) -> None:
     from llmdrill.faults.registry import backend_of
 
     backend_of(str(action.get("backend"))).revert(dict(action))
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """A signal by name (`SIGKILL`, `kill`) or number (`9`), for the faults that send one."""
+    text = name.strip().upper()
+    if text.isdigit():
+        return signal.Signals(int(text))
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return signal.Signals[text]
+    except KeyError:
+        raise ValueError(f"unknown signal '{name}'") from None
 
 
 # --- evidence that a fault landed (shared by the backends' `effect`) ------------------------

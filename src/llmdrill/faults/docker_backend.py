@@ -32,6 +32,7 @@ from llmdrill.faults.base import (
     baseline_before,
     cut_or_retried,
     fault_window,
+    parse_signal,
     share_text,
 )
 from llmdrill.model.events import EventKind
@@ -199,18 +200,6 @@ def connect(host: str, timeout: float) -> Iterator[Any]:
         yield client
     finally:
         client.close()
-
-
-def parse_signal(name: str) -> signal.Signals:
-    text = name.strip().upper()
-    if text.isdigit():
-        return signal.Signals(int(text))
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    try:
-        return signal.Signals[text]
-    except KeyError:
-        raise ValueError(f"unknown signal '{name}'") from None
 
 
 def fmt_size(n: int) -> str:

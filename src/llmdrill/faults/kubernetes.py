@@ -30,7 +30,6 @@ import math
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -45,6 +44,7 @@ from llmdrill.faults.base import (
     EnvironmentProblem,
     cut_or_retried,
     fault_window,
+    parse_signal,
     share_text,
 )
 from llmdrill.faults.kube_api import (
@@ -455,18 +455,6 @@ def replace_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:
             part = part.replace("{" + key + "}", value)
         out.append(part)
     return out
-
-
-def parse_signal(name: str) -> signal.Signals:
-    text = name.strip().upper()
-    if text.isdigit():
-        return signal.Signals(int(text))
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    try:
-        return signal.Signals[text]
-    except KeyError:
-        raise ValueError(f"unknown signal '{name}'") from None
 
 
 def container_index(spec: dict[str, Any], container: str | None) -> tuple[int, dict[str, Any]]:
