@@ -290,7 +290,8 @@ def up(
     install: Annotated[bool, typer.Option(help="Install missing parts first.")] = True,
 ) -> None:
     """Start the local stack (real vLLM on CPU + Toxiproxy) on 127.0.0.1 and print URLs."""
-    from llmdrill.stack.local import LocalStack, StackError
+    from llmdrill.stack import StackError
+    from llmdrill.stack.local import LocalStack
 
     stack = LocalStack()
     try:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llmdrill.stack.docker_stack import _python_home
+from llmdrill.stack.processes import python_home
 from tests.integration.conftest import REPO, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -91,8 +91,8 @@ def test_the_compose_file_is_valid_for_both_profiles_and_its_parts_agree(compose
 def local_env(tmp_path: Path) -> dict[str, str]:
     stack_dir = Path(os.environ.get("LLMDRILL_STACK_DIR", REPO / ".stack")).resolve()
     venv = Path(os.environ.get("VIRTUAL_ENV") or REPO / ".venv").resolve()
-    home = _python_home(stack_dir / "vllm-venv")
-    assert _python_home(venv) == home, "both venvs must come from one Python installation"
+    home = python_home(stack_dir / "vllm-venv")
+    assert python_home(venv) == home, "both venvs must come from one Python installation"
     reports = tmp_path / "reports"
     reports.mkdir()
     return {**os.environ, "COMPOSE_PROFILES": "cpu", "LLMDRILL_STACK_DIR": str(stack_dir),

@@ -12,8 +12,8 @@ from llmdrill.harness.secrets import SecretMissing
 from llmdrill.monitoring.prometheus import MonitoringError
 from llmdrill.plugin import PluginError
 from llmdrill.scenario.errors import ScenarioError
+from llmdrill.stack import StackError
 from llmdrill.stack.docker_stack import DockerStackError
-from llmdrill.stack.local import StackError
 
 pytestmark = pytest.mark.unit
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -31,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from llmdrill.faults.docker_backend import connect, docker_host
-from llmdrill.stack.local import StackError
+from llmdrill.stack import StackError, processes
+from llmdrill.stack.apt import apt_install
 
 BASE_IMAGE = "llmdrill/base:busybox"
 BUSYBOX = Path("/usr/bin/busybox")  # Debian's busybox-static puts the static one here
@@ -43,8 +41,6 @@ APPLETS = ("sh", "sleep", "kill", "cat", "ls", "ps", "echo", "true", "false", "w
 ENGINE_LABEL = {"llmdrill.role": "engine"}
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 ENGINE_START_TIMEOUT = 60.0
-# Another apt-get (unattended upgrades, a second job) may hold the dpkg lock: wait for it.
-APT_LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
 
 
 class DockerStackError(StackError):
@@ -104,15 +100,7 @@ class DockerStack:
                    if not present]
         if not missing:
             return
-        _say(f"installing {', '.join(missing)} (apt)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", *APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends",
-               *missing]
-        if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
-            subprocess.run(["apt-get", *APT_LOCK_WAIT, "update", "-q"], env=env, timeout=1200,
-                           check=False)
-            if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
-                raise DockerStackError(f"apt-get install {' '.join(missing)} failed")
+        apt_install(missing)
 
     # -- the engine -----------------------------------------------------------------------
 
@@ -137,40 +125,19 @@ class DockerStack:
             raise DockerStackError("dockerd is missing; run `docker_stack install`")
         run = self.config.run_dir
         run.mkdir(parents=True, exist_ok=True)
-        log = (run / "dockerd.log").open("ab")
-        proc = subprocess.Popen(
+        proc = processes.spawn(
             [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false",
-             "--pidfile", str(run / "dockerd-own.pid"),
-             "-H", self.config.host],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=run,
-            start_new_session=True)
-        self._pidfile.write_text(str(proc.pid))
-        deadline = time.time() + ENGINE_START_TIMEOUT
-        while time.time() < deadline:
-            if self.engine_ok():
-                return
-            if proc.poll() is not None:
-                tail = (run / "dockerd.log").read_text(errors="replace")[-2000:]
-                raise DockerStackError(f"dockerd exited during start-up:\n{tail}")
-            time.sleep(0.5)
-        raise DockerStackError(f"dockerd did not answer within {ENGINE_START_TIMEOUT:.0f}s "
-                               f"(log: {run / 'dockerd.log'})")
+             "--pidfile", str(run / "dockerd-own.pid"), "-H", self.config.host],
+            run / "dockerd.log", self._pidfile, cwd=run)
+        try:
+            processes.wait_healthy("dockerd", self.engine_ok, lambda: proc.poll() is None,
+                                   ENGINE_START_TIMEOUT, run / "dockerd.log")
+        except processes.ServiceStartError as exc:
+            raise DockerStackError(str(exc)) from None
 
     def stop_engine(self) -> bool:
         """Stops the dockerd this module started (never one it found running)."""
-        if not self._pidfile.exists():
-            return False
-        pid = int(self._pidfile.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            self._pidfile.unlink(missing_ok=True)
-            return False
-        deadline = time.time() + 30
-        while time.time() < deadline and _alive(pid):
-            time.sleep(0.2)
-        self._pidfile.unlink(missing_ok=True)
-        return True
+        return processes.stop_pidfile(self._pidfile, grace=30, group=False)
 
     # -- the image ------------------------------------------------------------------------
 
@@ -195,17 +162,14 @@ class DockerStack:
     # -- the vLLM container ---------------------------------------------------------------
 
     def vllm_healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.config.url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return processes.answers(f"{self.config.url}/health")
 
     def vllm_spec(self) -> dict[str, Any]:
         """Everything `containers.run` gets: host paths mounted at the same paths, so the
         venv's absolute paths and the model path work unchanged inside."""
         cfg = self.config
         venv = cfg.root / "vllm-venv"
-        python_home = _python_home(venv)
+        python_home = processes.python_home(venv)
         model = cfg.root / "models" / cfg.model_name
         cache = cfg.run_dir / "docker-vllm-cache"
         for sub in ("tmp", "home", "vllm", "inductor"):
@@ -347,38 +311,6 @@ def _static(path: Path) -> bool:
     except (OSError, subprocess.SubprocessError):
         return True  # no `file`: trust the package
     return "statically linked" in out
-
-
-def _python_home(venv: Path) -> Path:
-    """The Python installation the venv was made from (pyvenv.cfg's home), to mount."""
-    cfg = venv / "pyvenv.cfg"
-    if not cfg.exists():
-        raise DockerStackError(f"{venv} is not a venv; run `llmdrill up` (it installs vLLM)")
-    for line in cfg.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home":
-            home = Path(value.strip()).resolve()
-            # .../versions/3.11.7/bin -> mount the whole installation, not only bin/
-            return home.parent if home.name == "bin" else home
-    raise DockerStackError(f"{cfg} names no home")
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a dockerd this process started is its child: reap it)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def main(argv: list[str] | None = None) -> int:

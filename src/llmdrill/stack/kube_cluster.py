@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import io
 import json
@@ -62,7 +61,8 @@ from typing import Any
 
 import httpx
 
-from llmdrill.stack.local import StackError
+from llmdrill.stack import StackError, processes
+from llmdrill.stack.apt import apt_install, deb_installed
 
 HERE = Path(__file__).parent
 KUBE_DATA = HERE / "kube"
@@ -78,8 +78,6 @@ GO = Path(os.environ.get("LLMDRILL_GO", "/usr/local/go/bin/go"))
 # the static busybox for the engine image, openssl for the certificates.
 DEBS = ("etcd-server", "containerd", "runc", "containernetworking-plugins", "busybox-static",
         "openssl")
-# Another apt-get (unattended upgrades, a second job) may hold the dpkg lock: wait for it.
-APT_LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
 BUSYBOX = Path("/bin/busybox")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 
@@ -647,43 +645,6 @@ def shim_pids(socket: Path, cmdlines: dict[int, list[str]]) -> list[int]:
     return sorted(pids)
 
 
-# -- processes -------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a process this one started is its child: reap it)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Two installs at once (two make jobs, two sessions) build once, not twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
 class KubeCluster:
     def __init__(self, config: KubeClusterConfig | None = None) -> None:
         self.config = config or KubeClusterConfig.from_env()
@@ -700,18 +661,7 @@ class KubeCluster:
         if shutil.which("dpkg-query") is None:
             raise StackError("dpkg-query is missing: this installer needs Debian packages "
                              f"({', '.join(DEBS)})")
-        missing = [pkg for pkg in DEBS if not _deb_installed(pkg)]
-        if not missing:
-            return
-        _say(f"installing {', '.join(missing)} (apt)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", *APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends",
-               *missing]
-        if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
-            subprocess.run(["apt-get", *APT_LOCK_WAIT, "update", "-q"], env=env, timeout=1200,
-                           check=False)
-            if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
-                raise StackError(f"apt-get install {' '.join(missing)} failed")
+        apt_install([pkg for pkg in DEBS if not deb_installed(pkg)])
 
     def _go_env(self) -> dict[str, str]:
         # GOTOOLCHAIN=local: never download another Go; GOWORK=off: a go.work above the
@@ -730,7 +680,7 @@ class KubeCluster:
             return
         if not GO.exists():
             raise StackError(f"{GO} is missing (set LLMDRILL_GO to a Go toolchain)")
-        with _file_lock(cfg.cache / ".lock"):
+        with processes.file_lock(cfg.cache / ".lock"):
             if self.binaries_built():  # another install finished it while we waited
                 return
             started = time.time()
@@ -791,7 +741,7 @@ class KubeCluster:
                 raise
         if code != 0:
             raise StackError(f"{what} failed (exit {code}); log: {log}; last lines:\n"
-                             f"{_tail(log)}")
+                             f"{processes.tail(log, 3000)}")
 
     def build_pause(self) -> Path:
         target = self.config.bin_dir / "pause"
@@ -994,11 +944,7 @@ class KubeCluster:
         return self.config.run_dir / f"{name}.log"
 
     def pid(self, name: str) -> int | None:
-        pidfile = self._pidfile(name)
-        if not pidfile.exists():
-            return None
-        pid = int(pidfile.read_text())
-        return pid if _alive(pid) else None
+        return processes.read_pid(self._pidfile(name))
 
     def _start(self, name: str, cmd: list[str], healthy: Callable[[], bool],
                timeout: float) -> None:
@@ -1008,41 +954,15 @@ class KubeCluster:
             return
         if self.pid(name) is None:
             self.config.run_dir.mkdir(parents=True, exist_ok=True)
-            with self._log(name).open("ab") as log:
-                log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n"
-                          .encode())
-                log.flush()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=self.config.run_dir,
-                                        start_new_session=True)
-            self._pidfile(name).write_text(str(proc.pid))
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if healthy():
-                return
-            if self.pid(name) is None:
-                raise StackError(f"{name} exited during start-up (log: {self._log(name)}); "
-                                 f"last lines:\n{_tail(self._log(name), 2000)}")
-            time.sleep(0.5)
-        raise StackError(f"{name} did not become healthy within {timeout:.0f}s "
-                         f"(log: {self._log(name)})")
+            processes.spawn(cmd, self._log(name), self._pidfile(name), cwd=self.config.run_dir)
+        try:
+            processes.wait_healthy(name, healthy, lambda: self.pid(name) is not None,
+                                   timeout, self._log(name))
+        except processes.ServiceStartError as exc:
+            raise StackError(str(exc)) from None
 
     def stop(self, name: str, grace: float = 20) -> bool:
-        pid = self.pid(name)
-        self._pidfile(name).unlink(missing_ok=True)
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.time() + grace
-        while time.time() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _alive(pid) and time.time() < deadline + 10:
-                time.sleep(0.2)
-        return True
+        return processes.stop_pidfile(self._pidfile(name), grace)
 
     def start_etcd(self) -> None:
         etcd = shutil.which("etcd") or "/usr/bin/etcd"
@@ -1180,7 +1100,7 @@ class KubeCluster:
                 return
             if self.pid("kubelet") is None and not self.kubelet_healthy():
                 raise StackError(f"the kubelet exited (log: {self._log('kubelet')}); last "
-                                 f"lines:\n{_tail(self._log('kubelet'), 2000)}")
+                                 f"lines:\n{processes.tail(self._log('kubelet'))}")
             time.sleep(0.5)
         raise StackError(f"node {NODE_NAME} was not Ready within {timeout:.0f}s; see "
                          f"{self._log('kubelet')} and {self._log('containerd')}")
@@ -1264,7 +1184,7 @@ class KubeCluster:
             raise StackError("the cluster is not running; run "
                              "`python -m llmdrill.stack.kube_cluster up` (make kube-up)")
         started = time.time()
-        manifests = engine_manifests(cfg, _python_home(cfg.venv))
+        manifests = engine_manifests(cfg, processes.python_home(cfg.venv))
         self.kubectl("apply", "-f", "-", input=json.dumps(manifests))
         if wait:
             self.wait_engine_ready(cfg.engine_timeout)
@@ -1363,10 +1283,10 @@ class KubeCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(p) for p in pids):
+        while time.time() < deadline and any(processes.alive(p) for p in pids):
             time.sleep(0.2)
         for pid in pids:
-            if _alive(pid):
+            if processes.alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         return pids
@@ -1436,12 +1356,6 @@ def _staging(cfg: KubeClusterConfig) -> str:
     return re.sub(r"^v1\.", "v0.", cfg.version)
 
 
-def _deb_installed(pkg: str) -> bool:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True,
-                         text=True, timeout=30)
-    return out.returncode == 0 and out.stdout.strip().endswith(" installed")
-
-
 def _write_if_changed(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
@@ -1452,20 +1366,6 @@ def _check_run(cmd: list[str]) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise StackError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
-
-
-def _python_home(venv: Path) -> Path:
-    """The Python installation the venv was made from (pyvenv.cfg's home), to mount."""
-    cfg = venv / "pyvenv.cfg"
-    if not cfg.exists():
-        raise StackError(f"{venv} is not a venv; run `make stack` (it installs vLLM)")
-    for line in cfg.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home":
-            home = Path(value.strip()).resolve()
-            # .../versions/3.11.7/bin -> mount the whole installation, not only bin/
-            return home.parent if home.name == "bin" else home
-    raise StackError(f"{cfg} names no home")
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:

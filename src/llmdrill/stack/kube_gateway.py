@@ -50,14 +50,9 @@ from typing import Any
 
 import httpx
 
-from llmdrill.stack.kube_cluster import (
-    APT_LOCK_WAIT,
-    ENGINE_NAME,
-    KubeClusterConfig,
-    _alive,
-    _deb_installed,
-)
-from llmdrill.stack.local import StackError
+from llmdrill.stack import StackError, processes
+from llmdrill.stack.apt import apt_install
+from llmdrill.stack.kube_cluster import ENGINE_NAME, KubeClusterConfig
 
 BACKEND = "engine"
 WATCH_SECONDS = 60
@@ -292,23 +287,11 @@ class Gateway:
 def install_haproxy() -> None:
     if shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists():
         return
-    if shutil.which("apt-get") is None or _deb_installed("haproxy"):
-        raise StackError("haproxy is missing; install Debian's haproxy package")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", *APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends",
-           "haproxy"]
-    if subprocess.run(cmd, env=env, timeout=1500).returncode != 0:
-        raise StackError("apt-get install haproxy failed")
+    apt_install(["haproxy"])
 
 
 def pid(cfg: GatewayConfig) -> int | None:
-    if not cfg.pidfile.exists():
-        return None
-    try:
-        found = int(cfg.pidfile.read_text())
-    except ValueError:
-        return None
-    return found if _alive(found) else None
+    return processes.read_pid(cfg.pidfile)
 
 
 def state(cfg: GatewayConfig) -> dict[str, Any] | None:
@@ -354,19 +337,7 @@ def up(cfg: GatewayConfig, timeout: float = 60.0) -> float:
 
 
 def down(cfg: GatewayConfig) -> bool:
-    found = pid(cfg)
-    cfg.pidfile.unlink(missing_ok=True)
-    if found is None:
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(found, signal.SIGTERM)
-    deadline = time.time() + 15
-    while time.time() < deadline and _alive(found):
-        time.sleep(0.1)
-    if _alive(found):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(found, signal.SIGKILL)
-    return True
+    return processes.stop_pidfile(cfg.pidfile, grace=15)
 
 
 def main(argv: list[str] | None = None) -> int:

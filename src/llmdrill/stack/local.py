@@ -11,25 +11,18 @@ group (vLLM's EngineCore and Worker would otherwise outlive the API server).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from llmdrill.errors import LlmdrillError
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
+from llmdrill.stack import StackError, processes
 
 HERE = Path(__file__).parent
-
-
-class StackError(LlmdrillError):
-    pass
 
 
 @dataclass
@@ -102,16 +95,10 @@ class LocalStack:
     # -- health ---------------------------------------------------------------------------
 
     def vllm_healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.config.vllm_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return processes.answers(f"{self.config.vllm_url}/health")
 
     def toxiproxy_healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.config.toxiproxy_url}/version", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return processes.answers(f"{self.config.toxiproxy_url}/version")
 
     # -- processes ------------------------------------------------------------------------
 
@@ -120,30 +107,13 @@ class LocalStack:
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.config.run_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=self.config.run_dir, start_new_session=True)
-        self._pidfile(name).write_text(str(proc.pid))
+        processes.spawn(cmd, self.config.run_dir / f"{name}.log", self._pidfile(name),
+                        env=env, cwd=self.config.run_dir)
 
-    def _wait(self, name: str, healthy: object, timeout: float) -> None:
-        deadline = time.time() + timeout
-        pidfile = self._pidfile(name)
-        while time.time() < deadline:
-            if callable(healthy) and healthy():
-                return
-            if pidfile.exists():
-                pid = int(pidfile.read_text())
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    log = self.config.run_dir / f"{name}.log"
-                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                    raise StackError(
-                        f"{name} exited during start-up; last log lines:\n{tail}"
-                    ) from None
-            time.sleep(1)
-        raise StackError(f"{name} did not become healthy within {timeout:.0f}s "
-                         f"(log: {self.config.run_dir / (name + '.log')})")
+    def _wait(self, name: str, healthy: Callable[[], bool], timeout: float) -> None:
+        processes.wait_healthy(
+            name, healthy, lambda: processes.read_pid(self._pidfile(name)) is not None,
+            timeout, self.config.run_dir / f"{name}.log", poll=1.0)
 
     def start_toxiproxy(self) -> None:
         if self.toxiproxy_healthy():
@@ -206,27 +176,7 @@ class LocalStack:
         self.ensure_proxy()
 
     def stop(self, name: str) -> bool:
-        pidfile = self._pidfile(name)
-        if not pidfile.exists():
-            return False
-        pid = int(pidfile.read_text())
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pidfile.unlink(missing_ok=True)
-            return False
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
-        return True
+        return processes.stop_pidfile(self._pidfile(name), grace=20)
 
     def down(self) -> list[str]:
         return [name for name in ("vllm", "toxiproxy") if self.stop(name)]
