@@ -2,6 +2,9 @@
 
 - Files named `drill_*.yaml` under the test paths are collected; each check of the
   scenario becomes one test item (the scenario runs once, at its first item).
+- With `--llmdrill-scenarios`, every scenario file (`kind: Scenario`) under the given
+  paths is collected too, whatever its name: `pytest scenarios/ --llmdrill-scenarios` runs
+  the shipped drills. `--llmdrill-tag T` (repeatable) keeps the scenarios tagged T.
 - The `llmdrill_run` fixture runs a scenario file and returns its RunResult, for tests
   that assert on the result in Python.
 Reports go to `--llmdrill-out` (default: reports/pytest).
@@ -23,6 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmdrill")
     group.addoption("--llmdrill-out", default="reports/pytest",
                     help="folder for the reports of drills run by pytest")
+    group.addoption("--llmdrill-scenarios", action="store_true", default=False,
+                    help="collect every scenario file (kind: Scenario), not only drill_*.yaml")
+    group.addoption("--llmdrill-tag", action="append", default=[], metavar="TAG",
+                    help="collect only the scenarios with this tag (repeatable: any of them)")
 
 
 def _run(path: Path, out: Path) -> RunResult:
@@ -43,9 +50,27 @@ def llmdrill_run(request: pytest.FixtureRequest) -> Callable[[str | Path], RunRe
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
-    if file_path.suffix in (".yaml", ".yml") and file_path.name.startswith("drill_"):
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    if file_path.name.startswith("drill_") or (
+            parent.config.getoption("--llmdrill-scenarios") and _is_scenario(file_path)):
         return DrillFile.from_parent(parent, path=file_path)
     return None
+
+
+def _is_scenario(path: Path) -> bool:
+    """A file that declares itself a scenario (other YAML beside it, such as a suite, a
+    Compose file or a manifest, is not collected; a broken scenario is, to say why)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError):
+        return False
+    except yaml.YAMLError:
+        return True  # meant as a scenario or not, say where it is broken
+    return (isinstance(document, dict) and document.get("kind") == "Scenario"
+            and str(document.get("apiVersion", "")).startswith("llmdrill/"))
 
 
 class DrillFile(pytest.File):
@@ -58,6 +83,9 @@ class DrillFile(pytest.File):
             scenario = load_scenario(self.path)
         except ScenarioError as exc:  # the user's file:line:field, not a traceback
             raise self.CollectError("\n".join(str(i) for i in exc.issues)) from None
+        tags = self.config.getoption("--llmdrill-tag")
+        if tags and not set(tags) & set(scenario.metadata.tags):
+            return
         enabled = [check.display_name(i) for i, check in enumerate(scenario.checks)
                    if check.enabled]  # opt-in checks left off are not part of the run
         # No enabled check: one item for the run, which is inconclusive, so never a pass.

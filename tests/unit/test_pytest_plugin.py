@@ -98,3 +98,46 @@ def test_an_invalid_drill_file_is_a_collection_error_naming_file_line_and_field(
     out.stdout.fnmatch_lines(["*drill_bad.yaml:4:*target.nope*"])
     assert "Traceback" not in out.stdout.str()
     assert out.ret != 0
+
+
+def _collect(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:locust",
+                                        "-p", "no:hypothesispytest", *args)
+
+
+def test_shipped_scenario_names_are_collected_only_with_the_flag(
+        pytester: pytest.Pytester) -> None:
+    """`pytest scenarios/ --llmdrill-scenarios` takes timeout-spike.yaml and the like; a
+    suite, a Compose file or a manifest beside them is not a scenario."""
+    pytester.makefile(".yaml", **{"timeout-spike": DRILL + ON % "a" + OFF % "dormant"})
+    pytester.makefile(".yaml", gameday="kind: Suite\nscenarios: [timeout-spike.yaml]\n")
+    pytester.makefile(".yml", compose="services: {vllm: {image: x}}\n")
+    pytester.makefile(".yaml", manifest="apiVersion: v1\nkind: Namespace\n")
+    assert "timeout-spike" not in _collect(pytester).stdout.str()
+    out = _collect(pytester, "--llmdrill-scenarios")
+    out.stdout.fnmatch_lines(["*timeout-spike.yaml::a*"])
+    text = out.stdout.str()
+    assert "::dormant" not in text  # enabled: false is not collected
+    assert "gameday" not in text and "compose" not in text and "manifest" not in text
+    assert "1 test collected" in text
+
+
+def test_tags_select_the_scenarios(pytester: pytest.Pytester) -> None:
+    tagged = DRILL.replace("metadata: {name: drill}",
+                           "metadata: {name: drill, tags: [quickstart]}")
+    pytester.makefile(".yaml", quick=tagged + ON % "q", slow=DRILL + ON % "s")
+    text = _collect(pytester, "--llmdrill-scenarios", "--llmdrill-tag", "quickstart"
+                    ).stdout.str()
+    assert "quick.yaml::q" in text and "slow.yaml" not in text
+    text = _collect(pytester, "--llmdrill-scenarios", "--llmdrill-tag", "nothing"
+                    ).stdout.str()
+    assert "quick.yaml" not in text and "slow.yaml" not in text
+
+
+def test_a_broken_yaml_is_collected_with_the_flag_to_say_where(
+        pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", broken="kind: Scenario\nmetadata: [unclosed\n")
+    out = _collect(pytester, "--llmdrill-scenarios")
+    assert "broken.yaml" in out.stdout.str()
+    assert "Traceback" not in out.stdout.str()
+    assert out.ret != 0
