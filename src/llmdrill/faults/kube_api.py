@@ -28,11 +28,52 @@ STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 
+# `kubeconfig: in-cluster`: the pod's own ServiceAccount (its token, the cluster's CA, and
+# the API address Kubernetes puts in every pod's environment).
+IN_CLUSTER = "in-cluster"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def service_account_dir() -> Path:
+    """Where the pod's ServiceAccount token and CA are mounted (movable for tests)."""
+    return Path(os.environ.get("LLMDRILL_KUBE_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
+
+
+def in_a_pod() -> bool:
+    """Running in a Kubernetes pod with a ServiceAccount token mounted."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (
+        service_account_dir() / "token").exists()
+
+
 def kubeconfig_path(configured: str | None = None) -> str:
     """The kubeconfig to use: the spec's, else $KUBECONFIG (maybe a `:` list), else
-    ~/.kube/config; with `~` expanded, so a journaled path means the same in any process."""
-    raw = configured or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+    ~/.kube/config, else, in a pod with no kubeconfig at all, the pod's ServiceAccount
+    (`in-cluster`); with `~` expanded, so a journaled path means the same in any process."""
+    if configured == IN_CLUSTER:
+        return IN_CLUSTER
+    raw = configured or os.environ.get("KUBECONFIG")
+    if not raw:
+        if not Path(DEFAULT_KUBECONFIG).expanduser().exists() and in_a_pod():
+            return IN_CLUSTER
+        raw = DEFAULT_KUBECONFIG
     return os.pathsep.join(str(Path(p).expanduser()) for p in raw.split(os.pathsep) if p)
+
+
+def _in_cluster_client(context: str | None) -> Any:
+    """An API client on the pod's ServiceAccount; the token is read again as the kubelet
+    rotates it."""
+    from kubernetes import client
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    if context:
+        raise EnvironmentProblem(f"context '{context}' makes no sense with kubeconfig "
+                                 f"{IN_CLUSTER}: a pod has one cluster and one account")
+    folder = service_account_dir()
+    configuration = client.Configuration()
+    loader: Any = InClusterConfigLoader  # untyped in the package
+    loader(token_filename=str(folder / "token"),
+           cert_filename=str(folder / "ca.crt")).load_and_set(configuration)
+    return client.ApiClient(configuration=configuration)
 
 
 class KubeError(EnvironmentProblem):
@@ -73,9 +114,12 @@ class KubeApi:
         self.context = context
         self.timeout = timeout
         try:
-            make: Any = config.new_client_from_config  # untyped in the package
-            self.client: Any = make(config_file=self.kubeconfig, context=context,
-                                    persist_config=False)
+            if self.kubeconfig == IN_CLUSTER:
+                self.client: Any = _in_cluster_client(context)
+            else:
+                make: Any = config.new_client_from_config  # untyped in the package
+                self.client = make(config_file=self.kubeconfig, context=context,
+                                   persist_config=False)
         except (ConfigException, OSError, ValueError, TypeError) as exc:
             where = f"context '{context}' of " if context else ""
             raise EnvironmentProblem(f"cannot use {where}kubeconfig {self.kubeconfig}: "

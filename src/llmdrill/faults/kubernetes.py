@@ -206,7 +206,8 @@ class KubernetesFault(Strict):
     )
     kubeconfig: str | None = Field(
         default=None,
-        description="Path of the kubeconfig (default: $KUBECONFIG, else ~/.kube/config).",
+        description="Path of the kubeconfig (default: $KUBECONFIG, else ~/.kube/config, "
+        "else, in a pod, its ServiceAccount), or `in-cluster` for the pod's ServiceAccount.",
     )
     context: str | None = Field(
         default=None, description="The kubeconfig context (default: its current context)."
