@@ -222,9 +222,29 @@ def alert_rules(
         "--set", metavar="NAME=VALUE",
         help="Change a threshold (repeatable); see docs/alerts.md.")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write here.")] = None,
+    format_: Annotated[str, typer.Option(
+        "--format", help="rules (a Prometheus rule file) or prometheus-rule (a "
+        "PrometheusRule object for prometheus-operator).")] = "rules",
+    namespace: Annotated[str, typer.Option(
+        help="prometheus-rule: the object's namespace.")] = "monitoring",
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="NAME=VALUE",
+        help="prometheus-rule: a label its Prometheus' ruleSelector matches (repeatable; "
+        "default release=prometheus).")] = None,
 ) -> None:
     """Print the LLM-serving Prometheus alert rules the alert drills expect."""
-    from llmdrill.monitoring.rules import render
+    from llmdrill.monitoring.rules import render, render_prometheus_rule
+
+    if format_ not in ("rules", "prometheus-rule"):
+        err.print(f"--format must be rules or prometheus-rule, got '{format_}'", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            err.print(f"--label wants NAME=VALUE, got '{item}'", markup=False)
+            raise typer.Exit(EXIT_INVALID)
+        labels[key] = value
 
     overrides = {}
     for item in set_ or []:
@@ -234,7 +254,8 @@ def alert_rules(
             raise typer.Exit(EXIT_INVALID)
         overrides[name] = value
     try:
-        text = render(overrides)
+        text = (render(overrides) if format_ == "rules" else
+                render_prometheus_rule(overrides, namespace=namespace, labels=labels or None))
     except ValueError as exc:
         err.print(f"--set: {exc}", markup=False)
         raise typer.Exit(EXIT_INVALID) from None

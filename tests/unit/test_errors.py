@@ -50,3 +50,25 @@ def test_alert_rules_command_prints_the_rendered_rules() -> None:
     assert result.output == render({"kv_cache_usage": "0.8"})
     bad = CliRunner().invoke(cli.app, ["alert-rules", "--set", "nope=1"])
     assert bad.exit_code == 2 and "unknown parameter 'nope'" in bad.output
+
+
+def test_alert_rules_as_a_prometheus_rule_object() -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from llmdrill.monitoring.rules import render
+
+    result = CliRunner().invoke(cli.app, [
+        "alert-rules", "--format", "prometheus-rule", "--namespace", "obs",
+        "--label", "release=kps", "--set", "kv_cache_usage=0.8"])
+    assert result.exit_code == 0, result.output
+    rule = yaml.safe_load(result.output)
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["metadata"]["namespace"] == "obs"
+    assert rule["metadata"]["labels"] == {"release": "kps"}
+    # The same groups, thresholds changed the same way, as the plain rule file.
+    assert rule["spec"]["groups"] == yaml.safe_load(render({"kv_cache_usage": "0.8"}))["groups"]
+    assert "kv_cache_usage=0.8" in result.output.splitlines()[1]
+    for bad in (["--format", "helm"], ["--format", "prometheus-rule", "--label", "x"]):
+        refused = CliRunner().invoke(cli.app, ["alert-rules", *bad])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output

@@ -612,6 +612,21 @@ PERMISSIONS: dict[str, list[tuple[str, str, str, str, bool]]] = {
                         ("patch", "apps", "deployments", "", True)],
     "memory": [("get", "apps", "deployments", "", True)],
 }
+# Asked for beside the table by some settings (see `preflight`): an in-place memory squeeze,
+# a squeeze through the Deployment, a drain of every pod on the node.
+MEMORY_IN_PLACE = [("patch", "", "pods", "resize", True)]
+MEMORY_THROUGH_DEPLOYMENT = [("patch", "apps", "deployments", "", True)]
+DRAIN_ALL = [("list", "", "pods", "", False), ("list", "policy", "poddisruptionbudgets", "", False)]
+
+
+def every_permission() -> set[tuple[str, str, str, str, bool]]:
+    """Everything the backend may ask for, whatever the action and settings: what the
+    shipped RBAC (deploy/kubernetes/rbac.yaml) grants, no more."""
+    found = set(READ_PODS) | set(MEMORY_IN_PLACE) | set(MEMORY_THROUGH_DEPLOYMENT) | set(
+        DRAIN_ALL)
+    for needed in PERMISSIONS.values():
+        found |= set(needed)
+    return found
 
 
 class KubernetesInjector:
@@ -721,12 +736,10 @@ class KubernetesInjector:
         spec = self.spec
         needed = list(READ_PODS) + PERMISSIONS[spec.action]
         if spec.action == "memory":
-            needed += ([("patch", "", "pods", "resize", True)] if spec.resize != "deployment"
-                       else []) + ([("patch", "apps", "deployments", "", True)]
-                                   if spec.resize != "in_place" else [])
+            needed += ((MEMORY_IN_PLACE if spec.resize != "deployment" else [])
+                       + (MEMORY_THROUGH_DEPLOYMENT if spec.resize != "in_place" else []))
         if spec.action == "drain" and spec.drain_all:
-            needed += [("list", "", "pods", "", False),
-                       ("list", "policy", "poddisruptionbudgets", "", False)]
+            needed += DRAIN_ALL
         denied = []
         for verb, group, resource, sub, namespaced in needed:
             attrs: dict[str, Any] = {"verb": verb, "group": group, "resource": resource}

@@ -197,6 +197,39 @@ def render(overrides: Mapping[str, str] | None = None) -> str:
     return _MARKER.sub(lambda m: values[m.group(1)], TEMPLATE)
 
 
+def render_prometheus_rule(overrides: Mapping[str, str] | None = None,
+                           name: str = "llm-serving", namespace: str = "monitoring",
+                           labels: Mapping[str, str] | None = None) -> str:
+    """The same rules as a PrometheusRule object (prometheus-operator's CRD): what a
+    cluster whose Prometheus is run by the operator loads with `kubectl apply`. `labels`
+    are what its Prometheus' ruleSelector matches (default: `release: prometheus`, the
+    kube-prometheus-stack chart's default)."""
+    import yaml
+
+    groups = yaml.safe_load(render(overrides))["groups"]
+    params = render(overrides).splitlines()[1].removeprefix("# from its template; ")
+    manifest = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": dict(labels or {"release": "prometheus"})},
+        "spec": {"groups": groups},
+    }
+    header = ("# LLM-serving alert rules as a PrometheusRule, rendered by `llmdrill alert-rules\n"
+              f"# --format prometheus-rule`; {params}.\n"
+              "# Edit the parameters, not this file: docs/alerts.md lists them.\n")
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        # PromQL over several lines stays readable as a block, as in the rule file.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return header + yaml.dump(manifest, Dumper=Dumper, sort_keys=False, width=100)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmdrill.monitoring.rules",
                                      description="Render the LLM-serving alert rules.")
