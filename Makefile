@@ -22,9 +22,11 @@ venv: $(BIN)/.installed
 # Another apt-get (unattended upgrades, a second job) may hold the dpkg lock: wait for it.
 APT_OPTS := -o DPkg::Lock::Timeout=600
 
-# Debian packages the tests use: a real nginx as the gateway, Prometheus and Alertmanager.
+# Debian packages the tests use: a real nginx as the gateway, Prometheus and Alertmanager,
+# shellcheck (actionlint checks the shipped workflow's scripts with it).
 # Installed only when missing (CI runs as root on a fresh Debian machine).
-DEBS := nginx-light:nginx prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
+DEBS := nginx-light:nginx prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager \
+	shellcheck:shellcheck
 system-deps:
 	@missing=""; for pair in $(DEBS); do pkg=$${pair%%:*}; bin=$${pair##*:}; \
 	  command -v $$bin >/dev/null || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \
@@ -56,9 +58,11 @@ demo: up
 demo-check: venv
 	$(BIN)/python scripts/check_demo.py
 
-lint: venv
+# actionlint is built once from the Go module proxy into ~/.cache/llmdrill/actionlint.
+lint: venv system-deps
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/mypy
+	"$$($(BIN)/python scripts/install_actionlint.py)" .github/workflows/gameday.yml
 
 unit: venv
 	$(BIN)/pytest -m unit -q
