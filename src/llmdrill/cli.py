@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,11 @@ from rich.table import Table
 
 from llmdrill import __version__
 from llmdrill.scenario.errors import ScenarioError
+
+if TYPE_CHECKING:
+    from llmdrill.model.result import RunResult
+    from llmdrill.scenario.models import Scenario
+    from llmdrill.scenario.suite import LoadedSuite
 
 EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
 
@@ -62,21 +67,68 @@ def _lint(loaded: list[tuple[Path, object]], strict: bool) -> None:
 
 
 @app.command()
-def validate(paths: Annotated[list[Path], typer.Argument(help="Scenario files or folders.")],
+def validate(paths: Annotated[list[Path], typer.Argument(
+                 help="Scenario files, game-day suites or folders.")],
              strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
              ) -> None:
-    """Check scenario files; exit 0 if all are valid, 2 with every problem otherwise.
-    Checks that can never fail are warned about (errors with --strict)."""
-    from llmdrill.scenario.loader import load_scenarios
-
+    """Check scenario files and game-day suites; exit 0 if all are valid, 2 with every
+    problem otherwise. Checks that can never fail are warned about (errors with --strict)."""
     try:
-        loaded = load_scenarios(paths)
+        groups = _run_groups(paths)
     except ScenarioError as exc:
         _fail_invalid(exc)
         return
+    loaded = [item for group in groups for item in group.scenarios]
     _lint(list(loaded), strict)
+    for group in groups:
+        if group.suite is not None:
+            out.print(f"ok {group.suite.path} (suite {group.suite.suite.metadata.name}, "
+                      f"{len(group.scenarios)} scenario(s))", highlight=False)
     for path, scenario in loaded:
         out.print(f"ok {path} ({scenario.metadata.name})", highlight=False)
+
+
+class _RunGroup:
+    """Scenarios run together: a suite's (with its settings), or those named directly."""
+
+    def __init__(self, suite: LoadedSuite | None, scenarios: list[tuple[Path, Scenario]]):
+        self.suite = suite
+        self.scenarios = scenarios
+
+
+def _run_groups(paths: list[Path]) -> list[_RunGroup]:
+    """Suites named on the command line become groups of their own, in place; everything
+    else is loaded as scenarios. Every problem of every file is raised at once."""
+    from llmdrill.scenario.errors import ScenarioError as Invalid
+    from llmdrill.scenario.loader import load_scenarios
+    from llmdrill.scenario.suite import is_suite_file, load_suite
+
+    groups: list[_RunGroup] = []
+    plain: list[Path] = []
+    issues = []
+
+    def flush() -> None:
+        if plain:
+            try:
+                groups.append(_RunGroup(None, load_scenarios(list(plain))))
+            except Invalid as exc:
+                issues.extend(exc.issues)
+            plain.clear()
+
+    for path in paths:
+        if path.is_file() and is_suite_file(path):
+            flush()
+            try:
+                suite = load_suite(path)
+                groups.append(_RunGroup(suite, load_scenarios(suite.scenario_paths)))
+            except Invalid as exc:
+                issues.extend(exc.issues)
+        else:
+            plain.append(path)
+    flush()
+    if issues:
+        raise Invalid(issues)
+    return groups
 
 
 @app.command()
@@ -143,7 +195,8 @@ def plan(
 
 @app.command()
 def run(
-    paths: Annotated[list[Path], typer.Argument(help="Scenario files or folders, run in order.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Scenario files, game-day suites or folders, run in order.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Reports folder.")] = Path("reports"),
     junit: Annotated[Path | None, typer.Option(help="Also write one JUnit file for all.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only scenarios with this tag.")] = None,
@@ -157,44 +210,124 @@ def run(
     from llmdrill.model.verdict import EXIT_CODES
     from llmdrill.model.verdict import exit_code as suite_exit_code
     from llmdrill.report import write_suite_index, write_suite_junit
-    from llmdrill.scenario.loader import load_scenarios
 
     # Resolved once, here: every process of the run (Locust, the watchdog) may run in
     # another working directory.
     out_dir = out_dir.expanduser().resolve()
     junit = junit.expanduser().resolve() if junit else None
     try:
-        loaded = load_scenarios(paths)
+        groups = _run_groups(paths)
     except ScenarioError as exc:
         _fail_invalid(exc)
         return
     if tag:
-        loaded = [(p, s) for p, s in loaded if set(tag) & set(s.metadata.tags)]
-        if not loaded:
+        for group in groups:
+            group.scenarios = [(p, s) for p, s in group.scenarios
+                               if set(tag) & set(s.metadata.tags)]
+        if not any(group.scenarios for group in groups):
             err.print(f"no scenario has tag(s) {', '.join(tag)}")
             raise typer.Exit(EXIT_INVALID)
     results = []
     codes = []
-    for path, scenario in loaded:
-        progress = Progress(console=err, quiet=quiet)
-        progress.start(f"{scenario.metadata.name} ({path})")
-        try:
-            result = run_scenario(path, scenario, RunOptions(
-                out_dir=out_dir, allow_production=allow_production), progress)
-        finally:
-            progress.stop()
-        results.append((result, Path(result.files.get("html", out_dir)).parent))
-        code = EXIT_CODES[result.status]
-        codes.append(result.status)
-        _print_result(result)
-        if code == EXIT_ABORTED:
-            break  # an interrupted suite stops; the faults of this one are reverted
+    stopped = False
+    for group in groups:
+        settings = group.suite.suite if group.suite else None
+        if settings is not None:
+            owner = f" (owner: {settings.metadata.owner})" if settings.metadata.owner else ""
+            err.print(f"suite {settings.metadata.name}{owner}: "
+                      f"{len(group.scenarios)} drill(s)", highlight=False)
+        ran = []
+        group_codes: list[str] = []
+        for i, (path, scenario) in enumerate(group.scenarios):
+            cooling = i > 0 and settings is not None and settings.cooldown > 0
+            if cooling and settings is not None and not _cool_down(settings.cooldown):
+                codes.append("aborted")
+                group_codes.append("aborted")
+                stopped = True
+                break
+            progress = Progress(console=err, quiet=quiet)
+            progress.start(f"{scenario.metadata.name} ({path})")
+            try:
+                result = run_scenario(path, scenario, RunOptions(
+                    out_dir=out_dir, allow_production=allow_production), progress)
+            finally:
+                progress.stop()
+            results.append((result, Path(result.files.get("html", out_dir)).parent))
+            ran.append(result)
+            code = EXIT_CODES[result.status]
+            codes.append(result.status)
+            group_codes.append(result.status)
+            _print_result(result)
+            if code == EXIT_ABORTED:
+                stopped = True
+                break  # an interrupted suite stops; the faults of this one are reverted
+            if settings is not None and settings.stop_on_failure and code != 0:
+                err.print(f"suite {settings.metadata.name}: stopped after "
+                          f"{scenario.metadata.name} ({result.status}): stop_on_failure",
+                          highlight=False)
+                break
+        if group.suite is not None and group.scenarios:
+            not_run = [s.metadata.name for _, s in group.scenarios[len(ran):]]
+            _notify(group.suite, ran, not_run, suite_exit_code(group_codes))
+        if stopped:
+            break
     if junit:
         write_suite_junit([r for r, _ in results], junit)
     if len(results) > 1:
         index = write_suite_index(results, out_dir)
         err.print(f"suite index: {index}", highlight=False)
     raise typer.Exit(suite_exit_code(codes))
+
+
+def _cool_down(seconds: float) -> bool:
+    """The suite's pause between drills (no fault is applied then). False when Ctrl-C or
+    SIGTERM cut it short: the suite stops there, its reports are still written."""
+    import signal
+    import time
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    err.print(f"cool-down {seconds:g}s", highlight=False)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        time.sleep(seconds)
+        return True
+    except KeyboardInterrupt:
+        err.print("interrupted during the cool-down: the suite stops here")
+        return False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _notify(loaded: LoadedSuite, ran: list[RunResult], not_run: list[str],
+            code: int) -> None:
+    """The suite's summary to each of its webhooks; a failed notification warns and never
+    changes the exit code."""
+    import httpx
+
+    from llmdrill.scenario.suite import suite_summary
+
+    if not loaded.suite.notify:
+        return
+    verdict = {0: "passed", 1: "failed", 2: "error", 3: "aborted", 4: "inconclusive"}.get(
+        code, "error")
+    runs = [{"scenario": r.scenario.name, "status": r.status,
+             "duration_s": round(r.ended_at - r.started_at, 1),
+             "failed_checks": [c.name for c in r.checks if c.status != "passed"],
+             "report": r.files.get("html")} for r in ran]
+    body = suite_summary(loaded, runs, not_run, verdict)
+    for target in loaded.suite.notify:
+        # The URL may carry a token: name only its host in messages.
+        host = httpx.URL(target.webhook).host
+        try:
+            response = httpx.post(target.webhook, json=body, timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            err.print(f"warning: the suite's notification to {host} failed "
+                      f"({type(exc).__name__})", highlight=False)
+        else:
+            err.print(f"suite summary sent to {host}", highlight=False)
 
 
 def _print_result(result: object) -> None:

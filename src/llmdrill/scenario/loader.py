@@ -22,6 +22,7 @@ from llmdrill.scenario.models import Scenario
 
 Loc = tuple[str | int, ...]
 Marks = dict[Loc, tuple[int, int]]
+M = typing.TypeVar("M", bound=BaseModel)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -328,23 +329,11 @@ def _message(error: Any, loc: Loc, data: Any) -> str:
     return message
 
 
-def load_scenario(path: str | Path, env: Mapping[str, str] | None = None) -> Scenario:
-    """Parse and validate one scenario file; raises ScenarioError with every problem."""
-    env = os.environ if env is None else env
-    shown = str(path)
+def validate_document(model: type[M], data: Any, marks: Marks, shown: str) -> M:
+    """The model of a parsed document, or ScenarioError with every problem at its
+    file:line:col (shared by scenarios and suites)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError([ScenarioIssue(shown, None, None, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError([ScenarioIssue(shown, None, None, "", f"cannot read: {exc}")]) from None
-    data, marks = _parse(text, shown, env)
-    if not isinstance(data, dict):
-        raise ScenarioError(
-            [ScenarioIssue(shown, 1, 1, "", "a scenario is a mapping (apiVersion, kind, ...)")]
-        )
-    try:
-        scenario = Scenario.model_validate(data, context={"defer_references": True})
+        return model.model_validate(data, context={"defer_references": True})
     except ValidationError as exc:
         issues = []
         for error in exc.errors():
@@ -358,6 +347,30 @@ def load_scenario(path: str | Path, env: Mapping[str, str] | None = None) -> Sce
             line, col = _mark_for(loc, marks)
             issues.append(ScenarioIssue(shown, line, col, _dotted(loc), _message(error, loc, data)))
         raise ScenarioError(issues) from None
+
+
+def read_document(path: str | Path, env: Mapping[str, str]) -> tuple[Any, Marks, str]:
+    """(parsed data, line marks, the path as shown) of a YAML file, ${VAR}s substituted."""
+    shown = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError([ScenarioIssue(shown, None, None, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError([ScenarioIssue(shown, None, None, "", f"cannot read: {exc}")]) from None
+    data, marks = _parse(text, shown, env)
+    return data, marks, shown
+
+
+def load_scenario(path: str | Path, env: Mapping[str, str] | None = None) -> Scenario:
+    """Parse and validate one scenario file; raises ScenarioError with every problem."""
+    env = os.environ if env is None else env
+    data, marks, shown = read_document(path, env)
+    if not isinstance(data, dict):
+        raise ScenarioError(
+            [ScenarioIssue(shown, 1, 1, "", "a scenario is a mapping (apiVersion, kind, ...)")]
+        )
+    scenario = validate_document(Scenario, data, marks, shown)
     problems = scenario.reference_problems()
     if problems:
         issues = []
@@ -380,12 +393,16 @@ def _anchor_paths(scenario: Scenario, path: Path) -> Scenario:
 
 
 def scenario_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders to their *.yaml / *.yml files, sorted; keep files as given."""
+    """Expand folders to their *.yaml / *.yml files, sorted, leaving out game-day suites
+    (run only when named, so a folder's scenarios never run twice); keep files as given."""
+    from llmdrill.scenario.suite import is_suite_file
+
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")
+                                and not is_suite_file(p)))
         else:
             files.append(path)
     return files
