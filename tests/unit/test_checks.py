@@ -345,6 +345,39 @@ def test_recovers_does_not_take_requests_before_a_late_fault_for_recovery() -> N
     assert result.observed["recovery_time_s"] == pytest.approx(6.0)
 
 
+def test_recovers_judges_nothing_past_the_revert_of_a_fault_in_its_phase() -> None:
+    """A phase ends after its reverts. Requests sent while a latency toxic was being
+    removed (or whose first token its removal let through) are fast: they show the
+    fault's end, not a recovery while it held. Seen in CI: `slow-recovers` passed against
+    a slow target whose toxic held all phase."""
+    slow_all_phase = (every(0, 30, ttft=0.1) + every(30, 57, ttft=2.0)
+                      # in flight at the revert: its first token came after it began
+                      + [rec(56.5, duration=3.0, ttft=1.0)]
+                      + every(57, 60, ttft=0.1))
+    ev = evidence(slow_all_phase)
+    spec = {"measure": "ttft_p95", "baseline_phase": "baseline", "within": "30s",
+            "window": "2s"}
+    without_the_revert = evaluate_check(check("fault", recovers=spec), 0, ev)
+    assert without_the_revert.status == "passed"  # what the check saw before the fix
+    ev.faults = [FaultEvent("down", applied_at=T0 + 30, reverted_at=T0 + 59,
+                            reverting_at=T0 + 57)]
+    result = evaluate_check(check("fault", recovers=spec), 0, ev)
+    assert result.status == "failed", result.summary
+    assert "never recovered" in result.summary
+    assert result.observed["judged_until_s"] == pytest.approx(27.0)
+    # A revert that only ends (no start recorded) bounds the judgement the same way.
+    ev.faults = [FaultEvent("down", applied_at=T0 + 30, reverted_at=T0 + 57)]
+    assert evaluate_check(check("fault", recovers=spec), 0, ev).status == "failed"
+    # A real recovery before the revert still passes, timed from the phase start.
+    healed = evidence(every(0, 30, ttft=0.1) + every(30, 40, ttft=2.0)
+                      + every(40, 60, ttft=0.1))
+    healed.faults = [FaultEvent("down", applied_at=T0 + 30, reverted_at=T0 + 59,
+                                reverting_at=T0 + 57)]
+    result = evaluate_check(check("fault", recovers=spec), 0, healed)
+    assert result.status == "passed", result.summary
+    assert result.observed["recovery_time_s"] == pytest.approx(10.0)
+
+
 def test_recovers_slack_widens_the_band() -> None:
     result = evaluate_check(_recovers(slack=2.0), 0, _ttft_run(recover_after=None))
     assert result.status == "passed"

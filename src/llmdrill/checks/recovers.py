@@ -141,6 +141,13 @@ class _Slider:
         return measure_started(self.measure, self.by_start[lo:hi])
 
 
+def _outcome_at(record: RequestRecord) -> float:
+    """When a request showed how it went: its first token, else its end."""
+    if record.ok and record.ttft is not None:
+        return record.start + record.ttft
+    return record.end
+
+
 def _in_band(measure: str, value: float | None, limit: float) -> bool:
     if value is None:
         return False  # an empty window shows nothing, least of all recovery
@@ -190,12 +197,21 @@ def evaluate_recovers(
     applied = [f.applied_at for f in evidence.faults
                if window.start < f.applied_at < window.end]
     first = max([window.start, *applied])
-    duration = window.end - first
+    # A revert that begins inside the window ends what can be judged: requests sent while
+    # the fault was being removed, or whose first token its removal let through, show the
+    # fault's end, not a recovery while it held (a phase ends after its own reverts).
+    reverting = [began for f in evidence.faults
+                 if (began := f.revert_began) is not None and first < began < window.end]
+    last = min([window.end, *reverting])
+    duration = max(0.0, last - first)
     length = min(spec.window, duration)  # a phase shorter than the window is one step
     steps = max(0, math.floor((duration - length) / STEP_S + _EPS)) + 1
     # The whole run's requests: for throughput, a request started in the fault phase
-    # that completes in the window counts towards it.
-    slider = _Slider(spec.measure, evidence.requests)
+    # that completes in the window counts towards it. Past a revert, only what happened
+    # before it counts: a first token (or an error) that came before the revert began.
+    records = evidence.requests if last >= window.end else [
+        r for r in evidence.requests if _outcome_at(r) <= last]
+    slider = _Slider(spec.measure, records)
     points: list[list[float | None]] = []
     recovered_at: float | None = None
     value_at: float | None = None
@@ -218,6 +234,7 @@ def evaluate_recovers(
     observed = {
         "baseline": baseline,
         "judged_from_s": round(offset, 3),
+        "judged_until_s": round(last - window.start, 3),
         "recovery_time_s": recovered_at,
         "value_at_recovery": value_at,
         "steps": _thin(points),

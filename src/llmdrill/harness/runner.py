@@ -121,6 +121,8 @@ class Runner:
         self.progress = progress or Progress(quiet=True)
         self.fault_results: dict[str, FaultResult] = {}
         self.journal_ids: dict[str, str] = {}
+        # When each fault's revert began, for checks that must not judge past it.
+        self.reverting_at: dict[str, float] = {}
         self.phase_results: list[PhaseResult] = []
         self.abort_reason: str | None = None
         self.error: str | None = None
@@ -189,6 +191,7 @@ class Runner:
         entry = self.journal_ids.pop(name, None)
         if entry is None:
             return
+        self.reverting_at.setdefault(name, time.time())
         injector = self.injectors.get(name)
         if injector is not None:
             injector.stop()  # live activity first (a storm), then the recorded change
@@ -466,7 +469,8 @@ class Runner:
                 phase.end = run_end
         windows = [PhaseWindow(p.name, p.start or p.planned_start, p.end or run_end,
                                tuple(p.faults), p.completed) for p in self.phase_results]
-        faults = [FaultEvent(f.name, f.applied_at, f.reverted_at)
+        faults = [FaultEvent(f.name, f.applied_at, f.reverted_at,
+                             self.reverting_at.get(f.name, f.reverted_at))
                   for f in self.fault_results.values() if f.applied_at is not None]
         evidence = store.load(windows, faults, run_end)
         checks: list[CheckResult] = [  # opt-in checks left off are not part of the run

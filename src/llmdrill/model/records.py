@@ -68,6 +68,13 @@ class FaultEvent:
     fault: str
     applied_at: float
     reverted_at: float | None
+    # When its revert began (the revert itself takes time: a Toxiproxy toxic removed, a
+    # container restarted). From then on, what the traffic shows is no longer the fault.
+    reverting_at: float | None = None
+
+    @property
+    def revert_began(self) -> float | None:
+        return self.reverting_at if self.reverting_at is not None else self.reverted_at
 
 
 @dataclass
