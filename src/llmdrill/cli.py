@@ -18,6 +18,7 @@ from llmdrill import __version__
 from llmdrill.scenario.errors import ScenarioError
 
 if TYPE_CHECKING:
+    from llmdrill.history.store import HistoryStore
     from llmdrill.model.result import RunResult
     from llmdrill.scenario.models import Scenario
     from llmdrill.scenario.suite import LoadedSuite
@@ -203,6 +204,11 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
     allow_production: Annotated[bool, typer.Option(
         help="Allow targets marked production (the scenario must allow it too).")] = False,
+    history: Annotated[Path | None, typer.Option(
+        help="History store (default: $LLMDRILL_HISTORY, else history.sqlite in --out).")
+    ] = None,
+    no_history: Annotated[bool, typer.Option(
+        "--no-history", help="Do not record the runs in the history store.")] = False,
 ) -> None:
     """Run scenarios: load, faults, checks, reports. Exit code says how it went."""
     from llmdrill.harness.progress import Progress
@@ -227,6 +233,7 @@ def run(
         if not any(group.scenarios for group in groups):
             err.print(f"no scenario has tag(s) {', '.join(tag)}")
             raise typer.Exit(EXIT_INVALID)
+    store = None if no_history else _open_history(out_dir, history)
     results = []
     codes = []
     stopped = False
@@ -254,6 +261,8 @@ def run(
                 progress.stop()
             results.append((result, Path(result.files.get("html", out_dir)).parent))
             ran.append(result)
+            if store is not None:
+                store = _record(store, result, results[-1][1])
             code = EXIT_CODES[result.status]
             codes.append(result.status)
             group_codes.append(result.status)
@@ -273,10 +282,53 @@ def run(
             break
     if junit:
         write_suite_junit([r for r, _ in results], junit)
-    if len(results) > 1:
-        index = write_suite_index(results, out_dir)
+    trends = _trends(store, out_dir) if store is not None else None
+    if len(results) > 1 or trends is not None:
+        index = write_suite_index(results, out_dir, trends)
         err.print(f"suite index: {index}", highlight=False)
     raise typer.Exit(suite_exit_code(codes))
+
+
+def _open_history(out_dir: Path, configured: Path | None) -> HistoryStore | None:
+    """The history store, or None with a warning: history never fails a run."""
+    from llmdrill.history.store import HistoryError, HistoryStore, history_path
+
+    try:
+        return HistoryStore(history_path(out_dir, configured))
+    except HistoryError as exc:
+        err.print(f"warning: runs are not recorded: {exc}", markup=False)
+        return None
+
+
+def _record(store: HistoryStore, result: RunResult, report_dir: Path) -> HistoryStore | None:
+    from llmdrill.history.store import HistoryError
+
+    try:
+        store.record(result, report_dir)
+        return store
+    except HistoryError as exc:
+        err.print(f"warning: runs are not recorded: {exc}", markup=False)
+        store.close()
+        return None
+
+
+def _trends(store: HistoryStore, out_dir: Path) -> list[dict[str, object]] | None:
+    from llmdrill.history.store import HistoryError
+    from llmdrill.history.trends import regressions
+    from llmdrill.history.view import scenario_trends
+
+    try:
+        rows = store.runs()
+    except HistoryError as exc:
+        err.print(f"warning: no history in the index: {exc}", markup=False)
+        return None
+    finally:
+        store.close()
+    names = {row.scenario for row in rows}
+    for name in sorted(names):
+        for move in regressions([r for r in rows if r.scenario == name]):
+            err.print(f"regression: {name}: {move.sentence()}", highlight=False)
+    return scenario_trends(rows, out_dir)
 
 
 def _cool_down(seconds: float) -> bool:
@@ -437,6 +489,83 @@ def report(
     files = write_reports(result, (out_dir or result_json.parent).expanduser().resolve())
     for kind, path in files.items():
         out.print(f"{kind}: {path}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="A run folder, its result.json, or a run id.")],
+    run_b: Annotated[str, typer.Argument(help="The run to compare it with.")],
+    history: Annotated[Path | None, typer.Option(
+        help="History store for run ids (default: $LLMDRILL_HISTORY, else "
+        "reports/history.sqlite).")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write the comparison here.")] = None,
+) -> None:
+    """The key figures of two runs side by side, and which moved (exit 0; 2 when a run
+    cannot be read)."""
+    from llmdrill.history import compare as cmp
+    from llmdrill.history.store import HistoryError, history_path
+
+    store = history_path(Path("reports").resolve(), history)
+    try:
+        a, b = cmp.resolve(run_a, store), cmp.resolve(run_b, store)
+    except HistoryError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    rows = cmp.compare(a, b)
+    table = Table(title=f"{a.label} ({a.status}) -> {b.label} ({b.status})")
+    for column in ("figure", "A", "B", "change", "moved"):
+        table.add_column(column, justify="right" if column in ("A", "B", "change") else "left")
+    for row in rows:
+        verdict = "worse" if row.worse else ("better" if row.moved else "")
+        table.add_row(row.label, cmp.fmt(row.a, row.unit), cmp.fmt(row.b, row.unit),
+                      row.change, verdict, style="red" if row.worse else None)
+    out.print(table)
+    if not rows:
+        out.print("neither run has a key figure (no request finished)")
+    moved = [r.label for r in rows if r.moved]
+    out.print(f"moved: {', '.join(moved) if moved else 'nothing'}", highlight=False)
+    if html is not None:
+        html.write_text(cmp.render_html(a, b, rows), encoding="utf-8")
+        out.print(f"html: {html}", highlight=False)
+
+
+@app.command("history")
+def history_cmd(
+    history: Annotated[Path | None, typer.Option(
+        help="History store (default: $LLMDRILL_HISTORY, else reports/history.sqlite).")
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="Only this scenario's runs.")] = None,
+) -> None:
+    """List the recorded runs, oldest first, with their key figures and regressions."""
+    from llmdrill.history.figures import FIGURES
+    from llmdrill.history.store import HistoryError, HistoryStore, history_path
+    from llmdrill.history.trends import regressions
+
+    path = history_path(Path("reports").resolve(), history)
+    if not path.exists():
+        err.print(f"no history store at {path} (--history)", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        with HistoryStore(path) as store:
+            rows = store.runs(scenario)
+    except HistoryError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    table = Table(title=str(path))
+    for column in ("started (UTC)", "scenario", "status", "run id",
+                   *(f.label for f in FIGURES)):
+        table.add_column(column)
+    import datetime as dt
+
+    for row in rows:
+        started = dt.datetime.fromtimestamp(row.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(started, row.scenario, row.status, row.run_id,
+                      *(f"{row.figures[f.name]:.3g}" if f.name in row.figures else "-"
+                        for f in FIGURES))
+    out.print(table)
+    for name in sorted({r.scenario for r in rows}):
+        for move in regressions([r for r in rows if r.scenario == name]):
+            out.print(f"regression: {name}: {move.sentence()}", highlight=False)
 
 
 @app.command()

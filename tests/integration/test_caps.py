@@ -32,7 +32,7 @@ def run_caps(stack: Stack, tmp_path: Path, target: str, **env: str
     out = tmp_path / "reports"
     proc = llmdrill("run", str(SCENARIO), "--out", str(out),
                     env=stack.env(LLMDRILL_TARGET_URL=target, **env))
-    runs = list(out.iterdir()) if out.exists() else []
+    runs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
     assert len(runs) == 1, proc.stdout + proc.stderr
     result = json.loads((runs[0] / "result.json").read_text())
     checks = {c["name"]: c for c in result["checks"]}

@@ -90,7 +90,7 @@ def test_each_check_passes_on_healthy_and_fails_on_broken(
     path.write_text(SCENARIO)
     proc = llmdrill("run", str(path), "--out", str(tmp_path / "reports"), env=clean_proxy.env())
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    run = next((tmp_path / "reports").iterdir())
+    run = next(p for p in (tmp_path / "reports").iterdir() if p.is_dir())
     result = json.loads((run / "result.json").read_text())
     checks = {c["name"]: c for c in result["checks"]}
     assert {n: c["status"] for n, c in checks.items()} == EXPECTED

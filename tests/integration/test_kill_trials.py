@@ -143,7 +143,7 @@ def test_watchdog_reverts_a_frozen_harness_fault_when_its_lifetime_ends(
         os.kill(proc.pid, signal.SIGCONT)
     os.killpg(proc.pid, signal.SIGTERM)  # no need to wait out the 30s phase
     proc.wait(timeout=60)
-    run = next((tmp_path / "reports").iterdir())
+    run = next(p for p in (tmp_path / "reports").iterdir() if p.is_dir())
     journal = (run / "journal.jsonl").read_text()
     assert '"lifetime exceeded"' in journal
     result = json.loads((run / "result.json").read_text())

@@ -230,7 +230,7 @@ def test_sigterm_mid_drill_leaves_no_paused_stopped_or_squeezed_container(
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
     assert residue(made) == []
-    run = next((tmp_path / "reports").iterdir())
+    run = next(p for p in (tmp_path / "reports").iterdir() if p.is_dir())
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "aborted"
     assert "SIGTERM" in result["abort_reason"]

@@ -91,7 +91,7 @@ def test_a_drill_with_the_plugin_runs_and_reverts(stack: Stack, site: Path,
                     env=_env(stack, site))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not flag.exists()
-    run = next((tmp_path / "out").iterdir())
+    run = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
     result = json.loads((run / "result.json").read_text())
     fault = result["faults"][0]
     assert fault["backend"] == "marker_file" and fault["effect"] == "seen"

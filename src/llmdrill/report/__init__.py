@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from llmdrill.model.result import RESULT_SCHEMA, RunResult
@@ -69,12 +70,13 @@ def _href(target: Path, out_dir: Path) -> str:
     return quote(Path(rel).as_posix())
 
 
-def write_suite_index(results: Sequence[tuple[RunResult, Path]], out_dir: Path) -> Path:
+def write_suite_index(results: Sequence[tuple[RunResult, Path]], out_dir: Path,
+                      history: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """index.html in out_dir linking each run's report; a Path may be the run's directory
-    or its report.html."""
+    or its report.html. `history`: the trends of every recorded run (llmdrill.history)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = [(result, _href(path, out_dir)) for result, path in results]
-    return _write(out_dir / "index.html", render_index(entries))
+    return _write(out_dir / "index.html", render_index(entries, history))
 
 
 def load_result(path: Path) -> RunResult:

@@ -256,8 +256,11 @@ def render_html(result: RunResult) -> str:
     return _env().get_template("report.html.j2").render(context)
 
 
-def render_index(entries: Sequence[tuple[RunResult, str]]) -> str:
-    """Suite overview; each entry is a run and the relative link to its report.html."""
+def render_index(entries: Sequence[tuple[RunResult, str]],
+                 history: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """Suite overview; each entry is a run and the relative link to its report.html.
+    `history` (llmdrill.history.view.scenario_trends) adds the runs of earlier invocations:
+    verdicts and key figures over time, regressions flagged."""
     rows = [
         {
             "status": r.status,
@@ -280,5 +283,6 @@ def render_index(entries: Sequence[tuple[RunResult, str]]) -> str:
         "status_label": status_label(worst) if worst else "NO RUNS",
         "tally": tally,
         "version": llmdrill.__version__,
+        "history": list(history or []),
     }
     return _env().get_template("index.html.j2").render(context)
