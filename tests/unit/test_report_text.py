@@ -82,6 +82,13 @@ def test_the_story_says_what_went_wrong_with_faults_and_phases() -> None:
                           "Reason: guardrail: error rate 90 % over 50 %.")
 
 
+def test_the_story_names_the_checks_with_too_little_evidence() -> None:
+    result = _result("inconclusive", [_check("ttft"), _check("queue", "inconclusive")])
+    assert drill_story(result).endswith(
+        "The drill was inconclusive: 1 of 2 checks passed, 1 inconclusive; too little "
+        "evidence for queue.")
+
+
 def test_the_story_holds_counts_and_timings_not_check_details() -> None:
     secret = "PROMPT-TEXT-never-shown"
     check = _check("ttft", "failed", evidence={"prompt": secret}, observed={"out": secret})

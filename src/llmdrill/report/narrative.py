@@ -133,6 +133,9 @@ def _verdict(result: RunResult) -> str:
     bad = [c.name for c in result.checks if c.status in ("failed", "error")]
     if bad:
         text += f"; not met: {_join(bad)}"
+    unsure = [c.name for c in result.checks if c.status == "inconclusive"]
+    if unsure:
+        text += f"; too little evidence for {_join(unsure)}"
     if result.abort_reason:
         text += f". Reason: {result.abort_reason}"
     return _sentence(text)
