@@ -7,7 +7,7 @@ export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
 export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
-.PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit integration \
+.PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit browser integration \
 	docker-test clean kube-stack kube-up kube-down kube-test
 
 all: test
@@ -23,10 +23,11 @@ venv: $(BIN)/.installed
 APT_OPTS := -o DPkg::Lock::Timeout=600
 
 # Debian packages the tests use: a real nginx as the gateway, Prometheus and Alertmanager,
-# shellcheck (actionlint checks the shipped workflow's scripts with it).
-# Installed only when missing (CI runs as root on a fresh Debian machine).
+# shellcheck (actionlint checks the shipped workflow's scripts with it) and Chromium to open
+# the generated reports. Installed only when missing (CI runs as root on a fresh Debian
+# machine).
 DEBS := nginx-light:nginx prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager \
-	shellcheck:shellcheck
+	shellcheck:shellcheck chromium:chromium
 system-deps:
 	@missing=""; for pair in $(DEBS); do pkg=$${pair%%:*}; bin=$${pair##*:}; \
 	  command -v $$bin >/dev/null || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \
@@ -67,6 +68,12 @@ lint: venv system-deps
 unit: venv
 	$(BIN)/pytest -m unit -q
 
+# A generated report and suite index opened from disk in headless Chromium: no console
+# error, no network request, every chart drawn, every <details> opens. Screenshots go to
+# the folder LLMDRILL_TEST_ARTIFACTS names (default reports/test-artifacts/).
+browser: venv system-deps
+	$(BIN)/pytest -m browser -q -p no:cacheprovider
+
 # Docker engine (Debian's docker.io, started with the flags in ../shared/ENVIRONMENT.md),
 # docker-compose, and the locally built images the Docker tests use.
 docker-stack: stack
@@ -102,11 +109,13 @@ integration: stack docker-stack
 docker-test: docker-stack
 	$(BIN)/pytest -m docker -q -p no:cacheprovider
 
-# Lint, type checks, unit tests, then every integration test against the real components
-# (vLLM, Toxiproxy, nginx, Prometheus, Alertmanager, a Docker engine). pytest exits non-zero
-# when it collects no test (exit code 5), and make stops at the first failing step.
+# Lint, type checks, unit tests, the reports in a real browser, then every integration test
+# against the real components (vLLM, Toxiproxy, nginx, Prometheus, Alertmanager, a Docker
+# engine). pytest exits non-zero when it collects no test (exit code 5), and make stops at
+# the first failing step.
 test: lint stack docker-stack
 	$(BIN)/pytest -m unit -q
+	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory integration
 

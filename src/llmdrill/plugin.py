@@ -123,7 +123,10 @@ class CheckKind:
     below what it needs. `probe(ctx, check_name, spec, stop)`, if given, runs in a thread
     for the check's phase and records evidence events. `queries(scenario)`, if given, names
     the PromQL range queries the run reads from Prometheus after the run for this kind (as
-    `promql:<name>` series). `builtin` is set by discovery.
+    `promql:<name>` series). `runbook` is plain text for the reader of a report, a few
+    sentences: what a failure of this kind usually means and where to look (which metric,
+    log, gateway or engine setting); the report shows it under every failed, errored or
+    inconclusive check of the kind. `builtin` is set by discovery.
     """
 
     spec: type[BaseModel]
@@ -132,6 +135,7 @@ class CheckKind:
     probe: Callable[[RunContext, str, Any, Any], None] | None = None
     references: Callable[[Any, Any, Location], list[Problem]] | None = None
     queries: Callable[[Any], dict[str, str]] | None = None
+    runbook: str = ""
     builtin: bool = False
 
 

@@ -200,6 +200,12 @@ def test_gateway_down_alert_fires_notifies_and_resolves(
     assert fires["observed"]["notified_after_s"] <= 8
     assert fires["observed"]["alertmanager_after_s"] is not None
     assert checks["recover-target-down-resolves"]["observed"]["notified_after_s"] <= 8
+    # The notifications are marked on the report's charts, firing before resolved.
+    labels = [label for _, label in result["series"]["alerts"]]
+    assert "LlmTargetDown firing" in labels and "LlmTargetDown resolved" in labels
+    assert labels.index("LlmTargetDown firing") < labels.index("LlmTargetDown resolved")
+    html = next((tmp_path / "r").glob("*/report.html")).read_text()
+    assert html.count("alert notification: LlmTargetDown firing at") >= 2  # timeline, charts
     assert clean_proxy.proxy_enabled()
     assert not _listening(WEBHOOK)
 

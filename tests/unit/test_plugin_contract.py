@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from llmdrill import plugin
+from llmdrill.checks import runbook_for
 from llmdrill.plugin import (
     CHECKS_GROUP,
     FAULTS_GROUP,
@@ -49,6 +50,27 @@ def test_builtin_entry_points_are_backends_and_kinds_like_a_plugins() -> None:
     for key in BUILTIN_CHECK_KINDS:
         kind = check_kinds()[key]
         assert isinstance(kind, CheckKind) and kind.builtin and kind.description
+
+
+def test_every_builtin_check_kind_has_a_runbook_hint() -> None:
+    kinds = {key: kind for key, kind in check_kinds().items() if kind.builtin}
+    assert set(kinds) == set(BUILTIN_CHECK_KINDS)
+    short = [key for key, kind in kinds.items() if len(kind.runbook.split()) < 12]
+    assert not short, f"check kinds without a runbook hint of a few sentences: {short}"
+
+
+def test_a_runbook_hint_is_found_by_kind_and_empty_for_an_unknown_one() -> None:
+    assert runbook_for("slo") == check_kinds()["slo"].runbook.strip() != ""
+    assert runbook_for("no_such_kind") == ""
+
+
+def test_a_runbook_hint_is_empty_when_plugins_cannot_load(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    def broken() -> dict[str, CheckKind]:
+        raise PluginError("plugin 'x' cannot be loaded")
+
+    monkeypatch.setattr("llmdrill.checks.base.check_kinds", broken)
+    assert runbook_for("slo") == ""
 
 
 def test_the_scenario_model_is_assembled_from_the_registered_kinds() -> None:

@@ -11,6 +11,7 @@ from llmdrill.checks.base import (
     evaluate_check,
     evaluator_for,
     registered_kinds,
+    runbook_for,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "evaluate_check",
     "evaluator_for",
     "registered_kinds",
+    "runbook_for",
 ]

@@ -482,6 +482,13 @@ ALERT_FIRES = CheckKind(
     spec=AlertFiresCheck,
     evaluate=evaluate_alert_fires,
     description="An alert fires in time and its notification arrives.",
+    runbook=(
+        "The alert did not go the whole way from rule to notification in time; the check "
+        "names the stage that broke. Rule never fired: its PromQL expression, 'for:' duration "
+        "and the evaluation interval in Prometheus. Fired but not in Alertmanager: "
+        "Prometheus' alerting config (alertmanagers). In Alertmanager but no notification: "
+        "its route, group_wait and receiver (the webhook URL)."
+    ),
     probe=None,
 )
 
@@ -492,6 +499,12 @@ ALERT_RESOLVES = CheckKind(
     spec=AlertResolvesCheck,
     evaluate=evaluate_alert_resolves,
     description="An alert resolves in time after the revert, notified.",
+    runbook=(
+        "The alert did not resolve in time after the revert, fired again, or its resolved "
+        "notification never arrived. Check the rule's expression and 'for:' (a slow-moving "
+        "rate window keeps it firing), and in Alertmanager send_resolved on the receiver, "
+        "group_interval and resolve_timeout."
+    ),
     probe=None,
 )
 
@@ -502,5 +515,11 @@ NO_FALSE_ALARMS = CheckKind(
     spec=NoFalseAlarmsCheck,
     evaluate=evaluate_no_false_alarms,
     description="None of the listed alerts fires in the phase.",
+    runbook=(
+        "A listed alert fired in a phase where nothing should have triggered it. Look at the "
+        "alert's rule: a threshold too close to normal load, a 'for:' too short, or a rate "
+        "window that catches the previous phase's fault; the check's observed values say when "
+        "it fired."
+    ),
     probe=None,
 )

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
-from llmdrill.plugin import check_kinds
+from llmdrill.plugin import PluginError, check_kinds
 
 if TYPE_CHECKING:
     from llmdrill.scenario.models import Check
@@ -35,6 +35,19 @@ def evaluator_for(kind: str) -> Evaluator | None:
 
 def registered_kinds() -> tuple[str, ...]:
     return tuple(sorted(check_kinds()))
+
+
+def runbook_for(kind: str) -> str:
+    """The kind's hint for a reader of a failed check: what it usually means, where to look.
+
+    Empty for a kind nobody registered (a result read where its plugin is not installed)
+    and when the plugins cannot be loaded: a report is still written without the hints.
+    """
+    try:
+        found = check_kinds().get(kind)
+    except PluginError:
+        return ""
+    return found.runbook.strip() if found is not None else ""
 
 
 class WindowCheck(Protocol):

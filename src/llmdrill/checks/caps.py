@@ -353,5 +353,12 @@ CAPS_ENFORCED = CheckKind(
     spec=CapsEnforcedCheck,
     evaluate=evaluate_caps,
     description="Over-limit requests get a helpful 4xx; server stays up.",
+    runbook=(
+        "A request over the limits was not refused with a clear 4xx: it got a 5xx, hung, or "
+        "was accepted, or the server stopped serving afterwards. Check the engine's limits "
+        "(max_model_len, max_tokens caps, request size) and the gateway's "
+        "(client_max_body_size, timeouts); the check's evidence names each case and the "
+        "status it got."
+    ),
     probe=probe_caps,
 )

@@ -209,5 +209,12 @@ ENGINE_HEALTHY = CheckKind(
     spec=EngineHealthyCheck,
     evaluate=evaluate_engine_healthy,
     description="The engine's health endpoint answers all through.",
+    runbook=(
+        "The engine's health endpoint failed or went unanswered during the phase (or was "
+        "polled too rarely, for inconclusive). Look at the engine's log for restarts, crashes "
+        "or CUDA/CPU out-of-memory around the failed polls, and at metric scrapes that failed "
+        "at the same times; a health URL behind a busy API server may only be slow, so "
+        "compare with the poll timeout."
+    ),
     probe=probe_engine_health,
 )

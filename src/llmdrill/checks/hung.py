@@ -125,5 +125,12 @@ NO_HUNG_REQUESTS = CheckKind(
     spec=NoHungRequestsCheck,
     evaluate=evaluate_no_hung,
     description="Every request finishes or fails in time.",
+    runbook=(
+        "Some requests neither finished nor failed before the deadline: a client would hang. "
+        "Look for a missing client or gateway read timeout (proxy_read_timeout, the client's "
+        "timeout), streams the engine stopped feeding without closing "
+        "(vllm:num_requests_running stuck above zero), or a proxy that holds connections open "
+        "after the upstream is gone."
+    ),
     probe=None,
 )

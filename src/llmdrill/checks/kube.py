@@ -514,6 +514,12 @@ REPLICAS_READY = CheckKind(
     spec=ReplicasReadyCheck,
     evaluate=evaluate_replicas_ready,
     description="After a Kubernetes fault, N pods routable again within T.",
+    runbook=(
+        "After the Kubernetes fault fewer pods than needed were routable (Ready, not "
+        "terminating) within the time. Look at the pods' events and restart counts, the "
+        "readiness probe's delays and thresholds, image pulls and scheduling (node "
+        "resources), and the Deployment's rollout settings."
+    ),
     probe=probe_replicas,
     references=replicas_references,
 )
@@ -522,6 +528,12 @@ READY_SERVES = CheckKind(
     spec=ReadyServesCheck,
     evaluate=evaluate_ready_serves,
     description="Every pod Kubernetes calls Ready answers its health URL.",
+    runbook=(
+        "Kubernetes called a pod Ready while its health URL did not answer, so the Service "
+        "sent traffic to a pod that was not serving. Add or tighten the readiness probe "
+        "(path, initialDelaySeconds, periodSeconds, failureThreshold) so it checks the engine "
+        "itself, not only the process."
+    ),
     probe=probe_serving,
     references=serves_references,
 )

@@ -827,5 +827,13 @@ KV_CACHE_CLEANUP = CheckKind(
     spec=KvCacheCleanupCheck,
     evaluate=evaluate_kv_cleanup,
     description="Running requests and KV cache back to baseline in time.",
+    runbook=(
+        "After clients dropped their streams the engine kept running requests or holding KV "
+        "cache, or kept generating tokens for clients that were gone. Look at "
+        "vllm:num_requests_running, vllm:kv_cache_usage_perc and vllm:generation_tokens_total "
+        "around each wave (the 'Around' charts): an engine or gateway that does not propagate "
+        "client disconnects (proxy_ignore_client_abort, buffering) keeps generating for "
+        "nobody."
+    ),
     probe=None,
 )

@@ -193,5 +193,11 @@ METRIC = CheckKind(
     spec=MetricCheck,
     evaluate=evaluate_metric,
     description="A condition on a scraped engine metric.",
+    runbook=(
+        "An engine metric broke its condition (or was not scraped at all, for inconclusive). "
+        "Open the metric's chart under 'Over time'; check that the engine exposes the series "
+        "under the name listed (engines rename metrics between versions) and that the scrape "
+        "interval gives enough samples in the window."
+    ),
     probe=None,
 )

@@ -202,5 +202,11 @@ OOM_OBSERVED = CheckKind(
     spec=OomObservedCheck,
     evaluate=evaluate_oom_observed,
     description="The OOM killer struck in the fault's containers, timed.",
+    runbook=(
+        "The memory fault did not lead to an OOM kill in the fault's containers in time (or "
+        "it could not be timed). Check the container's memory limit against what the hog "
+        "allocates, that the fault targeted the right containers, and the Docker events (oom, "
+        "die) in the check's evidence."
+    ),
     probe=None,
 )

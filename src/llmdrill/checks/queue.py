@@ -128,5 +128,11 @@ QUEUE_BOUNDED = CheckKind(
     spec=QueueBoundedCheck,
     evaluate=evaluate_queue_bounded,
     description="The waiting queue stays bounded or excess is refused.",
+    runbook=(
+        "Under pressure the waiting queue grew past its bound, or refusals came without "
+        "Retry-After. Look at vllm:num_requests_waiting on the engine chart; bound admission "
+        "with max_num_seqs or a gateway limit (limit_conn, limit_req) that answers 429/503 "
+        "with Retry-After instead of queueing without end."
+    ),
     probe=None,
 )

@@ -274,5 +274,13 @@ RECOVERS = CheckKind(
     spec=RecoversCheck,
     evaluate=evaluate_recovers,
     description="A measure comes back to its baseline in time.",
+    runbook=(
+        "The measure did not come back to its baseline band in time after the fault. Check "
+        "the engine charts after the revert: a queue still draining "
+        "(vllm:num_requests_waiting), KV cache still full, an engine still restarting or "
+        "warming up, or a gateway that keeps an upstream marked down "
+        "(max_fails/fail_timeout). A baseline phase that was itself unhealthy also makes the "
+        "band unreachable."
+    ),
     probe=None,
 )

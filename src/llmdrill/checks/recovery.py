@@ -691,6 +691,13 @@ STREAM_RECOVERY = CheckKind(
     spec=StreamRecoveryCheck,
     evaluate=evaluate_stream_recovery,
     description="Streams cut cleanly by a kill; retrying clients get back.",
+    runbook=(
+        "When the engine's node died, open streams hung or ended with an unclassified error, "
+        "or clients that retried did not get back once it returned. Check the gateway's "
+        "behaviour on a dead upstream (proxy_next_upstream, timeouts), the client's retry "
+        "policy, and how long the engine took to come back (the health polls in the check's "
+        "evidence)."
+    ),
     probe=probe_node_recovery,
 )
 
@@ -700,5 +707,11 @@ WARM_UP = CheckKind(
     spec=WarmUpCheck,
     evaluate=evaluate_warm_up,
     description="Kill to healthy, to first token, to TTFT back: bounded.",
+    runbook=(
+        "From the kill, the engine took too long to answer health, to stream a first token, "
+        "or to bring TTFT back to baseline. Look at the engine's start-up in its log (model "
+        "load, compilation, cache warm-up), the container or pod restart policy and readiness "
+        "probe, and the TTFT chart after the outage."
+    ),
     probe=probe_node_recovery,
 )

@@ -218,5 +218,13 @@ SLO = CheckKind(
     spec=SloCheck,
     evaluate=evaluate_slo,
     description="Client-side service levels: TTFT, throughput, errors.",
+    runbook=(
+        "Clients saw worse service than the SLO allows. Compare the phase's TTFT, throughput "
+        "and error classes with the baseline's in the per-phase table: timeouts and resets "
+        "point at the network path or gateway timeouts (proxy_read_timeout, upstream "
+        "keepalive); 5xx at the engine or gateway logs; a slow TTFT with a long waiting queue "
+        "at engine capacity (max_num_seqs, max_num_batched_tokens, "
+        "vllm:num_requests_waiting)."
+    ),
     probe=None,
 )

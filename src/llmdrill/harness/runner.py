@@ -53,7 +53,7 @@ from llmdrill.model.verdict import FaultEffect, decide_run_status
 from llmdrill.monitoring.alert_watch import AlertWatcher
 from llmdrill.monitoring.guard_poller import GuardPoller
 from llmdrill.monitoring.prometheus import promql_range
-from llmdrill.monitoring.webhook import WebhookReceiver
+from llmdrill.monitoring.webhook import WebhookReceiver, notification_markers
 from llmdrill.plugin import RunSetup
 from llmdrill.probes.engine_metrics import MetricsScraper
 from llmdrill.report import write_reports
@@ -485,7 +485,8 @@ class Runner:
             marker for key in dict.fromkeys(f.backend for f in self.scenario.faults.values())
             if (draw := backend_of(key).markers) is not None for marker in draw(evidence, t0))
         series = Series(t0=t0, client=client_series(evidence.requests, t0, run_end),
-                        engine=self._engine_series(evidence.metrics, t0), markers=markers)
+                        engine=self._engine_series(evidence.metrics, t0), markers=markers,
+                        alerts=notification_markers(evidence, t0))
         unreverted = [f"{f.name} ({f.revert_error})" for f in self.fault_results.values()
                       if f.revert_error and f.reverted_at is None]
         if unreverted and not self.error:

@@ -115,6 +115,11 @@ class Series(BaseModel):
         description="Moments worth marking on the engine charts, e.g. when a cancel-storm "
         "wave dropped its streams: [t, label].",
     )
+    alerts: list[tuple[float, str]] = Field(
+        default_factory=list,
+        description="Alert notifications the webhook receiver got, drawn on every chart: "
+        "[t, label], the label being the alert's name and firing or resolved.",
+    )
 
 
 class RunResult(BaseModel):

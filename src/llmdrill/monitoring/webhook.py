@@ -17,15 +17,32 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmdrill.faults.base import EnvironmentProblem
 from llmdrill.model.events import EventKind
+
+if TYPE_CHECKING:
+    from llmdrill.model.records import Evidence
 
 MAX_BODY = 1 << 20
 SOCKET_TIMEOUT_S = 5.0
 
 Record = Callable[[float, dict[str, Any]], None]
+
+
+def notification_markers(evidence: Evidence, t0: float) -> list[tuple[float, str]]:
+    """The notifications received, as report markers: (seconds since t0, "NAME status").
+
+    Alertmanager sends every alert of a group in one payload and may send a group again;
+    the same alert and status arriving at the same moment is one marker.
+    """
+    seen: set[tuple[float, str]] = set()
+    for ts, detail in evidence.events_of(EventKind.ALERT_NOTIFICATION):
+        name = str(detail.get("alert") or "alert")
+        status = str(detail.get("status") or "notified")
+        seen.add((round(ts - t0, 1), f"{name} {status}"))
+    return sorted(seen)
 
 
 def notifications(payload: Any, received_at: float) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#0
 SHADE_FILL = "#dc2626"
 SHADE_TEXT = "#991b1b"
 MARKER_STROKE = "#6b7280"
+ALERT_STROKE = "#7c3aed"
 GRID = "#e5e7eb"
 AXIS = "#9ca3af"
 TEXT = "#374151"
@@ -336,6 +337,42 @@ def _markers(plot: _Plot, xs: _Scale, markers: Sequence[Marker]) -> list[str]:
     return parts
 
 
+def _alerts(plot: _Plot, xs: _Scale, alerts: Sequence[Marker]) -> list[str]:
+    """Alert notifications: solid violet verticals, labelled under the phase labels.
+
+    Notifications often come in bursts (a group, then its repeats), so labels stack
+    downwards in rows like the fault labels; past three rows a label is left out (the
+    line's tooltip still names it).
+    """
+    parts = ['<g class="alerts">']
+    row_ends: list[float] = []
+    for at, label in sorted(alerts):
+        if not (math.isfinite(at) and xs.contains(at)):
+            continue
+        x = xs(at)
+        parts.append(
+            f"<g><title>{esc(f'alert notification: {label} at {at:.1f} s')}</title>"
+            f'<line x1="{_n(x)}" x2="{_n(x)}" y1="{_n(plot.top)}" y2="{_n(plot.y1)}" '
+            f'stroke="{ALERT_STROKE}" stroke-width="1.5"/>'
+        )
+        text = _clip_label(label, min(28, int((plot.x1 - x - 3) // (_CHAR_W * 0.9))))
+        row = next((i for i, end in enumerate(row_ends) if end <= x), len(row_ends))
+        if text and row < 3:
+            right = x + 3 + len(text) * _CHAR_W * 0.9 + 6
+            if row < len(row_ends):
+                row_ends[row] = right
+            else:
+                row_ends.append(right)
+            parts.append(
+                f'<text x="{_n(x + 3)}" y="{_n(plot.top + 22 + row * 12)}" font-size="10" '
+                f'fill="{ALERT_STROKE}" stroke="#ffffff" stroke-width="3" '
+                f'paint-order="stroke">{esc(text)}</text>'
+            )
+        parts.append("</g>")
+    parts.append("</g>")
+    return parts
+
+
 def _message(plot: _Plot, text: str) -> str:
     return (
         f'<text class="no-data" x="{_n(plot.left + plot.w / 2)}" y="{_n(plot.top + plot.h / 2)}" '
@@ -386,6 +423,7 @@ def line_chart(
     area: bool = False,
     x_label: str = "time (s)",
     left: float = 56,
+    alerts: Sequence[Marker] = (),
 ) -> str:
     """A multi-series line chart (optionally filled as areas) with fault bands and markers.
 
@@ -424,6 +462,7 @@ def line_chart(
         parts.append("</g>")
     parts += _shade_labels(plot, xs, shaded)
     parts += _markers(plot, xs, markers)
+    parts += _alerts(plot, xs, alerts)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -451,6 +490,7 @@ def stacked_bar_chart(
     x_label: str = "time (s)",
     empty_text: str = "none",
     left: float = 56,
+    alerts: Sequence[Marker] = (),
 ) -> str:
     """Stacked bars over time, e.g. errors by class per bucket; a bar spans [x, x + width)."""
     xs_all = [x for x, _ in bars if math.isfinite(x)]
@@ -499,6 +539,7 @@ def stacked_bar_chart(
         parts.append(_message(plot, empty_text))
     parts += _shade_labels(plot, xs, shaded)
     parts += _markers(plot, xs, markers)
+    parts += _alerts(plot, xs, alerts)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -564,6 +605,7 @@ def timeline_chart(
     markers: Sequence[Marker] = (),
     x_label: str = "time (s)",
     left: float = 120,
+    alerts: Sequence[Marker] = (),
 ) -> str:
     """Phases and faults as bars on labelled lanes over the shared time axis."""
     lane_h = 22
@@ -587,5 +629,6 @@ def timeline_chart(
         for k, span in enumerate(ordered):
             parts += _span_parts(span, xs, y, lane_h - 6, k == len(ordered) - 1)
     parts += _markers(plot, xs, markers)
+    parts += _alerts(plot, xs, alerts)
     parts.append("</svg>")
     return "".join(parts)

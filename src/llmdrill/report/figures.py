@@ -66,6 +66,11 @@ def phase_markers(result: RunResult) -> list[Marker]:
     ]
 
 
+def alert_markers(result: RunResult) -> list[Marker]:
+    """Alert notifications the run received, on the same axis as everything else."""
+    return list(result.series.alerts) if result.series is not None else []
+
+
 def timeline(result: RunResult) -> Figure:
     t0 = time_origin(result)
     phase_spans = [
@@ -91,12 +96,14 @@ def timeline(result: RunResult) -> Figure:
             spans.append(Span(offset(fault.applied_at, t0), end, label, tone))
         lanes.append((fault.name, spans))
     title = "Timeline"
-    return Figure(title, timeline_chart(title, lanes, x_range(result), WIDTH, left=LEFT))
+    return Figure(title, timeline_chart(title, lanes, x_range(result), WIDTH, left=LEFT,
+                                        alerts=alert_markers(result)))
 
 
 def _client_charts(
     series: Series, xr: tuple[float, float], shaded: list[Shade], markers: list[Marker]
 ) -> list[Figure]:
+    alerts = list(series.alerts)
     client = sorted(series.client, key=lambda p: p.t)
     bucket = series.bucket_s if series.bucket_s > 0 else 1.0
     ttft: list[Point] = [
@@ -123,6 +130,7 @@ def _client_charts(
                 x_range=xr,
                 area=area,
                 left=LEFT,
+                alerts=alerts,
             ),
         )
         for title, unit, pts, area in specs
@@ -143,6 +151,7 @@ def _client_charts(
                 x_range=xr,
                 empty_text="no errors",
                 left=LEFT,
+                alerts=alerts,
             ),
         )
     )
@@ -174,6 +183,7 @@ def charts(result: RunResult) -> list[Figure]:
                     180,
                     x_range=xr,
                     left=LEFT,
+                    alerts=series.alerts,
                 ),
             )
         )

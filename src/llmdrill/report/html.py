@@ -16,6 +16,7 @@ import jinja2
 from markupsafe import Markup
 
 import llmdrill
+from llmdrill.checks.base import runbook_for
 from llmdrill.model.result import CheckResult, FaultResult, RunResult
 from llmdrill.model.verdict import RUN_SEVERITY, worst_status
 from llmdrill.report import figures
@@ -38,6 +39,7 @@ from llmdrill.report.fmt import (
     truncate,
     window_text,
 )
+from llmdrill.report.narrative import drill_story
 
 # Evidence can be big (every request of a phase); the report shows a readable sample.
 MAX_ITEMS = 50
@@ -110,6 +112,7 @@ class CheckView:
     expected: Pruned
     evidence: Pruned
     open: bool
+    runbook: str = ""  # where to look, for a check that did not pass
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,10 @@ class PhaseView:
     faults: str
 
 
+# The checks whose reader needs to know where to look next.
+NOT_PASSED = ("failed", "error", "inconclusive")
+
+
 def _check_view(check: CheckResult, t0: float) -> CheckView:
     return CheckView(
         status=check.status,
@@ -150,7 +157,8 @@ def _check_view(check: CheckResult, t0: float) -> CheckView:
         expected=prune(check.expected),
         evidence=prune(check.evidence),
         # Failures open by default: they are what a reader (or a printout) needs.
-        open=check.status in ("failed", "error", "inconclusive"),
+        open=check.status in NOT_PASSED,
+        runbook=runbook_for(check.kind) if check.status in NOT_PASSED else "",
     )
 
 
@@ -226,8 +234,8 @@ def render_html(result: RunResult) -> str:
         "status": result.status,
         "status_label": status_label(result.status),
         "checks_text": checks_text(result),
-        "failing": [c.name for c in result.checks
-                    if c.status in ("failed", "error", "inconclusive")],
+        "failing": [c.name for c in result.checks if c.status in NOT_PASSED],
+        "story": drill_story(result),
         "started": fmt_ts(result.started_at),
         "ended": fmt_ts(result.ended_at),
         "duration": fmt_duration(result.duration_s),

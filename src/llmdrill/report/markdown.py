@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from llmdrill.checks.base import runbook_for
 from llmdrill.model.result import RunResult
 from llmdrill.report.fmt import (
     DASH,
@@ -18,11 +19,14 @@ from llmdrill.report.fmt import (
     status_label,
     truncate,
 )
+from llmdrill.report.narrative import drill_story
 
 # Job summaries render GitHub-flavoured Markdown; long cells make tables unreadable.
 _CELL_LIMIT = 300
 # Backslash-escaped so a check name like `a_b*c` or `x|y` shows literally.
 _MD_SPECIAL = re.compile(r"[\\`*_\[\]|~]")
+# A runbook hint in a job summary is one line: enough to know where to start.
+_HINT_LIMIT = 600
 
 
 def escape(text: str) -> str:
@@ -61,6 +65,8 @@ def render_markdown(result: RunResult) -> str:
         ),
         f"- **Checks:** {checks_text(result)}",
         "",
+        escape(drill_story(result)),
+        "",
         "### Checks",
         "",
     ]
@@ -71,6 +77,12 @@ def render_markdown(result: RunResult) -> str:
         )
     else:
         lines.append("No checks were evaluated.")
+    hints = [(c, runbook_for(c.kind)) for c in result.checks
+             if c.status in ("failed", "error", "inconclusive")]
+    if any(hint for _, hint in hints):
+        lines += ["", "### Where to look", ""]
+        lines += [f"- **{escape(c.name)}** ({escape(c.kind)}): "
+                  f"{escape(truncate(hint, _HINT_LIMIT))}" for c, hint in hints if hint]
     lines += ["", "### Phases", ""]
     stats = ordered_stats(result)
     if stats:

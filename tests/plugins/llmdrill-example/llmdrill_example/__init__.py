@@ -123,4 +123,7 @@ REQUESTS_AT_LEAST = CheckKind(
     spec=RequestsAtLeastSpec,
     evaluate=requests_at_least,
     description="At least `min` requests started in the phase (example plugin).",
+    runbook=("Fewer requests than expected started in the phase: the load generator was "
+             "starved or stopped early, or the shape named in `shape` was not sent. Check the "
+             "scenario's load section and the request rate chart."),
 )
