@@ -51,7 +51,7 @@ down:
 demo: up
 	@status=0; $(BIN)/llmdrill run scenarios --tag quickstart --out reports \
 	  --junit reports/junit.xml || status=$$?; \
-	echo; echo "Reports: $$(ls -d $(CURDIR)/reports/*/ | tail -n 1)report.html"; \
+	echo; echo "Reports: $$(ls -td $(CURDIR)/reports/*/report.html | head -n 1)"; \
 	echo "(stop the local stack with: make down)"; exit $$status
 
 # The README's first command, exactly as a user types it, checked: exit code 0 and a
@@ -70,7 +70,7 @@ unit: venv
 
 # A generated report and suite index opened from disk in headless Chromium: no console
 # error, no network request, every chart drawn, every <details> opens. Screenshots go to
-# the folder LLMDRILL_TEST_ARTIFACTS names (default reports/test-artifacts/).
+# the folder LLMDRILL_TEST_ARTIFACTS names (default test-artifacts/).
 browser: venv system-deps
 	$(BIN)/pytest -m browser -q -p no:cacheprovider
 

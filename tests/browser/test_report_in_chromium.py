@@ -1,7 +1,7 @@
 """A generated report and the suite index, opened from disk in a real headless Chromium:
 no console error, no network request, every chart drawn, every <details> opens, and a
 screenshot of each page kept as a test artifact (LLMDRILL_TEST_ARTIFACTS, default
-reports/test-artifacts/ in the repository).
+test-artifacts/ in the repository).
 
 Needs Debian's chromium (`make system-deps` installs it); without it the test fails, it
 does not skip: a CI that silently stops looking at its reports has lost the check.
@@ -68,7 +68,7 @@ def _chromium() -> str:
 
 
 def _artifacts() -> Path:
-    folder = Path(os.environ.get("LLMDRILL_TEST_ARTIFACTS") or REPO / "reports" / "test-artifacts")
+    folder = Path(os.environ.get("LLMDRILL_TEST_ARTIFACTS") or REPO / "test-artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
