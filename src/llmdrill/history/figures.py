@@ -21,7 +21,8 @@ class Figure:
 
 
 FIGURES = (
-    Figure("ttft_p95_s", "TTFT p95", "s", "higher", 0.05),
+    # A busy 2-core test machine moved a 15 ms TTFT p95 to 80 ms between two healthy runs.
+    Figure("ttft_p95_s", "TTFT p95", "s", "higher", 0.25),
     Figure("tokens_per_s", "tokens/s", "tok/s", "lower", 1.0),
     Figure("error_rate", "error rate", "", "higher", 0.02),
     Figure("kv_cleanup_s", "KV cleanup time", "s", "higher", 0.5),
