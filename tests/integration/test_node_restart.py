@@ -315,7 +315,9 @@ def test_node_restart_passes_with_a_restart_policy_and_retrying_clients(
     assert "die" in actions and "start" in actions  # the restart policy brought it back
     die = next(e for e in recovery["docker_events"] if e["action"] == "die")
     assert die["exit_code"] == 137
-    assert 0 < warm["healthy_after_s"] <= warm["first_token_after_s"]
+    # Health polls (every 0.5s, each up to its timeout) and token probes run apart: the
+    # first token may come a poll or so before the next poll sees /health answer.
+    assert 0 < warm["healthy_after_s"] <= warm["first_token_after_s"] + 3.0, warm
     assert warm["ttft_back_after_s"] is not None
     print(f"\nnode restart: healthy after {warm['healthy_after_s']}s, first token after "
           f"{warm['first_token_after_s']}s, TTFT back after {warm['ttft_back_after_s']}s")

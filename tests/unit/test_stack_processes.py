@@ -39,6 +39,23 @@ def test_spawn_records_the_pid_and_stop_ends_the_service(tmp_path: Path) -> None
     assert not processes.stop_pidfile(pidfile)  # nothing left: idempotent
 
 
+def test_spawn_with_nice_lowers_the_service_priority_and_keeps_its_pid(tmp_path: Path) -> None:
+    """The local engine runs below the harness's priority; its pid file still names it."""
+    pidfile = tmp_path / "svc.pid"
+    proc = processes.spawn(["sleep", "300"], tmp_path / "svc.log", pidfile, nice=7)
+    try:
+        assert _wait_for(lambda: os.getpriority(os.PRIO_PROCESS, proc.pid)
+                         == os.getpriority(os.PRIO_PROCESS, 0) + 7)
+        assert processes.read_pid(pidfile) == proc.pid
+        autogroup = Path(f"/proc/{proc.pid}/autogroup")
+        if autogroup.exists():  # the kernel schedules by session: the session is niced
+            assert autogroup.read_text().split()[-1] == "7"
+        assert _wait_for(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip()
+                         == "sleep")  # nice exec'd the command in place
+    finally:
+        processes.stop_pidfile(pidfile, grace=5)
+
+
 def test_stop_reaches_a_child_that_outlived_its_leader(tmp_path: Path) -> None:
     """vLLM's EngineCore can outlive the API server that leads its group."""
     child_pidfile = tmp_path / "child.pid"

@@ -70,9 +70,12 @@ def read_pid(pidfile: Path) -> int | None:
 
 
 def spawn(cmd: list[str], log_path: Path, pidfile: Path, *, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+          cwd: Path | None = None, nice: int = 0) -> subprocess.Popen[bytes]:
     """Starts cmd in a session of its own (so stop() reaches its children), appending to
-    its log under a header line, and records its pid."""
+    its log under a header line, and records its pid. With `nice`, it and every process
+    it starts run at that lower CPU priority."""
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]  # nice execs cmd: the pid stays the same
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
@@ -81,7 +84,18 @@ def spawn(cmd: list[str], log_path: Path, pidfile: Path, *, env: dict[str, str] 
                                 stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                                 start_new_session=True)
     pidfile.write_text(str(proc.pid))
+    if nice:
+        _nice_session(proc.pid, nice)
     return proc
+
+
+def _nice_session(pid: int, nice: int) -> None:
+    """With the kernel's autogroup scheduling (Debian's default), a process's nice value
+    only ranks it within its session, and a new session is a new group with a share of
+    the CPU equal to every other group's: the group itself must be niced for the service
+    to yield to the rest of the machine."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
 
 
 def wait_healthy(name: str, healthy: Callable[[], bool], running: Callable[[], bool],
