@@ -134,26 +134,55 @@ def _run_groups(paths: list[Path]) -> list[_RunGroup]:
 
 @app.command()
 def plan(
-    path: Annotated[Path, typer.Argument(help="A scenario file.")],
+    path: Annotated[Path, typer.Argument(help="A scenario file or a game-day suite.")],
     check: Annotated[bool, typer.Option(help="Also check every backend is reachable.")] = False,
     strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
 ) -> None:
-    """Print the timeline (phases, fault apply/revert, checks). Changes nothing.
-    Checks that can never fail are warned about (errors with --strict)."""
-    from llmdrill.harness.plan import compile_plan
-    from llmdrill.scenario.loader import load_scenario
-
+    """Print the timeline (phases, fault apply/revert, checks); for a suite, each
+    scenario's in order with the cooldowns between. Changes nothing. Checks that can never
+    fail are warned about (errors with --strict)."""
+    if path.is_dir():
+        err.print(f"{path}: plan takes one scenario file or one suite, not a folder",
+                  markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID)
     try:
-        scenario = load_scenario(path)
+        groups = _run_groups([path])
     except ScenarioError as exc:
         _fail_invalid(exc)
         return
-    _lint([(path, scenario)], strict)
-    compiled = compile_plan(scenario)
+    group = groups[0]
+    _lint(list(group.scenarios), strict)
+    suite = group.suite
+    if suite is None:
+        _print_plan(group.scenarios[0][1], check)
+        return
+    meta, cooldown = suite.suite.metadata, suite.suite.cooldown
+    total = sum(_plan_total(s) for _, s in group.scenarios)
+    total += cooldown * max(0, len(group.scenarios) - 1)
+    owner = f", owner {meta.owner}" if meta.owner else ""
+    out.print(f"[bold]suite {meta.name}[/bold]{owner}: {len(group.scenarios)} scenario(s), "
+              f"cooldown {cooldown:g}s, stop_on_failure {suite.suite.stop_on_failure}; "
+              f"total about {total:g}s", highlight=False)
+    for i, (scenario_path, scenario) in enumerate(group.scenarios, start=1):
+        out.print(f"\n[bold]{i}/{len(group.scenarios)}[/bold] {scenario_path}", highlight=False)
+        _print_plan(scenario, check)
+        if cooldown and i < len(group.scenarios):
+            out.print(f"cooldown {cooldown:g}s", highlight=False)
+
+
+def _plan_total(scenario: Scenario) -> float:
+    from llmdrill.harness.plan import compile_plan
+
+    return float(compile_plan(scenario).total)
+
+
+def _print_plan(scenario: Scenario, check: bool) -> None:
     from llmdrill.faults.registry import make_injector
+    from llmdrill.harness.plan import compile_plan
     from llmdrill.harness.progress import Progress
     from llmdrill.model.context import RunContext
 
+    compiled = compile_plan(scenario)
     ctx = RunContext("<run>", scenario, None, {}, Progress(quiet=True), Path("."))
 
     out.print(f"[bold]{scenario.metadata.name}[/bold]  {scenario.metadata.description}")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from llmdrill.scenario.docs import render_reference, schema_text, section_order, type_name
+from llmdrill.scenario.docs import (
+    render_reference,
+    schema_text,
+    section_order,
+    suite_json_schema,
+    suite_schema_text,
+    type_name,
+)
 from llmdrill.scenario.schema import scenario_json_schema
 
 pytestmark = pytest.mark.unit
@@ -19,7 +26,8 @@ REGENERATE = "run .venv/bin/python scripts/gen_docs.py"
 
 @pytest.mark.parametrize(
     ("name", "render"),
-    [("scenario-reference.md", render_reference), ("scenario.schema.json", schema_text)],
+    [("scenario-reference.md", render_reference), ("scenario.schema.json", schema_text),
+     ("suite.schema.json", suite_schema_text)],
 )
 def test_committed_file_is_fresh(name: str, render: Callable[[], str]) -> None:
     path = DOCS / name
@@ -42,6 +50,12 @@ def test_reference_covers_every_type_scenario_first() -> None:
     reference = render_reference()
     for name in order:
         assert f"\n## {name}\n" in reference
+    # The game-day suite format too, after the scenario's.
+    suite_order = section_order(suite_json_schema(), "Suite")
+    assert suite_order[0] == "Suite" and "Notify" in suite_order
+    for name in suite_order:
+        assert f"\n## {name}\n" in reference
+    assert reference.index("\n## Scenario\n") < reference.index("\n## Suite\n")
 
 
 @pytest.mark.parametrize(

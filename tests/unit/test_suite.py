@@ -97,6 +97,29 @@ def test_validate_reports_a_broken_suite_and_its_broken_scenario(folder: Path) -
     assert "Traceback" not in result.output
 
 
+def test_plan_shows_a_suite_in_order_with_its_cooldowns_and_total(folder: Path) -> None:
+    (folder / "day.yaml").write_text(suite_text(
+        "scenarios: [gamma.yaml, alpha.yaml]\ncooldown: 5s\nstop_on_failure: true\n"))
+    result = CliRunner().invoke(cli.app, ["plan", str(folder / "day.yaml")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "suite weekly, owner platform-oncall: 2 scenario(s), cooldown 5s" in text
+    assert "total about 7s" in text  # 1s + 5s + 1s
+    assert text.index("1/2") < text.index("gamma") < text.index("cooldown 5s\n") \
+        < text.index("2/2") < text.index("alpha")
+    assert text.count("check c") == 2
+
+
+def test_plan_refuses_a_folder_and_a_broken_suite_without_a_traceback(folder: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["plan", str(folder)])
+    assert result.exit_code == 2 and "one scenario file or one suite" in result.output
+    (folder / "day.yaml").write_text(suite_text("scenarios: [nope.yaml]\n"))
+    result = CliRunner().invoke(cli.app, ["plan", str(folder / "day.yaml")])
+    assert result.exit_code == 2 and "nope.yaml" in result.output
+    assert "Traceback" not in result.output
+
+
 # --- running a suite (canned runs) ---------------------------------------------------------
 
 

@@ -17,15 +17,21 @@ from llmdrill.scenario import units
 from llmdrill.scenario.fields import NAME_PATTERN
 from llmdrill.scenario.models import CHECK_KINDS
 from llmdrill.scenario.schema import scenario_json_schema
+from llmdrill.scenario.suite import Suite
 
 Schema = dict[str, Any]
 
 ROOT = "Scenario"
+SUITE = "Suite"
 _REF_PREFIX = "#/$defs/"
 
 # What a type's rules say that no single field can.
 _NOTES = {
     ROOT: "The top level of a scenario file.",
+    SUITE: "The top level of a game-day suite file (`kind: Suite`): scenarios run in "
+    "order as one game day, with one summary. `llmdrill run`, `validate` and `plan` take "
+    "it; a folder walk skips it. Editors: `# yaml-language-server: "
+    "$schema=../docs/suite.schema.json`.",
     "Check": "Set exactly one kind: " + ", ".join(f"`{k}`" for k in CHECK_KINDS) + ".",
 }
 
@@ -171,10 +177,10 @@ def _refs(schema: Any) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def section_order(schema: Schema) -> list[str]:
-    """Scenario first, then every object type breadth first, in the order referenced."""
+def section_order(schema: Schema, root: str = ROOT) -> list[str]:
+    """The root type first, then every object type breadth first, in the order referenced."""
     defs: dict[str, Schema] = schema.get("$defs", {})
-    order = [ROOT]
+    order = [root]
     queue = deque([schema])
     while queue:
         for name in _refs(queue.popleft()):
@@ -187,7 +193,8 @@ def section_order(schema: Schema) -> list[str]:
 
 def _section(name: str, model: Schema) -> list[str]:
     lines = [f"## {name}", ""]
-    about = [model.get("description", "") if name != ROOT else "", _NOTES.get(name, "")]
+    about = [model.get("description", "") if name not in (ROOT, SUITE) else "",
+             _NOTES.get(name, "")]
     if any(about):
         lines += [_cell(" ".join(a for a in about if a)), ""]
     props: dict[str, Schema] = model.get("properties", {})
@@ -217,6 +224,9 @@ def render_reference() -> str:
     schema = scenario_json_schema()
     defs: dict[str, Schema] = schema.get("$defs", {})
     order = section_order(schema)
+    suite = suite_json_schema()
+    suite_defs: dict[str, Schema] = suite.get("$defs", {})
+    suite_order = section_order(suite, SUITE)
     lines = [
         "# Scenario file reference",
         "",
@@ -244,10 +254,26 @@ def render_reference() -> str:
         "",
         *[f"- [{name}](#{_anchor(name)})" for name in order],
         "",
+        "Game-day suites:",
+        "",
+        *[f"- [{name}](#{_anchor(name)})" for name in suite_order],
+        "",
     ]
     for name in order:
         lines += _section(name, schema if name == ROOT else defs[name])
+    for name in suite_order:
+        lines += _section(name, suite if name == SUITE else suite_defs[name])
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def suite_json_schema() -> Schema:
+    """The JSON Schema of a game-day suite file."""
+    schema: Schema = Suite.model_json_schema()
+    return schema
+
+
+def suite_schema_text() -> str:
+    return json.dumps(suite_json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def schema_text() -> str:
