@@ -97,12 +97,12 @@ kube-test: kube-up
 kube-down:
 	-$(BIN)/python -m llmdrill.stack.kube_cluster down
 
-# Every integration test but the Kubernetes ones (make kube-test), one after the other.
-# (Running the Docker tests in a second pytest beside the rest saves about ten minutes, but
-# on two cores an engine restarting in one half starves the other half's cancel storms:
-# kept serial until the storm drills hold under that load.)
+# Every integration test but the Kubernetes ones (make kube-test), in two pytest processes
+# side by side: the tests that drill a Docker engine of their own (marker own_engine) beside
+# the rest, which share the local engine. The engines run below the harness's CPU priority
+# (nice, CPU weight), so one half's engine restarts do not starve the other's drills.
 integration: stack docker-stack
-	$(BIN)/pytest -m "integration and not kubernetes" -q -p no:cacheprovider --durations=25
+	$(BIN)/python scripts/run_integration.py
 
 # Only the Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials,
 # the docker-compose stack): about 15 minutes.

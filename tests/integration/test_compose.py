@@ -25,7 +25,7 @@ import yaml
 from llmdrill.stack.processes import python_home
 from tests.integration.conftest import REPO, Stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.own_engine]
 
 COMPOSE = REPO / "docker-compose.yml"
 LOCAL = REPO / "deploy" / "compose" / "local-images.yml"

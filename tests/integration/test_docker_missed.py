@@ -18,7 +18,7 @@ from llmdrill.stack.docker_stack import BASE_IMAGE, DockerStack
 from tests.integration.conftest import DOCKER_VLLM_NAME, REPO, Stack, llmdrill
 from tests.integration.dockerbox import BOX_MEMORY, residue
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.own_engine]
 
 # Short phases, and the way-back limits well under them (the engine never goes down here,
 # so no limit is ever approached): each run takes about 35 s.

@@ -58,7 +58,7 @@ from tests.integration.dockerbox import BOX_MEMORY, residue
 from tests.integration.monitoring import monitoring
 
 # Needs a Docker engine: `make docker-stack` starts one (`make docker-test` runs only these).
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.own_engine]
 
 TRIALS = int(os.environ.get("LLMDRILL_DOCKER_KILL_TRIALS", "6"))
 VLLM_NAME = DOCKER_VLLM_NAME

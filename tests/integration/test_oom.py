@@ -27,7 +27,7 @@ from tests.integration.conftest import (
     llmdrill,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.own_engine]
 
 VLLM_NAME = DOCKER_VLLM_NAME
 SCENARIO = REPO / "scenarios" / "oom.yaml"
