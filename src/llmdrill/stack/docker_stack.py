@@ -200,8 +200,6 @@ class DockerStack:
             # The whole engine on one core: the harness, the load and the other engine keep
             # the other, so a drill's timing is not the engine's CPU hunger.
             "cpuset_cpus": cfg.cpu_bind,
-            # ...and below the harness's priority on that core (the default weight is 1024).
-            "cpu_shares": 256,
             "restart_policy": {"Name": cfg.restart},
             "mem_limit": cfg.memory,
             "memswap_limit": cfg.memory,

@@ -1,0 +1,194 @@
+"""Load generation throughput: llmdrill's load against the bare Locust it is built on.
+
+Both drive the same stub for the same time with the same users and no think time: an
+nginx that answers every streaming completion with a fixed 18-event SSE body (16 tokens, a
+finish chunk, [DONE]); nginx is pinned to core 0 and serves far more than either client
+can send, the clients to core 1, one after the other, as the load-generation issue's table
+was measured. Printed: requests/s and SSE events/s of each, and llmdrill's ratio to raw
+Locust (the goal is 1.0x or better).
+
+    .venv/bin/python benchmarks/load_throughput.py            # 20 s per client
+    .venv/bin/python benchmarks/load_throughput.py --short    # 3 s each; run by make test
+
+It exits non-zero only when a client could not run at all (a benchmark that rots fails
+`make test`); slow figures are printed, not judged. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PORT = 18190
+USERS = 8
+EVENTS_PER_REQUEST = 18  # 16 token chunks, the finish chunk, [DONE]
+CLIENT_CPU, STUB_CPU = "1", "0"
+
+
+def sse_body() -> str:
+    def chunk(text: str, finish: str | None) -> str:
+        return "data: " + json.dumps({
+            "id": "cmpl-bench", "object": "text_completion", "model": "tiny",
+            "choices": [{"index": 0, "text": text, "finish_reason": finish}]}) + "\n\n"
+    tokens = "".join(chunk(f" t{i}", None) for i in range(16))
+    return tokens + chunk("", "length") + "data: [DONE]\n\n"
+
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /v1/ {{
+            default_type text/event-stream;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+
+
+def _pinned(cpu: str, cmd: list[str]) -> list[str]:
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", cpu, *cmd] if taskset and (os.cpu_count() or 1) > 1 else cmd
+
+
+@contextmanager
+def sse_stub(run: Path) -> Iterator[str]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("nginx is not installed (make test installs nginx-light)")
+    run.mkdir(parents=True, exist_ok=True)
+    conf = run / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(run=run, port=PORT, body=sse_body()))
+    proc = subprocess.Popen(_pinned(STUB_CPU, [nginx, "-c", str(conf), "-p", str(run)]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{PORT}"
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                got = httpx.post(f"{url}/v1/completions", json={}, timeout=2)
+                if got.text.count("data:") != EVENTS_PER_REQUEST:
+                    raise SystemExit(f"the stub answers {got.text[:200]!r}")
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log = run / "error.log"
+                    raise SystemExit("the nginx stub did not start: "
+                                     + (log.read_text() if log.exists() else "")) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def raw_locust(url: str, seconds: float, work: Path) -> float:
+    """Requests/s of a bare FastHttpUser (Locust's own count over the run time)."""
+    prefix = work / "raw"
+    cmd = [sys.executable, "-m", "locust", "-f", str(HERE / "raw_locustfile.py"),
+           "--headless", "-u", str(USERS), "-r", str(USERS), "-t", f"{seconds:g}s",
+           "--host", url, "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "0",
+           "--csv", str(prefix)]
+    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
+                          timeout=seconds + 60)
+    stats = Path(f"{prefix}_stats.csv")
+    if not stats.exists():
+        raise SystemExit(f"raw Locust did not run: {done.stderr[-2000:]}")
+    with stats.open() as f:
+        total = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    if int(total["Failure Count"]):
+        raise SystemExit(f"raw Locust saw {total['Failure Count']} failures")
+    return int(total["Request Count"]) / seconds
+
+
+SCENARIO = """\
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {{name: load-throughput}}
+target: {{base_url: "{url}", model: tiny}}
+load:
+  users: {users}
+  spawn_rate: {users}
+  wait: 0s
+  requests:
+    - {{name: bench, api: completions, stream: true, prompt_tokens: 16, max_tokens: 16}}
+  retries: {{max_attempts: 1}}
+phases:
+  - {{name: run, duration: {seconds:g}s}}
+checks:
+  - {{name: served, phase: run, slo: {{error_rate: {{max: 0.0}}, min_requests: 10}}}}
+"""
+
+
+def llmdrill_load(url: str, seconds: float, work: Path) -> float:
+    """Requests/s of `llmdrill run` (harness and Locust on the client core), recording every
+    request as the checks need it: requests in the phase over the phase's length."""
+    scenario = work / "scenario.yaml"
+    scenario.write_text(SCENARIO.format(url=url, users=USERS, seconds=seconds))
+    out = work / "reports"
+    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(scenario), "--out", str(out),
+           "--quiet", "--no-history"]
+    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
+                          timeout=seconds + 120)
+    results = list(out.glob("*/result.json"))
+    if done.returncode != 0 or not results:
+        raise SystemExit(f"llmdrill run failed ({done.returncode}): "
+                         f"{(done.stdout + done.stderr)[-2000:]}")
+    result = json.loads(results[0].read_text())
+    phase = next(p for p in result["phases"] if p["name"] == "run")
+    return int(result["stats"]["run"]["requests"]) / float(phase["end"] - phase["start"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--short", action="store_true", help="3 s per client (make test)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per client")
+    args = parser.parse_args(argv)
+    seconds = 3.0 if args.short else args.seconds
+    with tempfile.TemporaryDirectory(prefix="llmdrill-bench-") as tmp:
+        work = Path(tmp)
+        with sse_stub(work / "stub") as url:
+            (work / "raw").mkdir()
+            raw = raw_locust(url, seconds, work / "raw")
+            (work / "llmdrill").mkdir()
+            ours = llmdrill_load(url, seconds, work / "llmdrill")
+    print(f"load throughput: {USERS} users, no think time, {seconds:g}s each, client on "
+          f"core {CLIENT_CPU}, nginx SSE stub ({EVENTS_PER_REQUEST} events) on core {STUB_CPU}")
+    print(f"{'client':<44}{'req/s':>10}{'events/s':>12}{'vs raw':>9}")
+    for name, rate in (("raw Locust FastHttpUser (counts events)", raw),
+                       ("llmdrill run (records every request)", ours)):
+        print(f"{name:<44}{rate:>10.0f}{rate * EVENTS_PER_REQUEST:>12.0f}{rate / raw:>8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
