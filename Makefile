@@ -7,7 +7,7 @@ export LLMDRILL_STACK_DIR ?= $(CURDIR)/.stack
 export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
-.PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit browser integration \
+.PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit browser integration bench bench-short \
 	docker-test clean kube-stack kube-up kube-down kube-test
 
 all: test
@@ -74,6 +74,14 @@ unit: venv
 browser: venv system-deps
 	$(BIN)/pytest -m browser -q -p no:cacheprovider
 
+# Benchmarks (benchmarks/): each prints llmdrill's figures beside the anchors it must beat,
+# from one run. `make test` runs their short mode so they cannot rot.
+bench: venv system-deps
+	$(BIN)/python benchmarks/load_throughput.py
+
+bench-short: venv system-deps
+	$(BIN)/python benchmarks/load_throughput.py --short
+
 # Docker engine (Debian's docker.io, started with the flags in ../shared/ENVIRONMENT.md),
 # docker-compose, and the locally built images the Docker tests use.
 docker-stack: stack
@@ -115,6 +123,7 @@ docker-test: docker-stack
 # the first failing step.
 test: lint stack docker-stack
 	$(BIN)/pytest -m unit -q
+	$(MAKE) --no-print-directory bench-short
 	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory integration

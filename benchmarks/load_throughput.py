@@ -64,6 +64,10 @@ http {{
     scgi_temp_path {run}/scgi;
     server {{
         listen 127.0.0.1:{port};
+        location = /v1/models {{
+            default_type application/json;
+            return 200 '{{"object": "list", "data": [{{"id": "tiny", "object": "model"}}]}}';
+        }}
         location /v1/ {{
             default_type text/event-stream;
             return 200 '{body}';
