@@ -2,12 +2,12 @@
 processes side by side, with the shared services started once for both.
 
 - beside: the tests marked `own_engine` drill the Docker engine container of their own
-  (127.0.0.1:18100, pinned to the second core, a quarter of the CPU weight): node
-  restarts, OOM kills, the compose topology. Most of their time is an engine restarting.
+  (127.0.0.1:18100, pinned to the second core): node restarts, OOM kills, the compose
+  topology. Most of their time is an engine restarting.
 - main: everything else, on the shared local engine (niced, its worker on the first
   core) and its Toxiproxy proxy, which the `own_engine` tests never touch.
 
-Run one after the other they took about 39 minutes here; side by side about 24. The local
+Run one after the other they took about 39 minutes here; side by side about 22. The local
 stack and the Docker engine are started here when they were not running, so neither
 pytest stops them under the other, and stopped at the end (only what was started here).
 The beside half's output is printed when it ends; the exit code is the first non-zero

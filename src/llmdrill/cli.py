@@ -18,6 +18,7 @@ from llmdrill import __version__
 from llmdrill.scenario.errors import ScenarioError
 
 if TYPE_CHECKING:
+    from llmdrill.harness.plan import Plan
     from llmdrill.history.store import HistoryStore
     from llmdrill.model.result import RunResult
     from llmdrill.scenario.models import Scenario
@@ -141,6 +142,8 @@ def plan(
     """Print the timeline (phases, fault apply/revert, checks); for a suite, each
     scenario's in order with the cooldowns between. Changes nothing. Checks that can never
     fail are warned about (errors with --strict)."""
+    from llmdrill.harness.plan import compile_plan
+
     if path.is_dir():
         err.print(f"{path}: plan takes one scenario file or one suite, not a folder",
                   markup=False, highlight=False)
@@ -153,36 +156,30 @@ def plan(
     group = groups[0]
     _lint(list(group.scenarios), strict)
     suite = group.suite
+    compiled = [compile_plan(scenario) for _, scenario in group.scenarios]
     if suite is None:
-        _print_plan(group.scenarios[0][1], check)
+        _print_plan(group.scenarios[0][1], compiled[0], check)
         return
     meta, cooldown = suite.suite.metadata, suite.suite.cooldown
-    total = sum(_plan_total(s) for _, s in group.scenarios)
+    total = sum(float(c.total) for c in compiled)
     total += cooldown * max(0, len(group.scenarios) - 1)
     owner = f", owner {meta.owner}" if meta.owner else ""
     out.print(f"[bold]suite {meta.name}[/bold]{owner}: {len(group.scenarios)} scenario(s), "
               f"cooldown {cooldown:g}s, stop_on_failure {suite.suite.stop_on_failure}; "
               f"total about {total:g}s", highlight=False)
-    for i, (scenario_path, scenario) in enumerate(group.scenarios, start=1):
+    for i, ((scenario_path, scenario), timeline) in enumerate(
+            zip(group.scenarios, compiled, strict=True), start=1):
         out.print(f"\n[bold]{i}/{len(group.scenarios)}[/bold] {scenario_path}", highlight=False)
-        _print_plan(scenario, check)
+        _print_plan(scenario, timeline, check)
         if cooldown and i < len(group.scenarios):
             out.print(f"cooldown {cooldown:g}s", highlight=False)
 
 
-def _plan_total(scenario: Scenario) -> float:
-    from llmdrill.harness.plan import compile_plan
-
-    return float(compile_plan(scenario).total)
-
-
-def _print_plan(scenario: Scenario, check: bool) -> None:
+def _print_plan(scenario: Scenario, compiled: Plan, check: bool) -> None:
     from llmdrill.faults.registry import make_injector
-    from llmdrill.harness.plan import compile_plan
     from llmdrill.harness.progress import Progress
     from llmdrill.model.context import RunContext
 
-    compiled = compile_plan(scenario)
     ctx = RunContext("<run>", scenario, None, {}, Progress(quiet=True), Path("."))
 
     out.print(f"[bold]{scenario.metadata.name}[/bold]  {scenario.metadata.description}")
