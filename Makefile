@@ -89,8 +89,8 @@ docker-stack: stack
 
 # A real single-node Kubernetes cluster (etcd, apiserver, controller-manager, scheduler,
 # containerd, kubelet) built from the Go module proxy into a per-user cache (cold: about
-# 10 minutes on 2 cores; cached: seconds). kube-up starts it and deploys the engine (two
-# vLLM replicas in namespace llmdrill-test); kube-down stops everything. Not in `make test` yet.
+# 7-12 minutes on 2 cores; cached: seconds). kube-up starts it and deploys the engine (two
+# vLLM replicas in namespace llmdrill-test); kube-down stops everything.
 kube-stack: stack
 	$(BIN)/python -m llmdrill.stack.kube_cluster install
 
@@ -98,8 +98,11 @@ kube-up: kube-stack
 	$(BIN)/python -m llmdrill.stack.kube_cluster up
 	$(BIN)/python -m llmdrill.stack.kube_cluster deploy-engine
 
-# The Kubernetes drills against the test cluster (not yet part of `make test`).
-kube-test: kube-up
+# The Kubernetes tests (the drills, the deploy manifests) against the test cluster. The
+# tests start the cluster, the engine and the test gateway when they are not running, and
+# stop what they started. Part of `make test`, after the other integration tests: its two
+# vLLM replicas take both cores.
+kube-test: kube-stack
 	$(BIN)/pytest -m kubernetes -q -p no:cacheprovider --durations=15
 
 kube-down:
@@ -119,14 +122,15 @@ docker-test: docker-stack
 
 # Lint, type checks, unit tests, the reports in a real browser, then every integration test
 # against the real components (vLLM, Toxiproxy, nginx, Prometheus, Alertmanager, a Docker
-# engine). pytest exits non-zero when it collects no test (exit code 5), and make stops at
+# engine), then the Kubernetes tests on a real cluster. pytest exits non-zero when it collects no test (exit code 5), and make stops at
 # the first failing step.
-test: lint stack docker-stack
+test: lint stack docker-stack kube-stack
 	$(BIN)/pytest -m unit -q
 	$(MAKE) --no-print-directory bench-short
 	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory kube-test
 
 clean: down
 	rm -rf $(VENV) reports

@@ -123,3 +123,21 @@ def docker_vllm(docker_client: Any) -> Iterator[Any]:
     vllm.start_vllm()
     yield vllm
     vllm.remove_vllm()
+
+
+# --- Kubernetes (marker `kubernetes`) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[Any]:
+    """The test cluster (make kube-stack builds it once per machine), started here if it
+    was not running and then stopped at the end of the session."""
+    from llmdrill.stack.kube_cluster import KubeCluster
+
+    cluster = KubeCluster()
+    started = not cluster.apiserver_healthy()
+    if started:
+        cluster.up()
+    yield cluster
+    if started:
+        cluster.down()

@@ -24,13 +24,11 @@ SERVICE_ACCOUNT = "system:serviceaccount:llmdrill:llmdrill"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[KubeCluster]:
+def cluster(kube_cluster: KubeCluster) -> Iterator[KubeCluster]:
     """The API server of the test cluster (make kube-up), with the namespaces, the
     ServiceAccount and its roles applied for real (a dry run does not create a namespace
     the others need), and the stand-in PrometheusRule CRD."""
-    kube = KubeCluster()
-    if not kube.apiserver_healthy():
-        kube.up()
+    kube = kube_cluster
     kube.kubectl("apply", "-f", str(CRD))
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                  "crd/prometheusrules.monitoring.coreos.com")

@@ -423,6 +423,27 @@ def test_a_stream_that_hangs_or_times_out_fails() -> None:
     assert judge(SR, world(open_, "c")).observed["in_flight_hung"] == 1
 
 
+def test_streams_begun_after_the_kill_and_cut_by_a_death_the_polls_only_bracket() -> None:
+    """A node restart behind a gateway, as recorded on the test cluster: no `die` event;
+    the stop command began at the kill, the replicas died 2.6-2.9s later, one after the
+    other; the first failed poll (2.75s) caught the first, the second's streams (sent at
+    2.36-2.70s) were cut at 2.89s. They were in flight at a death, not sent while down."""
+    cut_late = [rec(KILL + 2.36, 0.53, error="incomplete_stream"),
+                rec(KILL + 2.69, 0.20, error="incomplete_stream")]
+    ev = world([*retried_through(), *cut_late], "c", down=KILL + 2.75, die_at=None)
+    result = judge(SR, ev)
+    assert result.status == "passed", result.summary
+    assert result.observed["in_flight"] == 4 and result.observed["retryable"] == 4
+    # Still judged as in flight: a stream cut long after the kill hangs past the deadline.
+    late = [*retried_through(), rec(KILL + 2.36, 9.0, error="incomplete_stream")]
+    result = judge(SR, world(late, "c", down=KILL + 2.75, die_at=None))
+    assert result.status == "failed" and "hung past 5s" in result.summary
+    # A request refused while down is no stream: it must be retried through.
+    refused = [*retried_through(), rec(KILL + 3.0, 0.01, error="http_5xx", tokens=0)]
+    result = judge(SR, world(refused, "c", down=KILL + 2.75, die_at=None))
+    assert result.status == "failed" and "clients do not retry" in result.summary
+
+
 def test_a_fault_that_missed_the_engine_is_inconclusive() -> None:
     # No `die` and every poll answered: nothing shows the engine went down.
     result = judge(SR, world(steady(0, 109), "c", down=999, back=None, die_at=None))

@@ -242,6 +242,25 @@ def test_engine_manifests_two_deployments_on_distinct_ports_and_cores(
         assert service["spec"]["selector"].items() <= labels.items()
 
 
+def test_engine_manifests_grace_period_is_short(tmp_path: Path) -> None:
+    # vLLM holds its streams open, silent, from SIGTERM to SIGKILL: a long grace period
+    # is how long a deleted pod's clients hang.
+    for item in engine_manifests(config(tmp_path), Path("/opt/python"))["items"]:
+        if item["kind"] == "Deployment":
+            assert item["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] <= 3
+
+
+def test_engine_manifests_broken_shapes(tmp_path: Path) -> None:
+    """No readiness probe, and a replica taken away: the shapes the drills must fail on."""
+    items = engine_manifests(config(tmp_path), Path("/opt/python"), readiness_probe=False,
+                             replicas={1: 0})["items"]
+    deployments = [i for i in items if i["kind"] == "Deployment"]
+    assert [d["spec"]["replicas"] for d in deployments] == [1, 0]
+    for dep in deployments:
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert "readinessProbe" not in container
+
+
 def test_engine_manifests_are_json_serialisable(tmp_path: Path) -> None:
     json.dumps(engine_manifests(config(tmp_path), Path("/opt/python")))
 

@@ -98,7 +98,9 @@ class _AfterNodeFault(Strict):
 class StreamRecoveryCheck(_AfterNodeFault):
     """The engine was killed or restarted under load: every request in flight ends with a
     clear, classified error within `deadline` (no hang), requests sent while the engine
-    was down (a client can retry them) succeed once it is back, and it comes back at all."""
+    was down (a client can retry them) succeed once it is back, and it comes back at all.
+    A stream sent after the kill that began and was then cut (a replica died a moment
+    later) counts as in flight, not as sent while down."""
 
     deadline: Duration = Field(
         default=10.0,
@@ -359,23 +361,35 @@ class InFlight:
     examples: list[str] | None = None
 
 
-def caught_by_kill(r: RequestRecord, kill: float, died: float) -> bool:
+def caught_by_kill(r: RequestRecord, kill: float, died: float,
+                   back: float | None = None) -> bool:
     """Open at the kill; or sent while the engine was dying and failed before it was gone
-    (a dying server may still accept a connection, then close it unanswered)."""
+    (a dying server may still accept a connection, then close it unanswered); or sent
+    after the kill, before the engine was back, and cut mid-stream.
+
+    The last: a stream that began was answered by a live engine, so it was in flight at a
+    death, not sent while the engine was down (no client can retry a stream that carried
+    tokens). Without a `die` event the death is known only to a poll's precision, and one
+    URL may front several replicas dying a moment apart (a node restart: the first dead
+    one fails the poll, the second's streams are cut 0.1s later). It is still judged as
+    in flight: ended within the deadline of the kill, with an allowed class."""
     if r.start < kill:
         return r.end > kill or not r.finished
-    return r.start < died and r.finished and not r.ok and r.end <= died
+    if r.start < died and r.finished and not r.ok and r.end <= died:
+        return True
+    return back is not None and r.start < back and r.error_class == "incomplete_stream"
 
 
 def judge_in_flight(requests: Sequence[RequestRecord], kill: float, died: float,
-                    deadline: float, allowed: Sequence[str]) -> InFlight:
+                    deadline: float, allowed: Sequence[str],
+                    back: float | None = None) -> InFlight:
     """Requests caught by the kill. A failed one must end within `deadline` of the kill,
     with an allowed class: a server that stops streaming at SIGTERM but holds the
     connections until its SIGKILL hangs its clients for that long, and fails here."""
     found = InFlight(by_class={}, examples=[])
     assert found.by_class is not None and found.examples is not None
     for r in requests:
-        if not caught_by_kill(r, kill, died):
+        if not caught_by_kill(r, kill, died, back):
             continue
         found.total += 1
         if r.ok:
@@ -498,9 +512,9 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
     died = death_time(evidence, fault, kill, seen.down_at) or kill
     observed["died_after_s"] = round(died - kill, 3)
     flight = judge_in_flight(evidence.requests, kill, died, spec.deadline,
-                             spec.allowed_error_classes)
+                             spec.allowed_error_classes, back)
     retryable = [r for r in evidence.requests
-                 if kill <= r.start < back and not caught_by_kill(r, kill, died)]
+                 if kill <= r.start < back and not caught_by_kill(r, kill, died, back)]
     retried_ok = sum(1 for r in retryable if r.ok)
     after = [r for r in evidence.requests if back <= r.start < window.end and r.finished]
     after_failed = sum(1 for r in after if not r.ok)

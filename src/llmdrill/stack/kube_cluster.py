@@ -132,6 +132,10 @@ class KubeClusterConfig:
     engine_memory: str = "6Gi"
     model_name: str = "tiny"
     node_grace: str = "10s"
+    # vLLM stops generating at SIGTERM but keeps its open streams (silent) until SIGKILL:
+    # the grace period is how long a client of a deleted pod hangs. Measured here: 10s of
+    # grace, streams cut 10.06s after the delete. Short, since waiting gains nothing.
+    engine_grace: int = 2
     start_timeout: float = 180.0
     engine_timeout: float = 900.0
 
@@ -434,9 +438,14 @@ def cert_extensions(spec: CertSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def engine_manifests(cfg: KubeClusterConfig, python_home: Path) -> dict[str, Any]:
+def engine_manifests(cfg: KubeClusterConfig, python_home: Path, *,
+                     readiness_probe: bool = True,
+                     replicas: dict[int, int] | None = None) -> dict[str, Any]:
     """The engine as one Deployment per replica, each replicas: 1, and a headless Service
     over both.
+
+    `readiness_probe=False` and `replicas` ({index: 0} takes a replica away) build the
+    deliberately broken shapes the drills must fail on.
 
     Why not one Deployment with replicas: 2: on the host network two pods of one template
     would ask for the same port, and the scheduler keeps the second Pending (one node).
@@ -504,22 +513,23 @@ def engine_manifests(cfg: KubeClusterConfig, python_home: Path) -> dict[str, Any
             "env": [{"name": k, "value": v} for k, v in env.items()],
             "ports": [{"name": "http", "containerPort": port, "hostPort": port,
                        "protocol": "TCP"}],
-            # The probe goes to 127.0.0.1: on the host network the pod IP is the node's
-            # address, where vLLM (bound to 127.0.0.1) does not listen.
-            "readinessProbe": {
-                "httpGet": {"host": "127.0.0.1", "path": "/health", "port": port},
-                "periodSeconds": 2, "timeoutSeconds": 3, "failureThreshold": 2,
-            },
             "resources": {"requests": {"cpu": "500m", "memory": "2Gi"},
                           "limits": {"memory": cfg.engine_memory}},
             "volumeMounts": mounts,
         }
+        if readiness_probe:
+            # The probe goes to 127.0.0.1: on the host network the pod IP is the node's
+            # address, where vLLM (bound to 127.0.0.1) does not listen.
+            container["readinessProbe"] = {
+                "httpGet": {"host": "127.0.0.1", "path": "/health", "port": port},
+                "periodSeconds": 2, "timeoutSeconds": 3, "failureThreshold": 2,
+            }
         items.append({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": name, "namespace": cfg.namespace, "labels": labels},
             "spec": {
-                "replicas": 1,
+                "replicas": (replicas or {}).get(index, 1),
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": labels},
                 "template": {
@@ -532,7 +542,7 @@ def engine_manifests(cfg: KubeClusterConfig, python_home: Path) -> dict[str, Any
                         "dnsPolicy": "Default",
                         "enableServiceLinks": False,
                         "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": 10,  # vLLM stops in under 1 s
+                        "terminationGracePeriodSeconds": cfg.engine_grace,
                         "containers": [container],
                         "volumes": volumes,
                     },
