@@ -76,11 +76,15 @@ browser: venv system-deps
 
 # Benchmarks (benchmarks/): each prints llmdrill's figures beside the anchors it must beat,
 # from one run. `make test` runs their short mode so they cannot rot.
-bench: venv system-deps
+bench: venv system-deps stack
 	$(BIN)/python benchmarks/load_throughput.py
+	$(BIN)/python benchmarks/ttft_bias.py
+	$(BIN)/python benchmarks/fault_timing.py
 
-bench-short: venv system-deps
+bench-short: venv system-deps stack
 	$(BIN)/python benchmarks/load_throughput.py --short
+	$(BIN)/python benchmarks/ttft_bias.py --short
+	$(BIN)/python benchmarks/fault_timing.py --short
 
 # Docker engine (Debian's docker.io, started with the flags in ../shared/ENVIRONMENT.md),
 # docker-compose, and the locally built images the Docker tests use.

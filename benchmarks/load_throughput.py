@@ -5,7 +5,9 @@ nginx that answers every streaming completion with a fixed 18-event SSE body (16
 finish chunk, [DONE]); nginx is pinned to core 0 and serves far more than either client
 can send, the clients to core 1, one after the other, as the load-generation issue's table
 was measured. Printed: requests/s and SSE events/s of each, and llmdrill's ratio to raw
-Locust (the goal is 1.0x or better).
+Locust (the goal is 1.0x or better). The full mode also runs `vllm bench serve` (the
+engine's own load tool, from the local stack's engine venv) against the same stub, at
+concurrency 8: the goal is 2x its rate.
 
     .venv/bin/python benchmarks/load_throughput.py            # 20 s per client
     .venv/bin/python benchmarks/load_throughput.py --short    # 3 s each; run by make test
@@ -172,10 +174,36 @@ def llmdrill_load(url: str, seconds: float, work: Path) -> float:
     return int(result["stats"]["run"]["requests"]) / float(phase["end"] - phase["start"])
 
 
+def vllm_bench(url: str, seconds: float, work: Path) -> float | None:
+    """Requests/s of `vllm bench serve` (the engine's own load tool, from the local stack's
+    engine venv) at concurrency 8 with 16-token random prompts: about as many prompts as
+    it sends in `seconds`. None when the engine venv is not installed."""
+    stack = Path(os.environ.get("LLMDRILL_STACK_DIR", HERE.parent / ".stack"))
+    vllm, model = stack / "vllm-venv" / "bin" / "vllm", stack / "models" / "tiny"
+    if not vllm.exists() or not (model / "tokenizer.json").exists():
+        return None
+    prompts = max(200, int(1900 * seconds))  # it ran about 1,900 req/s here
+    cmd = [str(vllm), "bench", "serve", "--backend", "openai", "--base-url", url,
+           "--endpoint", "/v1/completions", "--model", "tiny", "--tokenizer", str(model),
+           "--dataset-name", "random", "--random-input-len", "16", "--random-output-len",
+           "16", "--num-prompts", str(prompts), "--max-concurrency", str(USERS),
+           "--request-rate", "inf", "--disable-tqdm"]
+    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
+                          timeout=seconds * 10 + 300, cwd=work,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                               "DO_NOT_TRACK": "1"})
+    for line in done.stdout.splitlines():
+        if line.startswith("Request throughput (req/s):"):
+            return float(line.split(":")[1])
+    raise SystemExit(f"vllm bench serve did not report: {(done.stdout + done.stderr)[-2000:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--short", action="store_true", help="3 s per client (make test)")
     parser.add_argument("--seconds", type=float, default=20.0, help="per client")
+    parser.add_argument("--no-vllm-bench", action="store_true",
+                        help="leave out the `vllm bench serve` anchor (the short mode does)")
     args = parser.parse_args(argv)
     seconds = 3.0 if args.short else args.seconds
     with tempfile.TemporaryDirectory(prefix="llmdrill-bench-") as tmp:
@@ -185,12 +213,21 @@ def main(argv: list[str] | None = None) -> int:
             raw = raw_locust(url, seconds, work / "raw")
             (work / "llmdrill").mkdir()
             ours = llmdrill_load(url, seconds, work / "llmdrill")
+            bench = None
+            if not (args.short or args.no_vllm_bench):
+                (work / "vllm").mkdir()
+                bench = vllm_bench(url, seconds, work / "vllm")
     print(f"load throughput: {USERS} users, no think time, {seconds:g}s each, client on "
           f"core {CLIENT_CPU}, nginx SSE stub ({EVENTS_PER_REQUEST} events) on core {STUB_CPU}")
     print(f"{'client':<44}{'req/s':>10}{'events/s':>12}{'vs raw':>9}")
-    for name, rate in (("raw Locust FastHttpUser (counts events)", raw),
-                       ("llmdrill run (records every request)", ours)):
+    rows = [("raw Locust FastHttpUser (counts events)", raw),
+            ("llmdrill run (records every request)", ours)]
+    if bench is not None:
+        rows.append(("vllm bench serve (concurrency 8)", bench))
+    for name, rate in rows:
         print(f"{name:<44}{rate:>10.0f}{rate * EVENTS_PER_REQUEST:>12.0f}{rate / raw:>8.2f}x")
+    if bench:
+        print(f"llmdrill run / vllm bench serve: {ours / bench:.2f}x")
     return 0
 
 

@@ -203,9 +203,7 @@ def test_pod_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> No
     checks = assert_passed(drill(kube, "pod-kill.yaml", tmp_path))
     recovery = checks["stream-recovery"]["observed"]
     assert recovery["in_flight"] >= 1, recovery  # the kill cut streams, and they ended fast
-    back = checks["replicas-back"]["observed"]
     print(f"\nk8s pod kill: {checks['replicas-back']['summary']}")
-    assert back
 
 
 def test_container_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ names the log with its last lines."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -153,3 +154,26 @@ def test_python_home_reads_the_venv_config(tmp_path: Path) -> None:
 
 def test_answers_is_false_when_nothing_listens() -> None:
     assert not processes.answers("http://127.0.0.1:9/health", timeout=1)
+
+
+def test_a_zombie_in_the_group_is_not_alive(tmp_path: Path) -> None:
+    """A service whose exited leader its (still running) parent has not reaped: stopping
+    it from another process must not wait out the grace period."""
+    script = ("import subprocess, sys, time; "
+              "p = subprocess.Popen(['sleep', '0.2'], start_new_session=True); "
+              "print(p.pid, flush=True); time.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        deadline = time.time() + 10
+        while time.time() < deadline and "Z" not in Path(
+                f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+            time.sleep(0.05)
+        assert not processes.group_alive(child)
+        began = time.time()
+        processes.stop(child, grace=20)
+        assert time.time() - began < 5
+    finally:
+        parent.kill()
+        parent.wait()

@@ -44,7 +44,9 @@ def alive(pid: int) -> bool:
 
 def group_alive(pgid: int) -> bool:
     """Any process of the group still runs (vLLM's EngineCore can outlive its API server,
-    the group's leader)."""
+    the group's leader). Zombies do not count: a service another running process started
+    (the test session starting the Kubernetes node, stopped by a drill's command) stays a
+    zombie until that process reaps it, and waiting for it would take the whole grace."""
     alive(pgid)  # reaps the leader if it is our exited child
     try:
         os.killpg(pgid, 0)
@@ -52,7 +54,16 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def tail(path: Path, chars: int = 2000) -> str:
