@@ -255,7 +255,7 @@ def test_a_drain_that_would_violate_a_budget_is_refused(kube: Kube, tmp_path: Pa
 
 # Faults on two busybox Deployments of a namespace of their own (their pods start in a
 # second): the node cordoned and their pods evicted, one scaled down, the other's memory
-# limit lowered. Every phase boundary reverts some and applies others.
+# limit lowered, a rollout restart. Every phase boundary reverts some and applies others.
 TRIAL_SCENARIO = f"""
 apiVersion: llmdrill/v1
 kind: Scenario
@@ -271,11 +271,15 @@ faults:
   squeeze:
     kubernetes: {{action: memory, namespace: {TRIAL_NAMESPACE}, deployment: box-a,
                  selector: {{app: box-a}}, memory: 48MiB, max_pods: 2}}
+  restart:
+    kubernetes: {{action: rollout_restart, namespace: {TRIAL_NAMESPACE}, deployment: box-b,
+                 max_pods: 2}}
 load: {{users: 0}}
 phases:
   - {{name: a, duration: "${{PHASE_A:-2s}}", faults: [squeeze, shrink]}}
   - {{name: b, duration: "${{PHASE_B:-3s}}", faults: [drain, shrink]}}
-  - {{name: c, duration: 1s}}
+  - {{name: c, duration: 1s, faults: [restart]}}
+  - {{name: d, duration: 1s}}
 """
 
 BOX_MEMORY = "64Mi"
@@ -395,7 +399,7 @@ def test_sigkill_at_random_moments_then_cleanup_leaves_the_cluster_as_it_was(
         folder = tmp_path / f"trial-{trial}"
         proc = _start_trial(kube, folder)
         # Spread over the run (start-up, each phase, the reverts): one slot each.
-        time.sleep(1.0 + 6.0 * (trial + rng.random()) / TRIALS)
+        time.sleep(1.0 + 7.0 * (trial + rng.random()) / TRIALS)
         for pid in _watchdog_pids(folder / "reports"):
             os.kill(pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
