@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import load_throughput  # noqa: E402
-from load_throughput import CLIENT_CPU, _pinned, sse_stub  # noqa: E402
+from load_throughput import CLIENT_CPU, run_llmdrill, service, sse_stub  # noqa: E402
 
 STUB_PORT = load_throughput.PORT
 
@@ -50,26 +48,11 @@ def toxiproxy(work: Path) -> Iterator[str]:
     binary = stack / "bin" / "toxiproxy-server"
     if not binary.exists():
         raise SystemExit(f"{binary} is missing; run `make stack`")
-    log = (work / "toxiproxy.log").open("wb")
-    proc = subprocess.Popen([str(binary), "-host", "127.0.0.1", "-port", str(API_PORT)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{API_PORT}"
-    try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/version", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit("toxiproxy did not start: "
-                                     + (work / "toxiproxy.log").read_text()) from None
-                time.sleep(0.1)
+    with service("toxiproxy", [str(binary), "-host", "127.0.0.1", "-port", str(API_PORT)],
+                 work / "toxiproxy.log",
+                 lambda: httpx.get(f"{url}/version", timeout=2).raise_for_status()):
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
 
 
 def api_floor(url: str, rounds: int) -> tuple[list[float], list[float]]:
@@ -128,20 +111,11 @@ def harness(api: str, phases: int, seconds: float, work: Path
             ) -> tuple[list[float], list[float], float]:
     """Lateness of each apply (after the phase's scheduled start) and revert (after its
     scheduled end), in seconds, and the run's requests/s."""
-    path = work / "scenario.yaml"
-    path.write_text(scenario(api, phases, seconds))
-    out = work / "reports"
-    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-           "--quiet", "--no-history"]
-    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
-                          timeout=phases * seconds + 180)
-    results = list(out.glob("*/result.json"))
-    if not results:
-        raise SystemExit(f"llmdrill run failed ({done.returncode}): "
-                         f"{(done.stdout + done.stderr)[-2000:]}")
-    result = json.loads(results[0].read_text())
+    run = run_llmdrill(scenario(api, phases, seconds), work, phases * seconds + 180,
+                       must_pass=False)
+    result = json.loads((run / "result.json").read_text())
     planned = {p["name"]: (p["planned_start"], p["planned_end"]) for p in result["phases"]}
-    with sqlite3.connect(results[0].parent / "evidence.db") as db:
+    with sqlite3.connect(run / "evidence.db") as db:
         events = [(ts, kind, json.loads(detail)) for ts, kind, detail in db.execute(
             "SELECT ts, kind, detail FROM events WHERE kind IN "
             "('fault_applied', 'fault_reverted') ORDER BY ts")]

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,7 +54,7 @@ NGINX_CONF = """\
 daemon off;
 worker_processes 1;
 pid {run}/nginx.pid;
-error_log {run}/error.log warn;
+error_log stderr warn;  # the service log (benchmarks' service())
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
@@ -85,6 +85,33 @@ def _pinned(cpu: str, cmd: list[str]) -> list[str]:
 
 
 @contextmanager
+def service(name: str, cmd: list[str], log: Path, ready: Callable[[], object],
+            timeout: float = 20.0) -> Iterator[None]:
+    """Runs cmd in a session of its own (its output to `log`) while the block runs: waits
+    until `ready()` stops raising httpx.HTTPError, and stops the session (SIGTERM) at the
+    end. The benchmarks' stubs and Toxiproxy all start this way."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                ready()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"{name} did not start: "
+                                     f"{log.read_text(errors='replace')[-2000:]}") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+
+
+@contextmanager
 def sse_stub(run: Path) -> Iterator[str]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
@@ -92,29 +119,16 @@ def sse_stub(run: Path) -> Iterator[str]:
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "nginx.conf"
     conf.write_text(NGINX_CONF.format(run=run, port=PORT, body=sse_body()))
-    proc = subprocess.Popen(_pinned(STUB_CPU, [nginx, "-c", str(conf), "-p", str(run)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     url = f"http://127.0.0.1:{PORT}"
-    try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                got = httpx.post(f"{url}/v1/completions", json={}, timeout=2)
-                if got.text.count("data:") != EVENTS_PER_REQUEST:
-                    raise SystemExit(f"the stub answers {got.text[:200]!r}")
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log = run / "error.log"
-                    raise SystemExit("the nginx stub did not start: "
-                                     + (log.read_text() if log.exists() else "")) from None
-                time.sleep(0.2)
+
+    def ready() -> None:
+        got = httpx.post(f"{url}/v1/completions", json={}, timeout=2)
+        if got.text.count("data:") != EVENTS_PER_REQUEST:
+            raise SystemExit(f"the stub answers {got.text[:200]!r}")
+
+    with service("the nginx stub", _pinned(STUB_CPU, [nginx, "-c", str(conf), "-p", str(run)]),
+                 run / "nginx.log", ready):
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
 
 
 def raw_locust(url: str, seconds: float, work: Path) -> float:
@@ -155,21 +169,30 @@ checks:
 """
 
 
+def run_llmdrill(scenario: str, work: Path, timeout: float, *, must_pass: bool = True
+                 ) -> Path:
+    """`llmdrill run` of a scenario text on the client core; the run's folder (result.json,
+    evidence.db). Exits when it wrote no result, or did not pass and `must_pass`."""
+    path = work / "scenario.yaml"
+    path.write_text(scenario)
+    out = work / "reports"
+    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+           "--quiet", "--no-history"]
+    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
+                          timeout=timeout)
+    results = list(out.glob("*/result.json"))
+    if not results or (must_pass and done.returncode != 0):
+        raise SystemExit(f"llmdrill run failed ({done.returncode}): "
+                         f"{(done.stdout + done.stderr)[-2000:]}")
+    return results[0].parent
+
+
 def llmdrill_load(url: str, seconds: float, work: Path) -> float:
     """Requests/s of `llmdrill run` (harness and Locust on the client core), recording every
     request as the checks need it: requests in the phase over the phase's length."""
-    scenario = work / "scenario.yaml"
-    scenario.write_text(SCENARIO.format(url=url, users=USERS, seconds=seconds))
-    out = work / "reports"
-    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(scenario), "--out", str(out),
-           "--quiet", "--no-history"]
-    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
-                          timeout=seconds + 120)
-    results = list(out.glob("*/result.json"))
-    if done.returncode != 0 or not results:
-        raise SystemExit(f"llmdrill run failed ({done.returncode}): "
-                         f"{(done.stdout + done.stderr)[-2000:]}")
-    result = json.loads(results[0].read_text())
+    run = run_llmdrill(SCENARIO.format(url=url, users=USERS, seconds=seconds), work,
+                       seconds + 120)
+    result = json.loads((run / "result.json").read_text())
     phase = next(p for p in result["phases"] if p["name"] == "run")
     return int(result["stats"]["run"]["requests"]) / float(phase["end"] - phase["start"])
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from load_throughput import CLIENT_CPU, STUB_CPU, _pinned  # noqa: E402
+from load_throughput import CLIENT_CPU, STUB_CPU, _pinned, run_llmdrill, service  # noqa: E402
 
 PORT = 18191
 DELAY_MS = 50.0
@@ -63,25 +62,10 @@ def read_pairs(path: Path) -> Pairs:
 def delayed_stub(work: Path, log: Path) -> Iterator[str]:
     cmd = [sys.executable, str(HERE / "delayed_sse_stub.py"), "--port", str(PORT),
            "--delay-ms", str(DELAY_MS), "--tokens", str(TOKENS), "--log", str(log)]
-    proc = subprocess.Popen(_pinned(STUB_CPU, cmd), stdout=subprocess.DEVNULL,
-                            stderr=(work / "stub.err").open("wb"), start_new_session=True)
     url = f"http://127.0.0.1:{PORT}"
-    try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/v1/models", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit("the delayed stub did not start: "
-                                     + (work / "stub.err").read_text()) from None
-                time.sleep(0.1)
+    with service("the delayed stub", _pinned(STUB_CPU, cmd), work / "stub.out",
+                 lambda: httpx.get(f"{url}/v1/models", timeout=2).raise_for_status()):
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
 
 
 def raw_locust(url: str, users: int, seconds: float, work: Path) -> Pairs:
@@ -156,19 +140,10 @@ checks:
 
 def llmdrill_client(url: str, users: int, seconds: float, work: Path) -> Pairs:
     """`llmdrill run`'s own per-request TTFT, as its checks read it (evidence.db)."""
-    scenario = work / "scenario.yaml"
-    scenario.write_text(SCENARIO.format(url=url, users=users, seconds=seconds, tokens=TOKENS))
-    out = work / "reports"
-    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(scenario), "--out", str(out),
-           "--quiet", "--no-history"]
-    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
-                          timeout=seconds + 180)
-    dbs = list(out.glob("*/evidence.db"))
-    if done.returncode != 0 or not dbs:
-        raise SystemExit(f"llmdrill run failed ({done.returncode}): "
-                         f"{(done.stdout + done.stderr)[-2000:]}")
+    run = run_llmdrill(SCENARIO.format(url=url, users=users, seconds=seconds, tokens=TOKENS),
+                       work, seconds + 180)
     pairs: Pairs = {}
-    with sqlite3.connect(dbs[0]) as db:
+    with sqlite3.connect(run / "evidence.db") as db:
         for (text,) in db.execute("SELECT record FROM requests"):
             record = json.loads(text)
             if record.get("error_class") is None and record.get("ttft") is not None \
