@@ -28,8 +28,8 @@ from llmdrill.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
-MAIN = "integration and not kubernetes and not own_engine"
-BESIDE = "integration and own_engine and not kubernetes"
+MAIN = "integration and not kubernetes and not gateway and not own_engine"
+BESIDE = "integration and own_engine and not kubernetes and not gateway"
 
 
 def _say(message: str) -> None:

@@ -50,3 +50,17 @@ def test_failed_revert_stays_outstanding_and_torn_lines_are_ignored(tmp_path: Pa
     assert [r["run_id"] for r in active_runs()] == ["run-2"]  # kept: still outstanding
     events = [json.loads(x)["event"] for x in journal.path.read_text().splitlines()[:-1]]
     assert events == ["intent", "revert_failed"]
+
+
+def test_a_long_revert_moves_the_watchdogs_deadline(tmp_path: Path) -> None:
+    from llmdrill.harness.watchdog import _state
+
+    journal = Journal(tmp_path / "journal.jsonl", "run-2")
+    entry = journal.intent("kill", "restart", {"backend": "test-backend", "what": "k"},
+                           deadline=100.0)
+    assert _state(journal.path)[0][entry]["deadline"] == 100.0
+    journal.reverting(entry, 400.0)  # a replica reloading its model
+    assert _state(journal.path)[0][entry]["deadline"] == 400.0
+    journal.reverted(entry)
+    assert _state(journal.path)[0] == {}
+    journal.finish()

@@ -311,7 +311,8 @@ INVALID: list[tuple[str, str, list[str]]] = [
         BASE.replace("  model: tiny\n", "  model: tiny\n  modle: other\n"),
         [
             "scenario.yaml:8:3: target.modle: unknown key 'modle'; did you mean 'model'? "
-            "(valid keys: base_url, model, metrics_url, api_key_env, api_key_file, production)"
+            "(valid keys: base_url, model, metrics_url, engines, api_key_env, api_key_file, "
+            "production)"
         ],
     ),
     (

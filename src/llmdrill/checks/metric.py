@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from llmdrill.checks.base import fmt, make_result
+from llmdrill.checks.counters import step
 from llmdrill.model.records import Evidence
 from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.plugin import CheckKind, Location, Problem
@@ -66,10 +67,7 @@ def increase(values: Sequence[float]) -> float:
     A drop means the counter reset (engine restart), so the sample after the drop is
     itself the increase since the reset; this is how Prometheus' increase() reads it.
     """
-    total = 0.0
-    for prev, cur in pairwise(values):
-        total += cur - prev if cur >= prev else cur
-    return total
+    return sum(step(prev, cur) for prev, cur in pairwise(values))
 
 
 AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {

@@ -89,6 +89,11 @@ class Journal:
     def apply_failed(self, entry_id: str, error: str) -> None:
         self._write({"event": "apply_failed", "id": entry_id, "error": error})
 
+    def reverting(self, entry_id: str, deadline: float) -> None:
+        """A revert began and may take until `deadline` (a replica restarting loads its
+        model): the watchdog leaves it to the harness until then."""
+        self._write({"event": "reverting", "id": entry_id, "deadline": deadline})
+
     def reverted(self, entry_id: str, by: str = "harness", reason: str = "") -> None:
         event: dict[str, Any] = {"event": "reverted", "id": entry_id, "by": by}
         if reason:

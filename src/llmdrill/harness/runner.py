@@ -14,13 +14,15 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from llmdrill.checks import evaluate_check
+from llmdrill.checks.counters import counter_rate
 from llmdrill.checks.probes import RunningProbe
 from llmdrill.checks.stats import client_series, request_stats
 from llmdrill.faults.base import EnvironmentProblem, Injector
@@ -38,7 +40,13 @@ from llmdrill.load.runner import LocustProcess
 from llmdrill.model.context import RunContext
 from llmdrill.model.events import EventKind
 from llmdrill.model.evidence import EvidenceStore
-from llmdrill.model.records import Evidence, FaultEvent, MetricSample, PhaseWindow
+from llmdrill.model.records import (
+    ENGINE_LABEL,
+    Evidence,
+    FaultEvent,
+    MetricSample,
+    PhaseWindow,
+)
 from llmdrill.model.result import (
     CheckResult,
     FaultResult,
@@ -66,6 +74,19 @@ ENGINE_GAUGES = {
     "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
     "preemptions": ("vllm:num_preemptions_total",),  # a counter: charted as its running total
 }
+
+
+# A replica's finished requests: charted as a rate, its traffic.
+SERVED_COUNTER = "vllm:request_success_total"
+
+
+def _sums_by_name(samples: list[MetricSample]) -> dict[str, list[tuple[float, float]]]:
+    """Each metric name's values summed over its label sets, per scrape, in time order."""
+    sums: dict[str, dict[float, float]] = {}
+    for m in samples:
+        per_ts = sums.setdefault(m.name, {})
+        per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
+    return {name: sorted(per_ts.items()) for name, per_ts in sums.items()}
 
 
 # How long past its planned revert a fault may stay before the watchdog reverts it.
@@ -204,6 +225,9 @@ class Runner:
             self.progress.event(f"{name} was already reverted by the watchdog "
                                 f"({done.get('reason', 'lifetime exceeded')})")
             return
+        if isinstance(action.get("revert_timeout"), int | float):
+            journal.reverting(entry, time.time() + float(action["revert_timeout"])
+                              + LIFETIME_GRACE_S)
         try:
             if action is not None:
                 revert(action)
@@ -294,6 +318,13 @@ class Runner:
                     self.scenario.target.metrics_url, store.add_metrics,
                     lambda msg: store.add_event(time.time(), EventKind.SCRAPE_FAILED,
                                                 {"error": msg}),
+                    interval=self.scenario.telemetry.scrape_interval,
+                ))
+            for label, endpoint in self.scenario.target.engines.items():
+                check_metrics(endpoint.metrics_url, headers)
+                services.start(f"metrics scraper ({label})", MetricsScraper(
+                    endpoint.metrics_url, _labelled(store, label),
+                    _scrape_failed(store, label),
                     interval=self.scenario.telemetry.scrape_interval,
                 ))
             self.guard_poller = GuardPoller(
@@ -545,18 +576,38 @@ class Runner:
     @staticmethod
     def _engine_series(metrics: list[MetricSample], t0: float
                        ) -> dict[str, list[tuple[float, float]]]:
-        names = {m.name for m in metrics}
+        """The target's gauges by short name; each replica's (target.engines) as
+        `<short>@<label>`, with its requests served per second beside them."""
+        by_engine: dict[str | None, list[MetricSample]] = {}
+        for m in metrics:
+            by_engine.setdefault(m.labels.get(ENGINE_LABEL), []).append(m)
         out: dict[str, list[tuple[float, float]]] = {}
-        for short, candidates in ENGINE_GAUGES.items():
-            name = next((n for n in candidates if n in names), None)
-            if name is None:
-                continue
-            per_ts: dict[float, float] = {}
-            for m in metrics:
-                if m.name == name:
-                    per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
-            out[short] = [(round(ts - t0, 3), v) for ts, v in sorted(per_ts.items())]
+        for engine, samples in by_engine.items():
+            suffix = "" if engine is None else f"@{engine}"
+            sums = _sums_by_name(samples)
+            for short, candidates in ENGINE_GAUGES.items():
+                name = next((n for n in candidates if n in sums), None)
+                if name is not None:
+                    out[short + suffix] = [(round(ts - t0, 3), v) for ts, v in sums[name]]
+            if engine is not None and SERVED_COUNTER in sums:
+                out["served_per_s" + suffix] = [
+                    (round(ts - t0, 3), v) for ts, v in counter_rate(sums[SERVED_COUNTER])]
         return out
+
+
+def _labelled(store: EvidenceStore, engine: str) -> Callable[[list[MetricSample]], None]:
+    """A scraper's sink that files one replica's samples under its label."""
+    def sink(samples: list[MetricSample]) -> None:
+        store.add_metrics([replace(s, labels={**s.labels, ENGINE_LABEL: engine})
+                           for s in samples])
+    return sink
+
+
+def _scrape_failed(store: EvidenceStore, engine: str) -> Callable[[str], None]:
+    def record(message: str) -> None:
+        store.add_event(time.time(), EventKind.SCRAPE_FAILED, {"error": message,
+                                                               "engine": engine})
+    return record
 
 
 def check_safety(scenario: Scenario, allow_production: bool) -> None:

@@ -40,6 +40,11 @@ def _state(path: Path) -> tuple[dict[str, dict[str, object]], bool]:
             kind = event.get("event")
             if kind == "intent":
                 outstanding[str(event["id"])] = event
+            elif kind == "reverting" and str(event.get("id")) in outstanding:
+                # A long revert in progress moves the deadline: two restarts of one
+                # replica at once would fight over its port.
+                outstanding[str(event["id"])] = {**outstanding[str(event["id"])],
+                                                 "deadline": event.get("deadline")}
             elif kind == "reverted":
                 outstanding.pop(str(event.get("id")), None)
             elif kind == "run_finished":

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The label the harness adds to the samples of each replica in target.engines.
+ENGINE_LABEL = "llmdrill_engine"
+
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
@@ -118,5 +121,19 @@ class Evidence:
                 continue
             if any(m.labels.get(k) != v for k, v in wanted.items()):
                 continue
+            # A replica of target.engines is scraped on its own clock: folded into the
+            # target's series it would make every other point another engine's.
+            if ENGINE_LABEL in m.labels and ENGINE_LABEL not in wanted:
+                continue
             per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
         return sorted(per_ts.items())
+
+    def engine_series(self, engine: str, names: tuple[str, ...]) -> list[tuple[float, float]]:
+        """One replica's series (of target.engines) under the first of `names` it has."""
+        have = {m.name for m in self.metrics if m.labels.get(ENGINE_LABEL) == engine}
+        name = next((n for n in names if n in have), None)
+        return [] if name is None else self.series(name, {ENGINE_LABEL: engine})
+
+    def engine_scrape_failures(self, engine: str) -> list[float]:
+        """When scrapes of one replica's /metrics failed (it was down or not answering)."""
+        return [ts for ts, d in self.events_of("scrape_failed") if d.get("engine") == engine]

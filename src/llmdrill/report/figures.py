@@ -167,15 +167,14 @@ def charts(result: RunResult) -> list[Figure]:
     xr = x_range(result)
     figures = _client_charts(series, xr, shaded, markers)
     engine_markers = markers + list(series.markers)
-    for name in sorted(series.engine):
-        points: list[Point] = [(t, v) for t, v in series.engine[name]]
-        title = f"Engine: {name}"
+    for name, lines in _engine_charts(series.engine).items():
+        title = f"Engine: {name}" if name in series.engine else f"Replicas: {name}"
         figures.append(
             Figure(
                 title,
                 line_chart(
                     title,
-                    {name: points},
+                    lines,
                     "",
                     shaded,
                     engine_markers,
@@ -189,6 +188,18 @@ def charts(result: RunResult) -> list[Figure]:
         )
     figures.extend(_around_markers(series))
     return figures
+
+
+def _engine_charts(engine: dict[str, list[tuple[float, float]]]
+                   ) -> dict[str, dict[str, Sequence[Point]]]:
+    """One chart per gauge: the target's alone; each replica's (`<gauge>@<replica>`) as
+    one line per replica, so a failover shows as one line falling while another rises."""
+    charts: dict[str, dict[str, Sequence[Point]]] = {}
+    for key in sorted(engine):
+        gauge, _, replica = key.partition("@")
+        lines = charts.setdefault(gauge if replica else key, {})
+        lines[replica or key] = [(t, v) for t, v in engine[key]]
+    return charts
 
 
 # Cleanup after a cancel-storm wave takes a fraction of a second: each wave gets a chart

@@ -381,15 +381,33 @@ def load_scenario(path: str | Path, env: Mapping[str, str] | None = None) -> Sce
     return _anchor_paths(scenario, Path(path))
 
 
+# The spec field holding a file path, by fault backend: relative to the scenario's folder.
+_FAULT_FILES = {"process": "pidfile"}
+
+
+def _relative(file: str | None) -> bool:
+    return bool(file) and not Path(str(file)).expanduser().is_absolute()
+
+
 def _anchor_paths(scenario: Scenario, path: Path) -> Scenario:
     """Make the scenario's relative file paths relative to the scenario file's folder, and
     absolute, once: the run's processes (Locust, the watchdog) work in other folders."""
+    folder = path.resolve().parent
+    update: dict[str, Any] = {}
     key_file = scenario.target.api_key_file
-    if key_file and not Path(key_file).expanduser().is_absolute():
-        anchored = str(path.resolve().parent / key_file)
-        target = scenario.target.model_copy(update={"api_key_file": anchored})
-        return scenario.model_copy(update={"target": target})
-    return scenario
+    if key_file and _relative(key_file):
+        anchored = str(folder / key_file)
+        update["target"] = scenario.target.model_copy(update={"api_key_file": anchored})
+    faults = dict(scenario.faults)
+    for name, fault in scenario.faults.items():
+        field = _FAULT_FILES.get(fault.backend)
+        file = getattr(fault.spec, field) if field else None
+        if field and _relative(file):
+            spec = fault.spec.model_copy(update={field: str(folder / str(file))})
+            faults[name] = fault.model_copy(update={fault.backend: spec})
+    if faults != scenario.faults:
+        update["faults"] = faults
+    return scenario.model_copy(update=update) if update else scenario
 
 
 def scenario_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -40,6 +40,17 @@ class Metadata(Strict):
     )
 
 
+class EngineEndpoint(Strict):
+    """One engine replica behind the target (a gateway's backend), watched on its own."""
+
+    metrics_url: str = Field(description="The replica's own Prometheus /metrics endpoint.")
+
+    @field_validator("metrics_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return http_url(url)
+
+
 class Target(Strict):
     """The OpenAI-compatible API under test. Secrets come only from env or files."""
 
@@ -47,6 +58,12 @@ class Target(Strict):
     model: str = Field(description="Model name sent in every request (`model` in the API).")
     metrics_url: str | None = Field(
         default=None, description="The engine's Prometheus /metrics endpoint, if scraped."
+    )
+    engines: dict[Name, EngineEndpoint] = Field(
+        default_factory=dict,
+        description="The replicas behind a gateway, by label, each scraped on its own: "
+        "reports chart their gauges and traffic side by side, and the failover checks read "
+        "each replica's own counters (its samples carry the label `llmdrill_engine`).",
     )
     api_key_env: str | None = Field(
         default=None, description="Name of an environment variable that holds the API key."

@@ -1,0 +1,224 @@
+"""The failover check and the counter readings it rests on, on hand-made evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmdrill.checks import counters
+from llmdrill.checks.failover import FailoverCheck, evaluate_failover
+from llmdrill.model.records import (
+    ENGINE_LABEL,
+    Evidence,
+    FaultEvent,
+    MetricSample,
+    PhaseWindow,
+    RequestRecord,
+)
+from llmdrill.model.result import Window
+from llmdrill.scenario.errors import ScenarioError
+from llmdrill.scenario.loader import load_scenario
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_700_000_000.0
+APPLY, REVERT = T0 + 20, T0 + 40
+WINDOW = Window(phase="out", start=APPLY, end=REVERT)
+
+
+# --- counters -------------------------------------------------------------------------
+
+
+def test_increase_survives_a_restart() -> None:
+    points = [(1.0, 10.0), (2.0, 15.0), (3.0, 2.0), (4.0, 6.0)]
+    assert counters.increase(points, 1.0, 4.0) == 5 + 2 + 4
+    assert counters.increase(points, 2.0, 3.0) == 2
+    assert counters.increase(points, 4.0, 9.0) == 0
+
+
+def test_first_growth_after_a_moment() -> None:
+    flat_then_up = [(1.0, 5.0), (2.0, 5.0), (3.0, 5.0), (4.0, 7.0)]
+    assert counters.first_growth(flat_then_up, 1.5) == 4.0
+    # Killed before `after` (last scrape 9), restarted: its first scrape counts from 0.
+    restarted = [(1.0, 9.0), (5.0, 0.0), (6.0, 3.0)]
+    assert counters.first_growth(restarted, 4.0) == 6.0
+    assert counters.first_growth([(5.0, 4.0)], 4.0) == 5.0  # no scrape before: a new process
+    assert counters.first_growth([(1.0, 4.0), (5.0, 4.0)], 4.0) is None
+
+
+def test_counter_rate() -> None:
+    assert counters.counter_rate([(0.0, 0.0), (2.0, 10.0), (3.0, 1.0)]) == [(2.0, 5.0),
+                                                                           (3.0, 1.0)]
+
+
+# --- the check ------------------------------------------------------------------------
+
+
+def samples(engine: str, name: str, values: dict[float, float]) -> list[MetricSample]:
+    return [MetricSample(T0 + t, name, v, {ENGINE_LABEL: engine, "model_name": "tiny"})
+            for t, v in values.items()]
+
+
+def healthy_failover_metrics(out_after_switch: float = 0.0) -> list[MetricSample]:
+    """replica-0 serves until the fault at 20s, nothing after; back at 43s. replica-1
+    serves throughout, more while replica-0 is out."""
+    r0_arrivals = {float(t): 100.0 * min(t, 20) for t in range(0, 20)}
+    r0_arrivals.update({float(t): 2000.0 + out_after_switch * (t >= 30)
+                        for t in range(20, 42)})
+    r0_arrivals.update({43.0: 2100.0, 44.0: 2200.0})
+    r1_served = {float(t): 3.0 * t for t in range(0, 45)}
+    r1_arrivals = {float(t): 100.0 * t for t in range(0, 45)}
+    r0_running = {float(t): 2.0 for t in range(0, 20)}
+    return (samples("replica-0", "vllm:prompt_tokens_total", r0_arrivals)
+            + samples("replica-0", "vllm:num_requests_running", r0_running)
+            + samples("replica-0", "vllm:num_requests_waiting", dict.fromkeys(r0_running, 0.0))
+            + samples("replica-1", "vllm:prompt_tokens_total", r1_arrivals)
+            + samples("replica-1", "vllm:request_success_total", r1_served))
+
+
+def req(start: float, duration: float = 1.0, *, error: str | None = None,
+        attempts: int = 1) -> RequestRecord:
+    return RequestRecord(T0 + start, T0 + start + duration, error_class=error,
+                         attempts=attempts, ttft=0.1, output_tokens=0 if error else 10)
+
+
+def steady(start: float, end: float) -> list[RequestRecord]:
+    return [req(start + i * 0.5) for i in range(int((end - start) / 0.5))]
+
+
+def evidence(requests: list[RequestRecord], metrics: list[MetricSample] | None = None,
+             reverted: float | None = REVERT) -> Evidence:
+    return Evidence(
+        requests=requests,
+        metrics=healthy_failover_metrics() if metrics is None else metrics,
+        phases=[PhaseWindow("base", T0, APPLY), PhaseWindow("out", APPLY, REVERT,
+                                                            faults=("kill",))],
+        faults=[FaultEvent("kill", APPLY, reverted, REVERT)],
+        run_end=T0 + 60,
+    )
+
+
+SPEC = FailoverCheck(fault="kill", engine="replica-0", switch_within="5s",
+                     max_failed_attempts=4, back_within="10s", min_requests=10)
+
+
+def judge(ev: Evidence, spec: FailoverCheck = SPEC) -> tuple[str, str]:
+    result = evaluate_failover("fo", "out", spec, ev, WINDOW)
+    return result.status, result.summary
+
+
+def test_passes_when_the_gateway_switches_in_time() -> None:
+    requests = [*steady(0, 60), req(18, 5, error="incomplete_stream"), req(21, 1, attempts=2)]
+    status, summary = judge(evidence(requests))
+    assert status == "passed", summary
+    assert "1 streams cut" in summary and "traffic back on replica-0 3" in summary
+
+
+def test_fails_when_requests_after_the_switch_still_fail() -> None:
+    # A gateway without health checks: every other request goes to the dead replica.
+    requests = steady(0, 60) + [req(26 + i * 2, 0.1, error="http_5xx") for i in range(5)]
+    status, summary = judge(evidence(requests))
+    assert status == "failed"
+    assert "5 of" in summary and "5 http_5xx" in summary
+
+
+def test_fails_when_retries_hide_the_dead_replica() -> None:
+    requests = [*steady(0, 60), req(30, attempts=2)]
+    status, summary = judge(evidence(requests))
+    assert status == "failed" and "1 retried" in summary
+
+
+def test_fails_over_the_switch_budget() -> None:
+    requests = steady(0, 60) + [req(20.5 + i * 0.5, 0.2, error="timeout") for i in range(5)]
+    status, summary = judge(evidence(requests))
+    assert status == "failed" and "5 attempts failed during the switch" in summary
+
+
+def test_fails_when_streams_on_healthy_replicas_are_cut() -> None:
+    # replica-0 ran 2 streams; 5 in-flight streams died: the others' were cut too.
+    cut = [req(18.5, 3, error="incomplete_stream") for _ in range(5)]
+    status, summary = judge(evidence(steady(0, 60) + cut),
+                            SPEC.model_copy(update={"max_failed_attempts": 10}))
+    assert status == "failed" and "streams on the healthy replicas were cut" in summary
+
+
+def test_fails_when_the_replica_still_receives_requests() -> None:
+    status, summary = judge(evidence(steady(0, 60), healthy_failover_metrics(50.0)))
+    assert status == "failed" and "still received new requests" in summary
+
+
+def test_fails_when_traffic_does_not_come_back() -> None:
+    metrics = [m for m in healthy_failover_metrics() if m.ts < T0 + 43
+               or m.labels[ENGINE_LABEL] != "replica-0"]
+    metrics += samples("replica-0", "vllm:prompt_tokens_total", {50.0: 2000.0, 55.0: 2000.0})
+    status, summary = judge(evidence(steady(0, 60), metrics))
+    assert status == "failed" and "within 10s of the revert" in summary
+
+
+def test_inconclusive_when_the_replica_had_no_traffic_before() -> None:
+    metrics = [m for m in healthy_failover_metrics()
+               if not (m.labels[ENGINE_LABEL] == "replica-0" and m.name.endswith("tokens_total"))]
+    metrics += samples("replica-0", "vllm:prompt_tokens_total", {float(t): 7.0 for t in range(45)})
+    status, summary = judge(evidence(steady(0, 60), metrics))
+    assert status == "inconclusive" and "nothing to fail over from" in summary
+
+
+def test_inconclusive_without_the_replicas_metrics_or_the_fault() -> None:
+    assert judge(evidence(steady(0, 60), []))[0] == "inconclusive"
+    no_fault = evidence(steady(0, 60))
+    no_fault.faults = []
+    assert "never applied" in judge(no_fault)[1]
+
+
+def test_inconclusive_when_the_others_counters_never_move() -> None:
+    metrics = [m for m in healthy_failover_metrics() if m.name != "vllm:request_success_total"]
+    metrics += samples("replica-1", "vllm:request_success_total",
+                       {float(t): 3.0 for t in range(45)})
+    status, summary = judge(evidence(steady(0, 60), metrics))
+    assert status == "inconclusive" and "behind base_url" in summary
+
+
+def test_inconclusive_with_too_few_requests_after_the_switch() -> None:
+    status, summary = judge(evidence(steady(0, 24) + steady(41, 60)))
+    assert status == "inconclusive" and "need 10" in summary
+
+
+def test_target_series_leave_the_replicas_out() -> None:
+    target = MetricSample(T0 + 1, "vllm:prompt_tokens_total", 5.0, {})
+    ev = evidence([], [*healthy_failover_metrics(), target])
+    assert ev.series("vllm:prompt_tokens_total") == [(T0 + 1, 5.0)]
+    assert len(ev.engine_series("replica-1", ("vllm:prompt_tokens_total",))) == 45
+
+
+BASE = """\
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {name: fo}
+target:
+  base_url: http://127.0.0.1:18040
+  model: tiny
+  engines:
+    replica-0: {metrics_url: http://127.0.0.1:18010/metrics}
+    %s
+faults:
+  hang: {toxiproxy: {proxy: replica-0, toxic: timeout, timeout: 0s}}
+phases:
+  - {name: out, duration: 10s, faults: [hang]}
+checks:
+  - {phase: out, failover: {fault: hang, engine: %s}}
+"""
+
+
+def test_scenario_references_name_the_engine(tmp_path: Path) -> None:
+    def load(other: str, engine: str) -> None:
+        path = tmp_path / "fo.yaml"
+        path.write_text(BASE % (other, engine))
+        load_scenario(path, env={})
+
+    two = "replica-1: {metrics_url: http://127.0.0.1:18020/metrics}"
+    load(two, "replica-0")
+    with pytest.raises(ScenarioError, match="unknown engine 'replica-9'"):
+        load(two, "replica-9")
+    with pytest.raises(ScenarioError, match="at least two replicas"):
+        load("", "replica-0")
