@@ -8,7 +8,7 @@ export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
 .PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit browser integration bench bench-short \
-	docker-test clean kube-stack kube-up kube-down kube-test
+	docker-test clean kube-stack kube-up kube-down kube-test gateway-stack
 
 all: test
 
@@ -90,6 +90,12 @@ bench-short: venv system-deps stack
 # docker-compose, and the locally built images the Docker tests use.
 docker-stack: stack
 	$(BIN)/python -m llmdrill.stack.docker_stack install
+
+# The gateway stack's parts: Debian's HAProxy and vllm-router (PyPI, its own venv under
+# the stack folder); starts nothing. `llmdrill up --replicas 2 --gateway haproxy
+# --gateway vllm-router` starts two replicas, their Toxiproxy proxies and the gateways.
+gateway-stack: stack
+	$(BIN)/python -m llmdrill.stack.gateway install
 
 # A real single-node Kubernetes cluster (etcd, apiserver, controller-manager, scheduler,
 # containerd, kubelet) built from the Go module proxy into a per-user cache (cold: about

@@ -594,14 +594,39 @@ def history_cmd(
             out.print(f"regression: {name}: {move.sentence()}", highlight=False)
 
 
+REPLICAS_HELP = ("1: the single engine behind Toxiproxy. 2: instead, two engine replicas, each "
+                 "behind a Toxiproxy proxy, for gateway drills (ports in "
+                 "llmdrill.stack.gateway).")
+GATEWAY_HELP = "A gateway in front of the two replicas: haproxy or vllm-router (repeatable)."
+
+
 @app.command()
 def up(
     install: Annotated[bool, typer.Option(help="Install missing parts first.")] = True,
+    replicas: Annotated[int, typer.Option(help=REPLICAS_HELP)] = 1,
+    gateway: Annotated[list[str] | None, typer.Option(help=GATEWAY_HELP)] = None,
 ) -> None:
-    """Start the local stack (real vLLM on CPU + Toxiproxy) on 127.0.0.1 and print URLs."""
+    """Start the local stack (real vLLM on CPU + Toxiproxy) on 127.0.0.1 and print URLs.
+    With --replicas 2: two replicas and the gateways named instead; run again after a
+    drill, it restarts only what is down."""
     from llmdrill.stack import StackError
+    from llmdrill.stack.gateway import GATEWAYS
     from llmdrill.stack.local import LocalStack
 
+    gateways = list(dict.fromkeys(gateway or []))
+    problem = None
+    if replicas not in (1, 2):
+        problem = f"--replicas must be 1 or 2, not {replicas}"
+    elif gateways and replicas != 2:
+        problem = "--gateway needs --replicas 2 (a gateway balances over two replicas)"
+    elif unknown := [g for g in gateways if g not in GATEWAYS]:
+        problem = f"unknown gateway {unknown[0]!r}: choose from {', '.join(GATEWAYS)}"
+    if problem:
+        err.print(f"up: {problem}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+    if replicas == 2:
+        _up_gateway_stack(gateways, install)
+        return
     stack = LocalStack()
     try:
         stack.up(install=install)
@@ -612,12 +637,29 @@ def up(
         out.print(f"{name:24} {url}", highlight=False)
 
 
+def _up_gateway_stack(gateways: list[str], install: bool) -> None:
+    """Two replicas take both cores of a small machine: they replace the single engine."""
+    from llmdrill.stack import StackError
+    from llmdrill.stack.gateway import GatewayStack
+
+    stack = GatewayStack()
+    try:
+        stack.up(gateways, install=install)
+    except StackError as exc:
+        err.print(f"stack: {exc}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    for name, url in stack.urls(gateways).items():
+        out.print(f"{name:28} {url}", highlight=False)
+
+
 @app.command()
 def down() -> None:
-    """Stop the local stack started by `llmdrill up`."""
+    """Stop the local stack started by `llmdrill up` (the gateway stack too)."""
+    from llmdrill.stack.gateway import GatewayStack
     from llmdrill.stack.local import LocalStack
 
-    stopped = LocalStack().down()
+    # Gateways and replicas first: their proxies live in the local stack's Toxiproxy.
+    stopped = GatewayStack().down() + LocalStack().down()
     out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
