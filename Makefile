@@ -8,7 +8,7 @@ export LLMDRILL_STATE_DIR ?= $(CURDIR)/.stack/state
 export LLMDRILL_WHEELS_DIR ?= $(CURDIR)/../shared/wheels
 
 .PHONY: all venv system-deps stack docker-stack up down demo demo-check test lint unit browser integration bench bench-short \
-	docker-test clean kube-stack kube-up kube-down kube-test gateway-stack
+	docker-test clean kube-stack kube-up kube-down kube-test gateway-test gateway-stack
 
 all: test
 
@@ -118,6 +118,12 @@ kube-test: kube-stack
 kube-down:
 	-$(BIN)/python -m llmdrill.stack.kube_cluster down
 
+# The gateway drills: two vLLM replicas (one core each) behind real HAProxy and vllm-router
+# gateways, Toxiproxy in front of each replica. The tests start what is not running and
+# stop what they started. Part of `make test`, after the other integration tests.
+gateway-test: gateway-stack
+	$(BIN)/pytest -m gateway -q -p no:cacheprovider --durations=10
+
 # Every integration test but the Kubernetes ones (make kube-test), in two pytest processes
 # side by side: the tests that drill a Docker engine of their own (marker own_engine) beside
 # the rest, which share the local engine. The engines run below the harness's CPU priority
@@ -134,12 +140,13 @@ docker-test: docker-stack
 # against the real components (vLLM, Toxiproxy, nginx, Prometheus, Alertmanager, a Docker
 # engine), then the Kubernetes tests on a real cluster. pytest exits non-zero when it collects no test (exit code 5), and make stops at
 # the first failing step.
-test: lint stack docker-stack kube-stack
+test: lint stack docker-stack kube-stack gateway-stack
 	$(BIN)/pytest -m unit -q
 	$(MAKE) --no-print-directory bench-short
 	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory gateway-test
 	$(MAKE) --no-print-directory kube-test
 
 clean: down

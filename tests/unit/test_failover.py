@@ -222,3 +222,20 @@ def test_scenario_references_name_the_engine(tmp_path: Path) -> None:
         load(two, "replica-9")
     with pytest.raises(ScenarioError, match="at least two replicas"):
         load("", "replica-0")
+
+
+def test_a_toxic_behind_a_gateway_is_seen_on_the_replicas_counter() -> None:
+    from llmdrill.faults.base import FaultWindow, engine_behind, replica_cut_off
+
+    engines = {"replica-0": "http://127.0.0.1:18010/metrics",
+               "replica-1": "http://127.0.0.1:18020/metrics"}
+    assert engine_behind(engines, "127.0.0.1:18020") == "replica-1"
+    assert engine_behind(engines, "127.0.0.1:18000") is None
+    window = FaultWindow(APPLY, REVERT)
+    seen = replica_cut_off(evidence([]), "replica-0", window)
+    assert seen is not None and seen.landed is True
+    # Still served in the fault's second half: the toxic did not cut it off.
+    growing = samples("replica-0", "vllm:prompt_tokens_total",
+                      {float(t): 100.0 * t for t in range(45)})
+    assert replica_cut_off(evidence([], growing), "replica-0", window) is None
+    assert replica_cut_off(evidence([], []), "replica-0", window) is None

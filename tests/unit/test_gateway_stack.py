@@ -69,7 +69,8 @@ def test_haproxy_with_health_checks_removes_a_failing_replica_and_retries(
     for setting in ("mode http", "balance roundrobin", "option httpchk GET /health",
                     "http-check expect status 200", "default-server inter 1s fall 2 rise 2",
                     "timeout check 1s", "timeout server 30s", "option redispatch 1",
-                    "retries 2", "retry-on conn-failure empty-response response-timeout",
+                    "retries 2",
+                    "retry-on conn-failure empty-response response-timeout 500 502 503 504",
                     "option http-buffer-request", "option http-server-close"):
         assert f"    {setting}\n" in cfg, setting
     assert _server_lines(cfg) == ["server replica-0 127.0.0.1:18011 check",

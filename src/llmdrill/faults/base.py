@@ -154,3 +154,42 @@ def cut_or_retried(r: RequestRecord) -> bool:
 
 def share_text(hit: int, total: int) -> str:
     return f"{hit} of {total} request{'s' if total != 1 else ''}"
+
+
+# --- a replica behind a gateway (target.engines) -------------------------------------------
+
+ARRIVALS = ("vllm:prompt_tokens_total",)
+
+
+def engine_behind(engines: Mapping[str, str], upstream: str | None) -> str | None:
+    """The label of the replica (target.engines: label -> metrics URL) listening at
+    `upstream` (host:port), if one does."""
+    if not upstream:
+        return None
+    for label, url in engines.items():
+        if url.split("://", 1)[-1].split("/", 1)[0] == upstream:
+            return label
+    return None
+
+
+def replica_cut_off(evidence: Evidence, engine: str, window: FaultWindow
+                    ) -> FaultEffect | None:
+    """Seen when the replica received requests before the fault and none in the second
+    half of it (its own prompt-token counter stood still): the fault cut it off and the
+    traffic went elsewhere. None when its counter cannot tell (no scrapes, idle before)."""
+    from llmdrill.checks.counters import increase
+    from llmdrill.model.verdict import FaultEffect
+
+    arrivals = evidence.engine_series(engine, ARRIVALS)
+    if not arrivals or arrivals[0][0] >= window.start:
+        return None
+    before = increase(arrivals, arrivals[0][0], window.start)
+    half = window.start + window.seconds / 2
+    if before <= 0 or not any(half <= ts <= window.end for ts, _ in arrivals):
+        return None
+    if increase(arrivals, half, window.end) > 0:
+        return None
+    return FaultEffect(True, f"{engine} behind it received no new request in the last "
+                             f"{window.seconds / 2:.1f}s of the fault (its "
+                             f"{ARRIVALS[0]} stood still, after growing by {before:g} "
+                             "before): the fault cut it off and the traffic went elsewhere")

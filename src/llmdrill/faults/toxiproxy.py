@@ -11,7 +11,9 @@ from llmdrill.faults.base import (
     EnvironmentProblem,
     baseline_before,
     cut_or_retried,
+    engine_behind,
     fault_window,
+    replica_cut_off,
     share_text,
 )
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
@@ -162,13 +164,16 @@ def toxic_attributes(spec: Any) -> dict[str, Any]:
 class ToxiproxyFault:
     backend = BACKEND
 
-    def __init__(self, run_id: str, fault_name: str, spec: Any, server_url: str) -> None:
+    def __init__(self, run_id: str, fault_name: str, spec: Any, server_url: str,
+                 engines: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.server_url = server_url
         self.fault_name = fault_name
         # Unique per run so cleanup removes exactly what this run added.
         self.toxic_name = f"llmdrill-{run_id}-{fault_name}"
         self.listen: str | None = None  # the proxy's listen address, read at prepare()
+        self.upstream: str | None = None  # and where it forwards to
+        self.engines = engines or {}  # target.engines: label -> metrics URL
 
     def describe(self) -> str:
         spec = self.spec
@@ -207,6 +212,7 @@ class ToxiproxyFault:
             proxy = client.get_proxy(self.spec.proxy)
         if proxy is not None:
             self.listen = proxy.get("listen") or None
+            self.upstream = proxy.get("upstream") or None
             action["listen"] = proxy.get("listen")
             action["upstream"] = proxy.get("upstream")
         if self.spec.toxic == "down":
@@ -234,8 +240,14 @@ class ToxiproxyFault:
         window = fault_window(evidence, self.fault_name)
         if window is None:
             return FaultEffect(None, "the fault has no apply time in the evidence")
-        return judge_toxic(self.spec, evidence.requests, window.start, window.end,
+        felt = judge_toxic(self.spec, evidence.requests, window.start, window.end,
                            self.listen)
+        engine = engine_behind(self.engines, self.upstream)
+        if felt.landed is True or engine is None or self.spec.toxic not in CUTS_OFF:
+            return felt
+        # Behind a gateway that routes around the replica, clients may feel nothing: the
+        # replica's own counter shows whether the toxic cut it off.
+        return replica_cut_off(evidence, engine, window) or felt
 
 
 # --- did the toxic land? ---------------------------------------------------------------------
@@ -342,7 +354,12 @@ def _already_broken(requests: list[RequestRecord], start: float,
 
 def make_toxiproxy_fault(ctx: Any, name: str, spec: Any) -> ToxiproxyFault:
     server = ctx.scenario.toxiproxy[spec.server].url
-    return ToxiproxyFault(ctx.run_id, name, spec, server)
+    engines = {label: e.metrics_url for label, e in ctx.scenario.target.engines.items()}
+    return ToxiproxyFault(ctx.run_id, name, spec, server, engines)
+
+
+# Toxics that keep requests from reaching a replica or its answers from coming back.
+CUTS_OFF = ("down", "timeout", "reset_peer", "limit_data")
 
 
 class ProxySetup:
