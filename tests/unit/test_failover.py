@@ -239,3 +239,14 @@ def test_a_toxic_behind_a_gateway_is_seen_on_the_replicas_counter() -> None:
                       {float(t): 100.0 * t for t in range(45)})
     assert replica_cut_off(evidence([], growing), "replica-0", window) is None
     assert replica_cut_off(evidence([], []), "replica-0", window) is None
+
+
+def test_a_toxic_on_one_of_two_replicas_needs_only_its_share_of_requests() -> None:
+    from llmdrill.faults.toxiproxy import TimeoutToxic, judge_toxic
+
+    spec = TimeoutToxic(proxy="replica-0", toxic="timeout", timeout="0s")
+    # Before: all fine; during: 4 of 10 failed (round robin sent half to the hung one).
+    requests = [req(t) for t in range(0, 18, 2)]
+    requests += [req(20 + i, error="timeout" if i < 4 else None) for i in range(10)]
+    assert judge_toxic(spec, requests, APPLY, REVERT).landed is False
+    assert judge_toxic(spec, requests, APPLY, REVERT, share=0.5).landed is True

@@ -240,9 +240,11 @@ class ToxiproxyFault:
         window = fault_window(evidence, self.fault_name)
         if window is None:
             return FaultEffect(None, "the fault has no apply time in the evidence")
-        felt = judge_toxic(self.spec, evidence.requests, window.start, window.end,
-                           self.listen)
         engine = engine_behind(self.engines, self.upstream)
+        # Behind a gateway the proxy carries one replica's share of the requests.
+        share = 1.0 / len(self.engines) if engine is not None else 1.0
+        felt = judge_toxic(self.spec, evidence.requests, window.start, window.end,
+                           self.listen, share)
         if felt.landed is True or engine is None or self.spec.toxic not in CUTS_OFF:
             return felt
         # Behind a gateway that routes around the replica, clients may feel nothing: the
@@ -276,7 +278,7 @@ def _slowed(r: RequestRecord, base: Baseline, ttft_by: float, duration_by: float
 
 
 def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: float,
-                listen: str | None = None) -> FaultEffect:
+                listen: str | None = None, share: float = 1.0) -> FaultEffect:
     """Whether the requests that started in [start, end) show the toxic `spec`.
 
     latency: TTFT (or duration) raised by at least half the latency over the baseline;
@@ -311,7 +313,9 @@ def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: flo
                 f"were retried, or took >= {LONG_RATIO:g}x longer than before")
     counted = f"{share_text(len(hit), len(inside))} started while the {kind} toxic was on " \
               f"{where} {what}"
-    expected = float(spec.toxicity) * len(inside)
+    # `share`: of the requests, those that go through this proxy at all (one replica's of
+    # several behind a gateway).
+    expected = float(spec.toxicity) * share * len(inside)
     already = _already_broken(requests, start, inside)
     if already:
         return FaultEffect(None, f"{counted}; but {already}: the traffic was already failing "
