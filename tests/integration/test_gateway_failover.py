@@ -44,9 +44,12 @@ def gateway_stack() -> Iterator[GatewayStack]:
 def _env(stack: GatewayStack, gateway_url: str) -> dict[str, str]:
     import os
 
+    # A replica restart takes 26-31 s here (39 s seen under load): 50 s leaves the
+    # gateway room to take it back, and keeps the lane within the CI budget.
     return {**os.environ, "LLMDRILL_GATEWAY_URL": gateway_url,
             "LLMDRILL_STACK_DIR": str(stack.config.stack.root),
-            "LLMDRILL_TOXIPROXY_URL": stack.config.stack.toxiproxy_url}
+            "LLMDRILL_TOXIPROXY_URL": stack.config.stack.toxiproxy_url,
+            "RESTART_PHASE": "50s"}
 
 
 def _run(scenario: Path, env: dict[str, str], out: Path) -> tuple[int, dict[str, Any], str]:
@@ -116,7 +119,8 @@ def test_failover_fails_behind_a_gateway_without_health_checks(
         gateway_stack: GatewayStack, gateway: str, tmp_path: Path) -> None:
     """Health checks, retries and the circuit breaker off: the gateway keeps sending to
     the hung replica, and the drill says so."""
-    scenario = _only(["baseline", "settle", "hung", "after-hung"], tmp_path)
+    # No after-hung phase: the failure is judged within the hung one.
+    scenario = _only(["baseline", "settle", "hung"], tmp_path)
     with running_gateway(gateway, BROKEN_PORTS[gateway], resilient=False) as broken:
         code, result, output = _run(scenario, _env(gateway_stack, broken.url),
                                     tmp_path / "reports")
