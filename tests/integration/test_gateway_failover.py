@@ -8,8 +8,14 @@ the check that fails is named.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ import pytest
 import yaml
 
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
+from llmdrill.stack import processes
 from llmdrill.stack.gateway import HAPROXY, ROUTER, GatewayStack, running_gateway
 from tests.integration.conftest import REPO, llmdrill
 
@@ -42,8 +49,6 @@ def gateway_stack() -> Iterator[GatewayStack]:
 
 
 def _env(stack: GatewayStack, gateway_url: str) -> dict[str, str]:
-    import os
-
     # A replica restart takes 26-31 s here (39 s seen under load): 50 s leaves the
     # gateway room to take it back, and keeps the lane within the CI budget.
     return {**os.environ, "LLMDRILL_GATEWAY_URL": gateway_url,
@@ -131,4 +136,117 @@ def test_failover_fails_behind_a_gateway_without_health_checks(
     assert failover["status"] == "failed", failover
     assert "the gateway still sent to replica-0" in failover["summary"]
     assert "hung-failover" in output
+    _left_clean(gateway_stack)
+
+
+# --- interrupted mid-fault: nothing is left behind ----------------------------------------
+
+INTERRUPTED = """
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {name: process-interrupted}
+target:
+  base_url: ${LLMDRILL_GATEWAY_URL}
+  model: tiny
+faults:
+  freeze: {process: {pidfile: "${LLMDRILL_STACK_DIR}/run/replica-0.pid", signal: SIGSTOP}}
+  kill:
+    process:
+      pidfile: ${LLMDRILL_STACK_DIR}/run/replica-0.pid
+      signal: SIGKILL
+      restart: [llmdrill, up, --replicas, "2", --no-install]
+load: {users: 0}
+phases:
+  - {name: frozen, duration: "${FROZEN_PHASE:-60s}", faults: [freeze]}
+  - {name: killed, duration: 60s, faults: [kill]}
+checks:
+  - {phase: frozen, no_hung_requests: {deadline: 10s}}
+"""
+
+
+def _start_interrupted(stack: GatewayStack, tmp_path: Path,
+                       **env: str) -> subprocess.Popen[bytes]:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "interrupted.yaml"
+    path.write_text(INTERRUPTED)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
+         "--out", str(tmp_path / "reports")],
+        env={**_env(stack, stack.gateway(HAPROXY).url), **env}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _replica0_states(stack: GatewayStack) -> list[str]:
+    """The state letters (/proc/PID/stat) of replica 0's processes; [] when it is gone."""
+    pid = processes.read_pid(stack.config.run_dir / "replica-0.pid")
+    states = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if pid is not None and int(fields[2]) == pid:  # its process group
+                states.append(fields[0])
+    return states
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+
+
+def _frozen(stack: GatewayStack) -> bool:
+    return "T" in _replica0_states(stack)
+
+
+def _watchdogs(run_root: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"llmdrill.harness.watchdog {run_root}"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _kill_all(proc: subprocess.Popen[bytes], run_root: Path) -> None:
+    """The harness and its watchdog killed with -9: only the journal on disk remains."""
+    for pid in _watchdogs(run_root):
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_sigterm_mid_process_fault_thaws_the_replica_and_writes_the_report(
+        gateway_stack: GatewayStack, tmp_path: Path) -> None:
+    proc = _start_interrupted(gateway_stack, tmp_path)
+    _wait(lambda: _frozen(gateway_stack), 60, "replica 0 was never frozen")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert not _frozen(gateway_stack)
+    _wait(lambda: gateway_stack.replica_healthy(0), 30, "replica 0 did not answer again")
+    result = json.loads(next((tmp_path / "reports").glob("*/result.json")).read_text())
+    assert result["status"] == "aborted"
+    assert result["faults"][0]["reverted_at"] and not result["faults"][0]["revert_error"]
+    _left_clean(gateway_stack)
+
+
+def test_kill_9_mid_process_faults_then_cleanup_thaws_and_restarts_the_replica(
+        gateway_stack: GatewayStack, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k.startswith("LLMDRILL_STATE")}
+    # Frozen when the harness and its watchdog die: cleanup sends SIGCONT.
+    frozen = tmp_path / "frozen"
+    proc = _start_interrupted(gateway_stack, frozen)
+    _wait(lambda: _frozen(gateway_stack), 60, "replica 0 was never frozen")
+    _kill_all(proc, frozen / "reports")
+    assert _frozen(gateway_stack), "still frozen before cleanup (nothing else reverted it)"
+    done = llmdrill("cleanup", env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not _frozen(gateway_stack)
+    # Killed when they die: cleanup runs the fault's restart command.
+    killed = tmp_path / "killed"
+    before = processes.read_pid(gateway_stack.config.run_dir / "replica-0.pid")
+    proc = _start_interrupted(gateway_stack, killed, FROZEN_PHASE="1s")
+    _wait(lambda: not _replica0_states(gateway_stack), 60, "replica 0 was never killed")
+    _kill_all(proc, killed / "reports")
+    assert not gateway_stack.replica_healthy(0)
+    done = llmdrill("cleanup", env={**os.environ, **env}, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert processes.read_pid(gateway_stack.config.run_dir / "replica-0.pid") != before
     _left_clean(gateway_stack)
