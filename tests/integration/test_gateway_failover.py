@@ -8,7 +8,6 @@ the check that fails is named.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
+from llmdrill.procfs import group_members
 from llmdrill.stack import processes
 from llmdrill.stack.gateway import HAPROXY, ROUTER, GatewayStack, running_gateway
 from tests.integration.conftest import REPO, llmdrill
@@ -177,15 +177,9 @@ def _start_interrupted(stack: GatewayStack, tmp_path: Path,
 
 
 def _replica0_states(stack: GatewayStack) -> list[str]:
-    """The state letters (/proc/PID/stat) of replica 0's processes; [] when it is gone."""
+    """The states (/proc/PID/stat) of replica 0's processes; [] when it is gone."""
     pid = processes.read_pid(stack.config.run_dir / "replica-0.pid")
-    states = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if pid is not None and int(fields[2]) == pid:  # its process group
-                states.append(fields[0])
-    return states
+    return [] if pid is None else [p.state for p in group_members(pid)]
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:

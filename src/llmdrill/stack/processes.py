@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from llmdrill.procfs import group_members
 from llmdrill.stack import StackError
 
 
@@ -54,16 +55,7 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return bool(group_members(pgid))
 
 
 def tail(path: Path, chars: int = 2000) -> str:
