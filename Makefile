@@ -66,7 +66,7 @@ lint: venv system-deps
 	"$$($(BIN)/python scripts/install_actionlint.py)" .github/workflows/gameday.yml
 
 unit: venv
-	$(BIN)/pytest -m unit -q
+	$(BIN)/pytest -m unit -q -n 2
 
 # A generated report and suite index opened from disk in headless Chromium: no console
 # error, no network request, every chart drawn, every <details> opens. Screenshots go to
@@ -141,7 +141,7 @@ docker-test: docker-stack
 # engine), then the Kubernetes tests on a real cluster. pytest exits non-zero when it collects no test (exit code 5), and make stops at
 # the first failing step.
 test: lint stack docker-stack kube-stack gateway-stack
-	$(BIN)/pytest -m unit -q
+	$(BIN)/pytest -m unit -q -n 2
 	$(MAKE) --no-print-directory bench-short
 	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory demo-check

@@ -28,6 +28,20 @@ def count(what: str, n: int = 1) -> None:
     COUNTS[what] = COUNTS.get(what, 0) + n
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Under pytest-xdist (the unit tests run on both cores) each worker hands its counts to
+    # the controller, which prints the sum.
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["llmdrill_counts"] = dict(COUNTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    for what, n in getattr(node, "workeroutput", {}).get("llmdrill_counts", {}).items():
+        count(what, n)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if COUNTS:
         terminalreporter.section("llmdrill safety counts")

@@ -53,10 +53,13 @@ TRIAL_NAMESPACE = "llmdrill-trial"
 PDB_NAME = "vllm"
 
 # Shorter than the scenarios' defaults, with room for a replacement pod here (it loads the
-# model in 35-55s on an idle machine): the Kubernetes tests must fit the CI budget.
-PHASES = {"BASELINE_PHASE": "10s", "SETTLE_PHASE": "5s", "KILL_PHASE": "95s",
-          "READY_WITHIN": "80s", "TTFT_WITHIN": "85s", "RESTART_PHASE": "110s",
-          "DRAIN_PHASE": "25s", "DRAIN_TIMEOUT": "15s", "RECOVERY_PHASE": "95s"}
+# model in 35-55s on an idle machine; 44-47s in CI's full run, a node restart's two pods
+# 56s): the Kubernetes tests must fit the CI budget.
+PHASES = {"BASELINE_PHASE": "10s", "SETTLE_PHASE": "5s", "KILL_PHASE": "80s",
+          "READY_WITHIN": "70s", "TTFT_WITHIN": "75s", "RESTART_PHASE": "95s",
+          "DRAIN_PHASE": "25s", "DRAIN_TIMEOUT": "15s", "RECOVERY_PHASE": "80s"}
+# Both replicas restart at once after a node restart, sharing the two cores.
+NODE_RESTART_READY_WITHIN = "80s"
 
 
 @dataclass
@@ -226,7 +229,8 @@ def test_drain_passes_with_a_disruption_budget(kube: Kube, tmp_path: Path) -> No
 
 def test_node_restart_passes_with_retrying_clients(kube: Kube, tmp_path: Path) -> None:
     shape(kube)
-    checks = assert_passed(drill(kube, "node-restart.yaml", tmp_path))
+    checks = assert_passed(drill(kube, "node-restart.yaml", tmp_path,
+                                 READY_WITHIN=NODE_RESTART_READY_WITHIN))
     print(f"\nk8s node restart: {checks['replicas-back']['summary']}")
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -26,33 +25,17 @@ def _only_run(out: Path) -> Path:
     return runs[0]
 
 
-def test_timeout_spike_passes_on_healthy_stack(clean_proxy: Stack, tmp_path: Path) -> None:
-    proc = llmdrill("run", SCENARIO, "--out", str(tmp_path / "reports"), "--junit",
-                    str(tmp_path / "suite.xml"), env=clean_proxy.env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = _only_run(tmp_path)
-    result = json.loads((run / "result.json").read_text())
-    assert result["status"] == "passed"
-    assert result["schema"] == "llmdrill.result/v1"
-    assert result["versions"]["engine"]
-    assert {c["status"] for c in result["checks"]} == {"passed"}
-    # The spike really happened: TTFT during the spike is well above the baseline.
-    assert result["stats"]["spike"]["ttft_p95_s"] > result["stats"]["baseline"]["ttft_p95_s"] + 1
-    assert result["stats"]["baseline"]["requests"] > 20
-    fault = result["faults"][0]
-    assert fault["applied_at"] and fault["reverted_at"] and not fault["revert_error"]
-    assert result["series"]["engine"]["kv_cache_usage"]
-    for name in ("report.html", "junit.xml", "summary.md", "evidence.db", "journal.jsonl"):
-        assert (run / name).exists(), name
-    suite = ET.parse(tmp_path / "suite.xml").getroot()
-    assert len(suite.findall(".//testcase")) == len(result["checks"])
-    assert clean_proxy.toxics() == []
+# The drill passing on the healthy stack is checked on `make demo`'s own run of this
+# scenario (scripts/check_demo.py, part of `make test`): the same scenario on the same
+# stack, run once. The baseline is shortened here: what these tests look at is the spike.
+SHORT_BASELINE = "8s"
 
 
 def test_client_deadline_shorter_than_spike_fails_naming_the_check(
     clean_proxy: Stack, tmp_path: Path
 ) -> None:
-    env = clean_proxy.env(CLIENT_READ_TIMEOUT="700ms", SPIKE_LATENCY="2s")
+    env = clean_proxy.env(CLIENT_READ_TIMEOUT="700ms", SPIKE_LATENCY="2s",
+                          BASELINE_PHASE=SHORT_BASELINE)
     proc = llmdrill("run", SCENARIO, "--out", str(tmp_path / "reports"), env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = json.loads((_only_run(tmp_path) / "result.json").read_text())
@@ -71,7 +54,8 @@ def test_signal_mid_fault_reverts_and_writes_partial_report(
 ) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmdrill.cli", "run", SCENARIO, "--out", str(tmp_path / "reports")],
-        env=clean_proxy.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=clean_proxy.env(BASELINE_PHASE=SHORT_BASELINE), cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     deadline = time.time() + 120
@@ -101,7 +85,8 @@ def test_signal_mid_fault_reverts_and_writes_partial_report(
 def test_cleanup_reverts_after_kill_9(clean_proxy: Stack, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmdrill.cli", "run", SCENARIO, "--out", str(tmp_path / "reports")],
-        env=clean_proxy.env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=clean_proxy.env(BASELINE_PHASE=SHORT_BASELINE), cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.time() + 120
