@@ -287,6 +287,7 @@ def test_match_picks_only_the_matching_processes_of_the_group(
     assert "matching 'FAKE-ENGINE' (1 process: python" in injector.describe()
     applied = time.time()
     injector.apply()
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert state(engine) == pb.GONE
     assert all(state(p) != pb.GONE for p in others)  # the "API server" lives on
     revert(action)
@@ -308,6 +309,7 @@ def test_scope_process_signals_the_leader_alone_and_records_its_group(
     assert injector.describe().startswith(f"SIGSTOP to process {proc.pid} (python")
     children = [int(p) for p in action["group"] if int(p) != proc.pid]
     injector.apply()
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert state(proc.pid) == "T"
     assert all(state(p) in ("S", "R") for p in children)
     revert(action)
@@ -399,6 +401,7 @@ def test_sigstop_hangs_the_group_and_the_revert_continues_it(
     pids = [int(p) for p in action["pids"]]
     applied = time.time()
     injector.apply()
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert all(state(p) == "T" for p in pids)
     injector.stop()
     revert(action)
@@ -418,6 +421,7 @@ def test_sigtstp_is_discarded_by_a_server_in_a_session_of_its_own(
     action = injector.prepare()
     applied = time.time()
     injector.apply()
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert state(proc.pid) in ("S", "R")  # still running: the stop was discarded
     revert(action)
     effect = injector.effect(evidence_of(ctx, "f", applied, time.time()))
@@ -435,6 +439,7 @@ def test_sigkill_ends_the_group_and_the_revert_runs_the_restart_once(
     pids = [int(p) for p in action["pids"]]
     applied = time.time()
     injector.apply()
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert all(state(p) == pb.GONE for p in pids)
     assert pb.group_members(proc.pid) == []
     assert not marker.exists()
@@ -457,6 +462,7 @@ def test_a_revert_in_a_fresh_process_continues_a_stopped_server(
     _, injector = run_ctx(tmp_path, {"pidfile": str(pidfile), "signal": "SIGSTOP"})
     action = injector.prepare()
     injector.apply()
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert state(proc.pid) == "T"
     code = ("import json, sys\nfrom llmdrill.faults.base import revert\n"
             "revert(json.loads(sys.argv[1]))")
@@ -499,6 +505,7 @@ def test_another_signal_restarts_only_when_a_process_ended(spawn: Spawn, tmp_pat
     assert not marker.exists()
     applied = time.time()
     injector.apply()  # sleep does not handle SIGUSR1: its default ends it
+    injector.stop()  # the run calls it at the fault's end: the watch is read back
     assert state(proc.pid) == pb.GONE
     revert(action)
     assert marker.read_text() == "up\n"

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -382,6 +383,7 @@ class ProcessInjector:
         self._found: Found | None = None
         self._sent: list[Proc] = []
         self._began = 0.0  # when the signal was sent
+        self._watcher: threading.Thread | None = None
         self._prepared = 0
 
     def describe(self) -> str:
@@ -438,7 +440,12 @@ class ProcessInjector:
         if not sent:
             raise EnvironmentProblem(f"the processes of pid file {self.pidfile} ended before "
                                      f"the {sig.name} could be sent")
-        self._watch(signal_kind(sig))
+        # Watched beside the run, not here: the journal's `applied` (the fault's time in
+        # every check) is the moment of the signal, not of the last process ending (a
+        # server that drains at SIGTERM takes seconds to exit).
+        self._watcher = threading.Thread(target=self._watch, args=(signal_kind(sig),),
+                                         name=f"watch-{self.fault_name}", daemon=True)
+        self._watcher.start()
 
     def _watch(self, kind: SignalKind) -> None:
         """Reads the processes back until the signal has acted on all of them (ended, or
@@ -462,6 +469,8 @@ class ProcessInjector:
     def stop(self, timeout: float = 30.0) -> None:
         """Nothing runs here; the processes are read back once more at the fault's end (a
         server that drains before it obeys SIGTERM ends later than apply watches)."""
+        if self._watcher is not None:
+            self._watcher.join(timeout=max(WATCH_S.values()) + 1.0)
         if self._sent:
             states = {p.pid: state_of(p.pid, p.start) for p in self._sent}
             self._record(states, "fault_end")
