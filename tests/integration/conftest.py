@@ -18,6 +18,7 @@ import pytest
 
 from llmdrill.faults.base import EnvironmentProblem
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
+from llmdrill.stack.gateway import HAPROXY, ROUTER, SHUTDOWN_TIMEOUT_ENV, GatewayStack
 from llmdrill.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,3 +142,25 @@ def kube_cluster() -> Iterator[Any]:
     yield cluster
     if started:
         cluster.down()
+
+
+# Replica 0 drains its streams for up to 30 s at SIGTERM (what the gateway stack sets up);
+# replica 1 keeps vLLM's default, 0, which aborts them: the drain drill's failing variant.
+# Set for the whole session, so the drills' restart commands (`llmdrill up`) keep it.
+GATEWAY_SHUTDOWN_TIMEOUTS = "30,0"
+
+
+@pytest.fixture(scope="session")
+def gateway_stack() -> Iterator[GatewayStack]:
+    """Both replicas, their proxies and both gateways; started here if they were not
+    running (or restarted with other settings), and then stopped at the end."""
+    os.environ[SHUTDOWN_TIMEOUT_ENV] = GATEWAY_SHUTDOWN_TIMEOUTS
+    stack = GatewayStack()
+    started = not all(stack.replica_healthy(i) for i in range(stack.config.replicas))
+    toxiproxy_started = not stack.local.toxiproxy_healthy()
+    stack.up([HAPROXY, ROUTER], install=True)
+    yield stack
+    if started:
+        stack.down()
+    if toxiproxy_started:
+        stack.local.stop("toxiproxy")

@@ -37,9 +37,10 @@ def test_every_builtin_kind_is_an_entry_point_of_llmdrill() -> None:
     faults = {ep.name for ep in plugin_entry_points(FAULTS_GROUP) if not plugin._external(ep)}
     checks = {ep.name for ep in plugin_entry_points(CHECKS_GROUP) if not plugin._external(ep)}
     assert faults == set(BUILTIN_FAULT_BACKENDS) == {
-        "toxiproxy", "cancel_storm", "request_flood", "docker", "kubernetes", "process"}
+        "toxiproxy", "cancel_storm", "request_flood", "docker", "kubernetes", "process",
+        "haproxy"}
     assert checks == set(BUILTIN_CHECK_KINDS)
-    assert len(BUILTIN_CHECK_KINDS) == 17
+    assert len(BUILTIN_CHECK_KINDS) == 18
 
 
 def test_builtin_entry_points_are_backends_and_kinds_like_a_plugins() -> None:

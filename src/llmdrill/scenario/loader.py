@@ -382,7 +382,7 @@ def load_scenario(path: str | Path, env: Mapping[str, str] | None = None) -> Sce
 
 
 # The spec field holding a file path, by fault backend: relative to the scenario's folder.
-_FAULT_FILES = {"process": "pidfile"}
+_FAULT_FILES = {"process": "pidfile", "haproxy": "socket"}
 
 
 def _relative(file: str | None) -> bool:

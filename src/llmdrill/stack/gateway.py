@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import shutil
 import signal
@@ -67,6 +68,23 @@ BACKEND = "replicas"
 GATEWAY_START_TIMEOUT = 60.0
 # After a replica restart the gateways need `rise` (2) good checks a second apart.
 GATEWAY_SETTLE_TIMEOUT = 30.0
+# vLLM's --shutdown-timeout: how long a replica lets its in-flight requests finish after a
+# SIGTERM. vLLM's own default, 0, aborts them (every open stream is cut); the stack drains
+# for up to 30 s, as a production server should. A comma list sets it per replica (the
+# last value for the rest): the drain drill's tests run replica 1 with vLLM's default.
+SHUTDOWN_TIMEOUT_ENV = "LLMDRILL_REPLICA_SHUTDOWN_TIMEOUT"
+DEFAULT_SHUTDOWN_TIMEOUT = "30"
+
+
+def parse_shutdown_timeouts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0:
+        raise StackError(f"{SHUTDOWN_TIMEOUT_ENV}={text!r}: expected whole seconds >= 0, "
+                         "one per replica, comma-separated (e.g. 30 or 30,0)")
+    return values
 
 
 @dataclass
@@ -78,6 +96,7 @@ class GatewayConfig:
     router_port: int = 18030
     router_metrics_port: int = 18031
     haproxy_port: int = 18040
+    shutdown_timeouts: tuple[int, ...] = (int(DEFAULT_SHUTDOWN_TIMEOUT),)
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -88,6 +107,8 @@ class GatewayConfig:
             router_port=int(env.get("LLMDRILL_ROUTER_PORT", "18030")),
             router_metrics_port=int(env.get("LLMDRILL_ROUTER_METRICS_PORT", "18031")),
             haproxy_port=int(env.get("LLMDRILL_HAPROXY_PORT", "18040")),
+            shutdown_timeouts=parse_shutdown_timeouts(
+                env.get(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT)),
         )
 
     @property
@@ -103,6 +124,9 @@ class GatewayConfig:
 
     def proxy_port(self, i: int) -> int:
         return self.replica_port + 10 * i + 1
+
+    def shutdown_timeout(self, i: int) -> int:
+        return self.shutdown_timeouts[min(i, len(self.shutdown_timeouts) - 1)]
 
     def engine_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.engine_port(i)}"
@@ -139,7 +163,7 @@ def replica_core(i: int, cpus: int | None) -> int:
 
 
 def replica_command(vllm: Path, model_dir: Path, port: int, model_name: str, kv_blocks: int,
-                    core: int | None) -> list[str]:
+                    core: int | None, shutdown_timeout: int = 0) -> list[str]:
     """`LocalStack.start_vllm`'s command on another port, under `taskset -c core` when a
     core is given (the whole process tree: API server, EngineCore, Worker)."""
     cmd = [
@@ -150,6 +174,8 @@ def replica_command(vllm: Path, model_dir: Path, port: int, model_name: str, kv_
         # No torch.compile: a replica the drills kill is back in about 26 s instead of
         # 35-47 s (81 s on a cold compile cache), and the tiny model does not need it.
         "--enforce-eager",
+        # At SIGTERM: 0 aborts in-flight requests, N lets them finish for up to N s.
+        "--shutdown-timeout", str(shutdown_timeout),
     ]
     return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
@@ -527,12 +553,37 @@ class GatewayStack:
     def _replica_running(self, i: int) -> bool:
         return processes.read_pid(self._pidfile(replica_name(i))) is not None
 
+    def _command(self, i: int) -> list[str]:
+        vllm = self.config.stack.root / "vllm-venv" / "bin" / "vllm"
+        core = replica_core(i, os.cpu_count())
+        return replica_command(vllm, self.local.model_dir, self.config.engine_port(i),
+                               self.config.stack.model_name, self.config.stack.kv_blocks,
+                               core if shutil.which("taskset") else None,
+                               self.config.shutdown_timeout(i))
+
+    def _command_file(self, i: int) -> Path:
+        return self.config.run_dir / f"{replica_name(i)}.command.json"
+
+    def _started_with_other_command(self, i: int) -> bool:
+        """A healthy replica started with other settings (a shutdown timeout asked for now
+        that it was not started with): it is restarted, so `up` gives what was asked."""
+        try:
+            started = json.loads(self._command_file(i).read_text())
+        except (OSError, ValueError):
+            return False  # started by an older llmdrill: leave it
+        return bool(started != self._command(i))
+
     def _needs_start(self, i: int) -> bool:
         """False when replica i is healthy or still loading. An API server whose engine is
-        dead (503) is stopped, and so are a dead leader's orphans (EngineCore, Worker)."""
-        if self.replica_healthy(i):
-            return False
+        dead (503) is stopped, and so are a dead leader's orphans (EngineCore, Worker), and
+        a healthy one started with other settings."""
         pidfile = self._pidfile(replica_name(i))
+        if self.replica_healthy(i):
+            if not self._started_with_other_command(i):
+                return False
+            _say(f"{replica_name(i)}: restarting it with the settings asked for")
+            processes.stop_pidfile(pidfile, grace=40)
+            return True
         pid = processes.read_pid(pidfile)
         if pid is not None:
             # A drill that froze the replica (SIGSTOP) and died before thawing it.
@@ -552,9 +603,8 @@ class GatewayStack:
         cache = self.config.run_dir / name / "cache"
         (cache / "tmp").mkdir(parents=True, exist_ok=True)
         core = replica_core(i, os.cpu_count())
-        cmd = replica_command(vllm, self.local.model_dir, self.config.engine_port(i),
-                              self.config.stack.model_name, self.config.stack.kv_blocks,
-                              core if shutil.which("taskset") else None)
+        cmd = self._command(i)
+        self._command_file(i).write_text(json.dumps(cmd))
         processes.spawn(cmd, self._log(name), self._pidfile(name),
                         env=replica_env(os.environ, cache, core),
                         cwd=self.config.run_dir, nice=self.config.stack.vllm_nice)
