@@ -598,6 +598,8 @@ REPLICAS_HELP = ("1: the single engine behind Toxiproxy. 2: instead, two engine 
                  "behind a Toxiproxy proxy, for gateway drills (ports in "
                  "llmdrill.stack.gateway).")
 GATEWAY_HELP = "A gateway in front of the two replicas: haproxy or vllm-router (repeatable)."
+FRONT_HELP = ("With --gateway haproxy: a second HAProxy instance and a front balancer over "
+              "both (the gateway instance failover drill).")
 
 
 @app.command()
@@ -605,6 +607,7 @@ def up(
     install: Annotated[bool, typer.Option(help="Install missing parts first.")] = True,
     replicas: Annotated[int, typer.Option(help=REPLICAS_HELP)] = 1,
     gateway: Annotated[list[str] | None, typer.Option(help=GATEWAY_HELP)] = None,
+    front: Annotated[bool, typer.Option(help=FRONT_HELP)] = False,
 ) -> None:
     """Start the local stack (real vLLM on CPU + Toxiproxy) on 127.0.0.1 and print URLs.
     With --replicas 2: two replicas and the gateways named instead; run again after a
@@ -621,11 +624,13 @@ def up(
         problem = "--gateway needs --replicas 2 (a gateway balances over two replicas)"
     elif unknown := [g for g in gateways if g not in GATEWAYS]:
         problem = f"unknown gateway {unknown[0]!r}: choose from {', '.join(GATEWAYS)}"
+    elif front and "haproxy" not in gateways:
+        problem = "--front needs --gateway haproxy (it balances over HAProxy instances)"
     if problem:
         err.print(f"up: {problem}", markup=False, highlight=False)
         raise typer.Exit(EXIT_INVALID)
     if replicas == 2:
-        _up_gateway_stack(gateways, install)
+        _up_gateway_stack(gateways, install, front)
         return
     stack = LocalStack()
     try:
@@ -637,14 +642,14 @@ def up(
         out.print(f"{name:24} {url}", highlight=False)
 
 
-def _up_gateway_stack(gateways: list[str], install: bool) -> None:
+def _up_gateway_stack(gateways: list[str], install: bool, front: bool) -> None:
     """Two replicas take both cores of a small machine: they replace the single engine."""
     from llmdrill.stack import StackError
     from llmdrill.stack.gateway import GatewayStack
 
     stack = GatewayStack()
     try:
-        stack.up(gateways, install=install)
+        stack.up(gateways, install=install, front=front)
     except StackError as exc:
         err.print(f"stack: {exc}", markup=False)
         raise typer.Exit(EXIT_INVALID) from None

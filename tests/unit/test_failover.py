@@ -250,3 +250,69 @@ def test_a_toxic_on_one_of_two_replicas_needs_only_its_share_of_requests() -> No
     requests += [req(20 + i, error="timeout" if i < 4 else None) for i in range(10)]
     assert judge_toxic(spec, requests, APPLY, REVERT).landed is False
     assert judge_toxic(spec, requests, APPLY, REVERT, share=0.5).landed is True
+
+
+# --- engines that are gateway instances (HAProxy's own exporter) ----------------------
+
+HAPROXY_COUNTERS = {"arrivals": "haproxy_frontend_http_requests_total",
+                    "served": "haproxy_frontend_http_responses_total",
+                    "in_flight": ["haproxy_frontend_current_sessions"],
+                    "labels": {"proxy": "llm"}}
+
+
+def gateway_metrics(killed_keeps_counting: bool = False) -> list[MetricSample]:
+    """Two HAProxy instances. gw-a serves until it is killed at 20s (its scrapes stop,
+    unless `killed_keeps_counting`), restarted at 41s; gw-b serves throughout. Each also
+    counts the scrapes of its metrics frontend, which the check must not read."""
+    def frontend(engine: str, name: str, values: dict[float, float], proxy: str
+                 ) -> list[MetricSample]:
+        return [MetricSample(T0 + t, name, v, {ENGINE_LABEL: engine, "proxy": proxy})
+                for t, v in values.items()]
+    a_times = [float(t) for t in range(0, 20)] + [42.0, 43.0, 44.0]
+    if killed_keeps_counting:
+        a_times = [float(t) for t in range(0, 45)]
+    a_requests = {t: 3.0 * t for t in a_times}
+    if not killed_keeps_counting:
+        a_requests.update({42.0: 1.0, 43.0: 4.0, 44.0: 7.0})  # restarted: counts from 0
+    b_times = [float(t) for t in range(0, 45)]
+    out: list[MetricSample] = []
+    out += frontend("gw-a", "haproxy_frontend_http_requests_total", a_requests, "llm")
+    out += frontend("gw-a", "haproxy_frontend_http_requests_total",
+                    {t: 2.0 * t for t in a_times}, "metrics")
+    out += frontend("gw-a", "haproxy_frontend_current_sessions",
+                    dict.fromkeys(a_times, 3.0), "llm")
+    for name in ("haproxy_frontend_http_requests_total",
+                 "haproxy_frontend_http_responses_total"):
+        out += frontend("gw-b", name, {t: 3.0 * t for t in b_times}, "llm")
+    return out
+
+
+def gateway_evidence(requests: list[RequestRecord], **kw: bool) -> Evidence:
+    ev = evidence(requests, gateway_metrics(**kw))
+    return ev
+
+
+GATEWAY_SPEC = FailoverCheck(fault="kill", engine="gw-a", switch_within="5s",
+                             max_failed_attempts=4, back_within="10s", min_requests=10,
+                             counters=HAPROXY_COUNTERS)
+
+
+def test_gateway_instances_judged_by_their_own_frontend_counters() -> None:
+    requests = [*steady(0, 60), req(19.5, 2, error="incomplete_stream")]
+    status, summary = judge(gateway_evidence(requests), GATEWAY_SPEC)
+    assert status == "passed", summary
+    assert "traffic back on gw-a" in summary and "current_sessions" not in summary
+
+
+def test_a_gateway_instance_still_counting_requests_fails() -> None:
+    status, summary = judge(gateway_evidence(steady(0, 60), killed_keeps_counting=True),
+                            GATEWAY_SPEC)
+    assert status == "failed", summary
+    assert "gw-a still received new requests" in summary
+    assert "haproxy_frontend_http_requests_total grew by" in summary
+
+
+def test_vllm_counters_on_gateway_instances_are_inconclusive() -> None:
+    spec = FailoverCheck(fault="kill", engine="gw-a", switch_within="5s")
+    status, summary = judge(gateway_evidence(steady(0, 60)), spec)
+    assert status == "inconclusive", summary

@@ -98,7 +98,8 @@ def test_haproxy_without_health_checks_keeps_sending_to_every_server(tmp_path: P
 @pytest.mark.parametrize("health_checks", [True, False])
 def test_haproxy_accepts_both_configs(tmp_path: Path, health_checks: bool) -> None:
     path = tmp_path / "haproxy.cfg"
-    path.write_text(haproxy_config(18040, SERVERS, tmp_path, health_checks=health_checks))
+    path.write_text(haproxy_config(18040, SERVERS, tmp_path, health_checks=health_checks,
+                                   metrics_port=19040))
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     result = subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True,
                             timeout=30)
@@ -240,6 +241,8 @@ def test_module_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixtu
     (["--gateway", "haproxy"], "--gateway needs --replicas 2"),
     (["--replicas", "1", "--gateway", "vllm-router"], "--gateway needs --replicas 2"),
     (["--replicas", "2", "--gateway", "nginx"], "unknown gateway 'nginx'"),
+    (["--replicas", "2", "--gateway", "vllm-router", "--front"], "--front needs --gateway "
+     "haproxy"),
 ])
 def test_up_refuses_bad_combinations_with_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli.app, ["up", *args])
@@ -254,3 +257,25 @@ def test_up_help_names_the_gateways() -> None:
     assert result.exit_code == 0
     assert "--replicas" in result.output and "--gateway" in result.output
     assert all(kind in result.output for kind in GATEWAYS)
+
+
+def test_the_front_balances_over_two_haproxy_instances_each_with_its_metrics(
+        tmp_path: Path) -> None:
+    stack = GatewayStack(_config(tmp_path))
+    first, second = stack.instances()
+    assert (first.port, second.port) == (18040, 18041)
+    assert (first.metrics_port, second.metrics_port) == (19040, 19041)
+    assert second.pidfile == stack.config.run_dir / "haproxy-18041.pid"
+    front = stack.front()
+    assert front.url == "http://127.0.0.1:18050"
+    assert front.servers == {"gateway-0": "127.0.0.1:18040", "gateway-1": "127.0.0.1:18041"}
+    text = front._spec()
+    assert "server gateway-0 127.0.0.1:18040 check" in text
+    assert "bind 127.0.0.1:19050" in text and "prometheus-exporter" in text
+    broken = stack.front(18052, resilient=False)
+    assert "server gateway-1 127.0.0.1:18041\n" in broken._spec()  # no check
+    # The instances balance over the replicas, as the single gateway does.
+    assert second.servers == SERVERS
+    with pytest.raises(StackError, match="front balancer"):
+        stack.up(["vllm-router"], install=False, front=True)
+

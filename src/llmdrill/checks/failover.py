@@ -36,10 +36,26 @@ from llmdrill.scenario.fields import Strict
 from llmdrill.scenario.units import Duration
 
 KIND = "failover"
-ARRIVALS = ("vllm:prompt_tokens_total",)
-SERVED = ("vllm:request_success_total",)
-RUNNING = ("vllm:num_requests_running",)
-WAITING = ("vllm:num_requests_waiting",)
+
+
+class Counters(Strict):
+    """Which of each engine's metrics say what it received, served and had in flight: a
+    vLLM replica's by default; a gateway instance's when the engines are gateways (HAProxy:
+    `haproxy_frontend_http_requests_total`, `..._http_responses_total`,
+    `..._current_sessions`, with `labels: {proxy: <its frontend>}`)."""
+
+    arrivals: str = Field(
+        default="vllm:prompt_tokens_total",
+        description="A counter that grows with every request the engine receives.")
+    served: str = Field(
+        default="vllm:request_success_total",
+        description="A counter that grows with every request the engine answers.")
+    in_flight: list[str] = Field(
+        default=["vllm:num_requests_running", "vllm:num_requests_waiting"],
+        description="Gauges whose sum is what the engine is serving at a moment.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Only the samples with these labels (e.g. {proxy: llm}).")
 
 
 class FailoverCheck(Strict):
@@ -60,6 +76,9 @@ class FailoverCheck(Strict):
     min_requests: int = Field(
         default=10, ge=1,
         description="Fewer requests sent between the switch and the revert is inconclusive.")
+    counters: Counters = Field(
+        default_factory=Counters,
+        description="The engines' metrics the check reads (default: a vLLM replica's).")
     cut_slack: int = Field(
         default=1, ge=0,
         description="Streams cut at the fault beyond what the replica was serving that are "
@@ -98,19 +117,24 @@ def _last_before(points: list[tuple[float, float]], at: float) -> tuple[float, f
     return before[-1] if before else None
 
 
-def _cut_bound(evidence: Evidence, engine: str, applied: float) -> tuple[int, str] | None:
-    """How many streams the replica could have been serving when the fault hit: running and
-    waiting at its last scrape before, plus every request sent after that scrape (some of
-    which went to it). None without a scrape."""
-    running = _last_before(evidence.engine_series(engine, RUNNING), applied)
-    if running is None:
+def _cut_bound(evidence: Evidence, engine: str, applied: float, counters: Counters
+               ) -> tuple[int, str] | None:
+    """How many streams the engine could have been serving when the fault hit: its
+    in-flight gauges at its last scrape before, plus every request sent after that scrape
+    (some of which went to it). None without a scrape."""
+    gauges = [evidence.engine_series(engine, (name,), counters.labels)
+              for name in counters.in_flight]
+    first = _last_before(gauges[0], applied) if gauges else None
+    if first is None:
         return None
-    waiting = _last_before(evidence.engine_series(engine, WAITING), applied)
-    queued = waiting[1] if waiting is not None and waiting[0] == running[0] else 0.0
-    sent_since = sum(1 for r in evidence.requests if running[0] < r.start < applied)
-    bound = int(running[1] + queued) + sent_since
-    return bound, (f"{fmt(running[1])} running and {fmt(queued)} waiting on {engine} "
-                   f"{fmt(applied - running[0], 1)}s before the fault, {sent_since} sent since")
+    at = first[0]
+    values = [dict(series).get(at, 0.0) for series in gauges]
+    sent_since = sum(1 for r in evidence.requests if at < r.start < applied)
+    bound = int(sum(values)) + sent_since
+    shown = " and ".join(f"{fmt(v)} {name.rsplit(':', 1)[-1]}"
+                         for v, name in zip(values, counters.in_flight, strict=True))
+    return bound, (f"{shown} on {engine} {fmt(applied - at, 1)}s before the fault, "
+                   f"{sent_since} sent since")
 
 
 def evaluate_failover(name: str, phase: str, spec: FailoverCheck, evidence: Evidence,
@@ -128,7 +152,8 @@ def evaluate_failover(name: str, phase: str, spec: FailoverCheck, evidence: Evid
     if times is None:
         return result("inconclusive", f"inconclusive: fault '{spec.fault}' was never applied "
                       f"in phase '{phase}'")
-    arrivals = evidence.engine_series(spec.engine, ARRIVALS)
+    counters = spec.counters
+    arrivals = evidence.engine_series(spec.engine, (counters.arrivals,), counters.labels)
     others = sorted({m.labels.get("llmdrill_engine", "") for m in evidence.metrics}
                     - {"", spec.engine})
     before = increase(arrivals, arrivals[0][0], times.applied) if arrivals else 0.0
@@ -164,13 +189,14 @@ def evaluate_failover(name: str, phase: str, spec: FailoverCheck, evidence: Evid
     # The replicas' side.
     still_sent = increase(arrivals, times.switched, times.revert_began)
     observed["arrivals_after_switch"] = still_sent
-    served_others = sum(increase(evidence.engine_series(o, SERVED), times.switched,
-                                 times.revert_began) for o in others)
+    served_others = sum(increase(evidence.engine_series(o, (counters.served,),
+                                                        counters.labels),
+                                 times.switched, times.revert_began) for o in others)
     ok_after = sum(1 for r in evidence.requests
                    if r.ok and times.switched <= r.end <= times.revert_began)
     observed.update({"other_engines": others, "served_by_others_after_switch": served_others,
                      "client_successes_after_switch": ok_after})
-    bound = _cut_bound(evidence, spec.engine, times.applied)
+    bound = _cut_bound(evidence, spec.engine, times.applied, counters)
     switch = f"{fmt(spec.switch_within)}s"
 
     problems: list[str] = []
@@ -190,7 +216,7 @@ def evaluate_failover(name: str, phase: str, spec: FailoverCheck, evidence: Evid
                             "healthy replicas were cut")
     if still_sent > 0:
         problems.append(f"{spec.engine} still received new requests after the switch "
-                        f"({fmt(still_sent)} prompt tokens by its own counter)")
+                        f"({counters.arrivals} grew by {fmt(still_sent)})")
     back = _judge_back(evidence, spec, times, arrivals, observed)
     if back is not None and back[0] == "failed":
         problems.append(back[1])

@@ -128,11 +128,14 @@ class Evidence:
             per_ts[m.ts] = per_ts.get(m.ts, 0.0) + m.value
         return sorted(per_ts.items())
 
-    def engine_series(self, engine: str, names: tuple[str, ...]) -> list[tuple[float, float]]:
-        """One replica's series (of target.engines) under the first of `names` it has."""
+    def engine_series(self, engine: str, names: tuple[str, ...],
+                      labels: dict[str, str] | None = None) -> list[tuple[float, float]]:
+        """One replica's series (of target.engines) under the first of `names` it has,
+        its samples with `labels` only (e.g. one HAProxy frontend of several)."""
         have = {m.name for m in self.metrics if m.labels.get(ENGINE_LABEL) == engine}
         name = next((n for n in names if n in have), None)
-        return [] if name is None else self.series(name, {ENGINE_LABEL: engine})
+        return [] if name is None else self.series(name, {**(labels or {}),
+                                                          ENGINE_LABEL: engine})
 
     def engine_scrape_failures(self, engine: str) -> list[float]:
         """When scrapes of one replica's /metrics failed (it was down or not answering)."""

@@ -68,6 +68,7 @@ BACKEND = "replicas"
 GATEWAY_START_TIMEOUT = 60.0
 # After a replica restart the gateways need `rise` (2) good checks a second apart.
 GATEWAY_SETTLE_TIMEOUT = 30.0
+HAPROXY_METRICS_OFFSET = 1000  # a HAProxy gateway on port P has its metrics on P + 1000
 # vLLM's --shutdown-timeout: how long a replica lets its in-flight requests finish after a
 # SIGTERM. vLLM's own default, 0, aborts them (every open stream is cut); the stack drains
 # for up to 30 s, as a production server should. A comma list sets it per replica (the
@@ -96,6 +97,10 @@ class GatewayConfig:
     router_port: int = 18030
     router_metrics_port: int = 18031
     haproxy_port: int = 18040
+    # `up --front`: a second HAProxy instance, and a front balancer over both instances
+    # (what a cloud load balancer or a VIP does), for the gateway instance failover drill.
+    second_haproxy_port: int = 18041
+    front_port: int = 18050
     shutdown_timeouts: tuple[int, ...] = (int(DEFAULT_SHUTDOWN_TIMEOUT),)
 
     @classmethod
@@ -107,6 +112,8 @@ class GatewayConfig:
             router_port=int(env.get("LLMDRILL_ROUTER_PORT", "18030")),
             router_metrics_port=int(env.get("LLMDRILL_ROUTER_METRICS_PORT", "18031")),
             haproxy_port=int(env.get("LLMDRILL_HAPROXY_PORT", "18040")),
+            second_haproxy_port=int(env.get("LLMDRILL_SECOND_HAPROXY_PORT", "18041")),
+            front_port=int(env.get("LLMDRILL_FRONT_PORT", "18050")),
             shutdown_timeouts=parse_shutdown_timeouts(
                 env.get(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT)),
         )
@@ -224,11 +231,14 @@ HAPROXY_NO_CHECKS = """\
 
 
 def haproxy_config(port: int, servers: dict[str, str], run_dir: Path, *,
-                   health_checks: bool = True, socket_path: Path | None = None) -> str:
+                   health_checks: bool = True, socket_path: Path | None = None,
+                   metrics_port: int | None = None) -> str:
     """HAProxy in front of `servers` (name -> host:port) on 127.0.0.1:port, its runtime
-    API on socket_path (default <run_dir>/haproxy.sock). Without health_checks: no checks,
-    no retries, no redispatch: the broken gateway a drill must catch (it keeps sending
-    every other request to a dead or hung server)."""
+    API on socket_path (default <run_dir>/haproxy.sock), its own Prometheus metrics on
+    127.0.0.1:metrics_port/metrics when given (a gateway instance's counters, for the
+    gateway instance failover drill). Without health_checks: no checks, no retries, no
+    redispatch: the broken gateway a drill must catch (it keeps sending every other
+    request to a dead or hung server)."""
     sock = socket_path or run_dir / "haproxy.sock"
     check = " check" if health_checks else ""
     policy = (HAPROXY_CHECKS + "\n    option http-buffer-request" if health_checks
@@ -257,11 +267,23 @@ defaults
 frontend llm
     bind 127.0.0.1:{port}
     default_backend {BACKEND}
-
+{_metrics_frontend(metrics_port)}
 backend {BACKEND}
     balance roundrobin
 {policy}
 {server_lines}
+"""
+
+
+def _metrics_frontend(port: int | None) -> str:
+    if port is None:
+        return ""
+    return f"""
+# HAProxy's own counters (built-in exporter), apart from the traffic: `proxy="llm"` is the
+# gateway's; the scrapes count under `proxy="metrics"`.
+frontend metrics
+    bind 127.0.0.1:{port}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
 """
 
 
@@ -368,6 +390,9 @@ class Gateway:
     port: int
     config: GatewayConfig
     resilient: bool = True
+    # What it balances over: the replicas' proxies unless given (a front balancer over
+    # gateway instances).
+    upstreams: dict[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -378,8 +403,15 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def servers(self) -> dict[str, str]:
+        return self.upstreams if self.upstreams is not None else self.config.servers()
+
+    @property
     def metrics_port(self) -> int:
-        """vllm-router's Prometheus port: 18031 for the default one, port + 1 otherwise."""
+        """vllm-router's Prometheus port: 18031 for the default one, port + 1 otherwise;
+        HAProxy's, port + 1000."""
+        if self.kind == HAPROXY:
+            return self.port + HAPROXY_METRICS_OFFSET
         if self.port == self.config.router_port:
             return self.config.router_metrics_port
         return self.port + 1
@@ -410,8 +442,9 @@ class Gateway:
         """Every replica in rotation, as the gateway itself sees it."""
         if self.kind == HAPROXY:
             statuses = haproxy_servers(self.socket)
-            return (bool(statuses) and all(s.startswith("UP") or s == "no check"
-                                           for s in statuses.values())
+            return (set(statuses) == set(self.servers)
+                    and all(s.startswith("UP") or s == "no check"
+                            for s in statuses.values())
                     and self.answers())
         healthy = router_workers(self.url)
         workers = [f"http://{address}" for address in self.config.servers().values()]
@@ -432,8 +465,9 @@ class Gateway:
 
     def _spec(self) -> str:
         if self.kind == HAPROXY:
-            return haproxy_config(self.port, self.config.servers(), self.config.run_dir,
-                                  health_checks=self.resilient, socket_path=self.socket)
+            return haproxy_config(self.port, self.servers, self.config.run_dir,
+                                  health_checks=self.resilient, socket_path=self.socket,
+                                  metrics_port=self.metrics_port)
         return "\n".join(self.command()) + "\n"
 
     def _write_spec(self) -> bool:
@@ -507,6 +541,19 @@ class GatewayStack:
 
     def gateway(self, kind: str) -> Gateway:
         return Gateway(kind, self.config.default_port(kind), self.config)
+
+    def instances(self) -> list[Gateway]:
+        """The two HAProxy instances a front balances over."""
+        return [self.gateway(HAPROXY),
+                Gateway(HAPROXY, self.config.second_haproxy_port, self.config)]
+
+    def front(self, port: int | None = None, *, resilient: bool = True) -> Gateway:
+        """A HAProxy over the gateway instances (gateway-0, gateway-1), not the replicas:
+        health-checked and retrying, or not (the broken front a drill must catch)."""
+        upstreams = {f"gateway-{i}": f"127.0.0.1:{g.port}"
+                     for i, g in enumerate(self.instances())}
+        return Gateway(HAPROXY, port or self.config.front_port, self.config, resilient,
+                       upstreams)
 
     # -- install ---------------------------------------------------------------------------
 
@@ -667,12 +714,17 @@ class GatewayStack:
 
     # -- the whole stack -------------------------------------------------------------------
 
-    def up(self, gateways: Sequence[str], install: bool = True) -> None:
+    def up(self, gateways: Sequence[str], install: bool = True, front: bool = False) -> None:
         """Starts what is not running: Toxiproxy, the replicas' proxies (cleaned), the
         replicas, then the named gateways, and waits until every gateway that runs (named
         or not) has every replica in rotation. What already runs healthy is left alone:
         after a drill killed one replica, only that one is started again, and when this
-        returns the gateways send to it again (a drill's revert can rely on that)."""
+        returns the gateways send to it again (a drill's revert can rely on that). With
+        front: a second HAProxy instance and the front balancer over both too (HAProxy
+        among the gateways)."""
+        if front and HAPROXY not in gateways:
+            raise StackError("a front balancer goes over two HAProxy instances: name "
+                             "haproxy among the gateways")
         if unknown := [kind for kind in gateways if kind not in GATEWAYS]:
             raise StackError(f"unknown gateway {unknown[0]!r} (choose from "
                              f"{', '.join(GATEWAYS)})")
@@ -684,11 +736,14 @@ class GatewayStack:
             self.start_replicas()
             for kind in GATEWAYS:
                 self._settle(self.gateway(kind), start=kind in gateways)
+            if front:
+                self._settle(self.instances()[1], start=True)
+                self._settle(self.front(), start=True)
 
     def _settle(self, gateway: Gateway, start: bool) -> None:
         begin = time.time()
         if start and gateway.start(all_up=True):
-            _say(f"{gateway.kind}: started ({time.time() - begin:.1f}s)")
+            _say(f"{gateway.name}: started ({time.time() - begin:.1f}s)")
         elif not start and gateway.running():
             processes.wait_healthy(f"{gateway.name} (every replica in rotation)",
                                    gateway.all_servers_up, gateway.running,
@@ -725,6 +780,12 @@ class GatewayStack:
             router = self.gateway(ROUTER)
             urls["vllm-router"] = router.url
             urls["vllm-router metrics"] = f"http://127.0.0.1:{router.metrics_port}/metrics"
+        front = self.front()
+        if front.running():
+            for gateway in self.instances():
+                urls[f"{gateway.name} metrics"] = (
+                    f"http://127.0.0.1:{gateway.metrics_port}/metrics")
+            urls["front (over the haproxy instances)"] = front.url
         urls["toxiproxy API"] = self.config.stack.toxiproxy_url
         return urls
 
