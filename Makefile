@@ -120,15 +120,16 @@ kube-down:
 
 # The gateway drills: two vLLM replicas (one core each) behind real HAProxy and vllm-router
 # gateways, Toxiproxy in front of each replica. The tests start what is not running and
-# stop what they started. Part of `make test`, after the other integration tests.
+# stop what they started. `make integration` (part of `make test`) runs them too.
 gateway-test: gateway-stack
 	$(BIN)/pytest -m gateway -q -p no:cacheprovider --durations=10
 
 # Every integration test but the Kubernetes ones (make kube-test), in two pytest processes
-# side by side: the tests that drill a Docker engine of their own (marker own_engine) beside
-# the rest, which share the local engine. The engines run below the harness's CPU priority
-# (nice, CPU weight), so one half's engine restarts do not starve the other's drills.
-integration: stack docker-stack
+# side by side: the tests that drill a Docker engine of their own (marker own_engine), then
+# the gateway tests (marker gateway), beside the rest, which share the local engine. The
+# engines run below the harness's CPU priority (nice, CPU weight), so one lane's engine
+# restarts do not starve the other's drills.
+integration: stack docker-stack gateway-stack
 	$(BIN)/python scripts/run_integration.py
 
 # Only the Docker backend's tests (node restart, OOM, Docker faults in the kill -9 trials,
@@ -146,7 +147,6 @@ test: lint stack docker-stack kube-stack gateway-stack
 	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory demo-check
 	$(MAKE) --no-print-directory integration
-	$(MAKE) --no-print-directory gateway-test
 	$(MAKE) --no-print-directory kube-test
 
 clean: down

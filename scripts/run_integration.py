@@ -3,15 +3,18 @@ processes side by side, with the shared services started once for both.
 
 - beside: the tests marked `own_engine` drill the Docker engine container of their own
   (127.0.0.1:18100, pinned to the second core): node restarts, OOM kills, the compose
-  topology. Most of their time is an engine restarting.
+  topology. Most of their time is an engine restarting. When they are done, the gateway
+  tests (marker `gateway`: two vLLM replicas of their own, one per core, behind HAProxy
+  and vllm-router) follow on one gateway stack: first those that restart no replica
+  (marker `gateway_light`) while the main half finishes, then, once it is done, the rest
+  alone (a replica restart with three engines on two cores overran its drill's phase).
 - main: everything else, on the shared local engine (niced, its worker on the first
-  core) and its Toxiproxy proxy, which the `own_engine` tests never touch.
+  core) and its Toxiproxy proxy, which neither beside lane touches.
 
-Run one after the other they took about 39 minutes here; side by side about 22. The local
-stack and the Docker engine are started here when they were not running, so neither
-pytest stops them under the other, and stopped at the end (only what was started here).
-The beside half's output is printed when it ends; the exit code is the first non-zero
-one (pytest's 5, no test collected, included).
+The local stack and the Docker engine are started here when they were not running, so no
+pytest stops them under another, and stopped at the end (only what was started here), as
+is the gateway stack. The beside lanes' output is printed when they end; the exit code is
+the first non-zero one (pytest's 5, no test collected, included).
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ import time
 from pathlib import Path
 
 from llmdrill.stack.docker_stack import DockerStack
+from llmdrill.stack.gateway import GatewayStack
 from llmdrill.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
+# The gateway_stack fixture (tests/integration/conftest.py) leaves the stack up with this.
+KEEP_GATEWAY_STACK_ENV = "LLMDRILL_KEEP_GATEWAY_STACK"
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
 MAIN = "integration and not kubernetes and not gateway and not own_engine"
 BESIDE = "integration and own_engine and not kubernetes and not gateway"
+GATEWAY_LIGHT = "gateway and gateway_light and not kubernetes"
+GATEWAY_HEAVY = "gateway and not gateway_light and not kubernetes"
 
 
 def _say(message: str) -> None:
@@ -46,36 +54,64 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _pytest(marker: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([*PYTEST, "-m", marker], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def main() -> int:
     local, docker = LocalStack(), DockerStack()
     started_local = not (local.vllm_healthy() and local.toxiproxy_healthy())
     started_docker = not docker.engine_ok()
-    log = Path(os.environ.get("LLMDRILL_TEST_ARTIFACTS", REPO / "test-artifacts")) / (
-        "integration-own-engine.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(os.environ.get("LLMDRILL_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    log = artifacts / "integration-own-engine.log"
+    gateway_log = artifacts / "integration-gateway.log"
+    log.unlink(missing_ok=True)
     beside: subprocess.Popen[bytes] | None = None
+    gateway_started = False
+    main_proc: subprocess.Popen[bytes] | None = None
     began = time.time()
     try:
         local.up(install=False)
         local.ensure_proxy()
         docker.start_engine()
         docker.build_image()
-        with log.open("wb") as out:
-            beside = subprocess.Popen([*PYTEST, "-m", BESIDE], cwd=REPO, stdout=out,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        _say(f"the `own_engine` tests run beside these (log: {log})")
-        main_code = subprocess.run([*PYTEST, "-m", MAIN], cwd=REPO).returncode
-        _say(f"main half done ({main_code}) after {time.time() - began:.0f}s; waiting for "
-             "the `own_engine` half")
+        beside = _pytest(BESIDE, log)
+        _say(f"the `own_engine` tests run beside these (log: {log}), then the gateway "
+             f"tests (log: {gateway_log})")
+        main_proc = subprocess.Popen([*PYTEST, "-m", MAIN], cwd=REPO, start_new_session=True)
         beside_code = beside.wait()
-        print(log.read_text(errors="replace"), flush=True)
-        _say(f"`own_engine` half done ({beside_code}); both took {time.time() - began:.0f}s")
-        return main_code or beside_code
+        _say(f"`own_engine` half done ({beside_code}) after {time.time() - began:.0f}s; "
+             "the gateway tests that restart no replica start beside the main half")
+        # One gateway stack for both gateway sessions, stopped at the end (below).
+        os.environ[KEEP_GATEWAY_STACK_ENV] = "1"
+        gateway_started = not GatewayStack().replica_healthy(0)
+        with gateway_log.open("wb"):
+            pass
+        beside = _pytest(GATEWAY_LIGHT, gateway_log)
+        main_code = main_proc.wait()
+        _say(f"main half done ({main_code}) after {time.time() - began:.0f}s")
+        light_code = beside.wait()
+        # A replica restarting while three engines share two cores took over 70 s and
+        # overran its drill's phase: the tests that restart replicas run alone.
+        _say(f"gateway tests (light) done ({light_code}) after {time.time() - began:.0f}s; "
+             "the gateway tests that restart replicas start")
+        beside = _pytest(GATEWAY_HEAVY, gateway_log)
+        heavy_code = beside.wait()
+        for path in (log, gateway_log):
+            print(path.read_text(errors="replace"), flush=True)
+        _say(f"gateway tests done ({heavy_code}); all took {time.time() - began:.0f}s")
+        return main_code or beside_code or light_code or heavy_code
     except KeyboardInterrupt:
         return 130
     finally:
-        if beside is not None:
-            _stop(beside)
+        for proc in (main_proc, beside):
+            if proc is not None:
+                _stop(proc)
+        if gateway_started:
+            GatewayStack().down()
         if started_local:
             local.down()
         if started_docker:

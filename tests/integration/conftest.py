@@ -148,6 +148,7 @@ def kube_cluster() -> Iterator[Any]:
 # replica 1 keeps vLLM's default, 0, which aborts them: the drain drill's failing variant.
 # Set for the whole session, so the drills' restart commands (`llmdrill up`) keep it.
 GATEWAY_SHUTDOWN_TIMEOUTS = "30,0"
+KEEP_GATEWAY_STACK_ENV = "LLMDRILL_KEEP_GATEWAY_STACK"
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +161,9 @@ def gateway_stack() -> Iterator[GatewayStack]:
     toxiproxy_started = not stack.local.toxiproxy_healthy()
     stack.up([HAPROXY, ROUTER], install=True)
     yield stack
-    if started:
+    # scripts/run_integration.py runs the gateway tests in two sessions on one stack, and
+    # stops it itself.
+    if started and not os.environ.get(KEEP_GATEWAY_STACK_ENV):
         stack.down()
     if toxiproxy_started:
         stack.local.stop("toxiproxy")

@@ -184,7 +184,6 @@ phases:
 """
 
 
-@pytest.mark.docker
 def _trial_proxy_residue(stack: Stack) -> list[str]:
     with ToxiproxyClient(stack.toxiproxy_url) as client:
         return ["trial proxy left"] if client.get_proxy(TRIAL_PROXY) is not None else []
@@ -193,6 +192,7 @@ def _trial_proxy_residue(stack: Stack) -> list[str]:
 TRIAL_PROXY = "docker-trial"
 
 
+@pytest.mark.docker
 def test_sigkill_with_docker_faults_then_cleanup_leaves_no_container_changed(
     stack: Stack, docker_client: Any, tmp_path: Path
 ) -> None:
