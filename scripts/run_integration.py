@@ -4,17 +4,16 @@ processes side by side, with the shared services started once for both.
 - beside: the tests marked `own_engine` drill the Docker engine container of their own
   (127.0.0.1:18100, pinned to the second core): node restarts, OOM kills, the compose
   topology. Most of their time is an engine restarting. When they are done, the gateway
-  tests (marker `gateway`: two vLLM replicas of their own, one per core, behind HAProxy
-  and vllm-router) follow on one gateway stack: first those that restart no replica
-  (marker `gateway_light`) while the main half finishes, then, once it is done, the rest
-  alone (a replica restart with three engines on two cores overran its drill's phase).
+  stack (two vLLM replicas of their own, one per core, behind HAProxy and vllm-router)
+  starts in their place, and the gateway tests (marker `gateway`) run once the main half
+  is done: drills beside it, three engines on two cores, overran their phases.
 - main: everything else, on the shared local engine (niced, its worker on the first
   core) and its Toxiproxy proxy, which neither beside lane touches.
 
-The local stack and the Docker engine are started here when they were not running, so no
-pytest stops them under another, and stopped at the end (only what was started here), as
-is the gateway stack. The beside lanes' output is printed when they end; the exit code is
-the first non-zero one (pytest's 5, no test collected, included).
+The local stack, the Docker engine and the gateway stack are started here when they were
+not running, so no pytest stops them under another, and stopped at the end (only what was
+started here). The beside lanes' output is printed when they end; the exit code is the
+first non-zero one (pytest's 5, no test collected, included).
 """
 
 from __future__ import annotations
@@ -27,17 +26,17 @@ import time
 from pathlib import Path
 
 from llmdrill.stack.docker_stack import DockerStack
-from llmdrill.stack.gateway import GatewayStack
+from llmdrill.stack.gateway import HAPROXY, ROUTER, SHUTDOWN_TIMEOUT_ENV, GatewayStack
 from llmdrill.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 # The gateway_stack fixture (tests/integration/conftest.py) leaves the stack up with this.
 KEEP_GATEWAY_STACK_ENV = "LLMDRILL_KEEP_GATEWAY_STACK"
+GATEWAY_SHUTDOWN_TIMEOUTS = "30,0"  # as the fixture sets them (else it restarts replicas)
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
 MAIN = "integration and not kubernetes and not gateway and not own_engine"
 BESIDE = "integration and own_engine and not kubernetes and not gateway"
-GATEWAY_LIGHT = "gateway and gateway_light and not kubernetes"
-GATEWAY_HEAVY = "gateway and not gateway_light and not kubernetes"
+GATEWAY = "gateway and not kubernetes"
 
 
 def _say(message: str) -> None:
@@ -84,26 +83,25 @@ def main() -> int:
         main_proc = subprocess.Popen([*PYTEST, "-m", MAIN], cwd=REPO, start_new_session=True)
         beside_code = beside.wait()
         _say(f"`own_engine` half done ({beside_code}) after {time.time() - began:.0f}s; "
-             "the gateway tests that restart no replica start beside the main half")
-        # One gateway stack for both gateway sessions, stopped at the end (below).
+             "the gateway stack starts beside the main half")
+        # One gateway stack for the gateway tests, started here while the main half
+        # finishes and stopped at the end (below). Its tests wait for the main half: with
+        # three engines on the two cores, drills beside it overran their phases (a replica
+        # restart took over 70 s) and a baseline with 18 % timeouts failed.
         os.environ[KEEP_GATEWAY_STACK_ENV] = "1"
-        gateway_started = not GatewayStack().replica_healthy(0)
-        with gateway_log.open("wb"):
-            pass
-        beside = _pytest(GATEWAY_LIGHT, gateway_log)
+        os.environ[SHUTDOWN_TIMEOUT_ENV] = GATEWAY_SHUTDOWN_TIMEOUTS
+        gateway = GatewayStack()
+        gateway_started = not gateway.replica_healthy(0)
+        gateway.up([HAPROXY, ROUTER], install=False)
         main_code = main_proc.wait()
-        _say(f"main half done ({main_code}) after {time.time() - began:.0f}s")
-        light_code = beside.wait()
-        # A replica restarting while three engines share two cores took over 70 s and
-        # overran its drill's phase: the tests that restart replicas run alone.
-        _say(f"gateway tests (light) done ({light_code}) after {time.time() - began:.0f}s; "
-             "the gateway tests that restart replicas start")
-        beside = _pytest(GATEWAY_HEAVY, gateway_log)
-        heavy_code = beside.wait()
+        _say(f"main half done ({main_code}) after {time.time() - began:.0f}s; the gateway "
+             "tests start")
+        beside = _pytest(GATEWAY, gateway_log)
+        gateway_code = beside.wait()
         for path in (log, gateway_log):
             print(path.read_text(errors="replace"), flush=True)
-        _say(f"gateway tests done ({heavy_code}); all took {time.time() - began:.0f}s")
-        return main_code or beside_code or light_code or heavy_code
+        _say(f"gateway tests done ({gateway_code}); all took {time.time() - began:.0f}s")
+        return main_code or beside_code or gateway_code
     except KeyboardInterrupt:
         return 130
     finally:

@@ -71,7 +71,6 @@ def test_failover_passes_behind_a_gateway_with_health_checks(
     left_clean(gateway_stack)
 
 
-@pytest.mark.gateway_light  # restarts no replica
 @pytest.mark.parametrize("gateway", [HAPROXY, ROUTER])
 def test_failover_fails_behind_a_gateway_without_health_checks(
         gateway_stack: GatewayStack, gateway: str, tmp_path: Path) -> None:
@@ -160,7 +159,6 @@ def _kill_all(proc: subprocess.Popen[bytes], run_root: Path) -> None:
     proc.wait(timeout=30)
 
 
-@pytest.mark.gateway_light  # restarts no replica
 def test_sigterm_mid_process_fault_thaws_the_replica_and_writes_the_report(
         gateway_stack: GatewayStack, tmp_path: Path) -> None:
     proc = _start_interrupted(gateway_stack, tmp_path)

@@ -57,7 +57,6 @@ def _instances_serve(stack: GatewayStack) -> bool:
     return all(g.answers() for g in stack.instances())
 
 
-@pytest.mark.gateway_light  # restarts no replica
 def test_instance_failover_passes_behind_a_checked_front(
         gateway_stack: GatewayStack, front: Gateway, tmp_path: Path) -> None:
     env = drill_env(gateway_stack, gateway_stack.gateway(HAPROXY).url,
@@ -76,7 +75,6 @@ def test_instance_failover_passes_behind_a_checked_front(
     left_clean(gateway_stack)
 
 
-@pytest.mark.gateway_light  # restarts no replica
 def test_instance_failover_fails_behind_a_front_without_checks(
         gateway_stack: GatewayStack, front: Gateway, tmp_path: Path) -> None:
     """No health checks and no retries in the front: every other request goes to the dead
