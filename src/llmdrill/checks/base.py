@@ -103,6 +103,31 @@ def fmt(value: float, decimals: int = 3) -> str:
     return "0" if text == "-0" else text
 
 
+@dataclass(frozen=True, slots=True)
+class FaultSpan:
+    """A fault's first application in a check's window: when it was applied, when its
+    revert began (or the load ended, when it stayed on) and when it was reverted."""
+
+    applied: float
+    until: float
+    reverted: float | None
+
+
+def fault_span(evidence: Evidence, fault: str, window: Window) -> FaultSpan | None:
+    """The first application of `fault` in the window (a second before its start included:
+    a fault applied at a phase boundary); None when it never applied there."""
+    events = sorted((f for f in evidence.faults if f.fault == fault
+                     and window.start - 1.0 <= f.applied_at <= window.end),
+                    key=lambda f: f.applied_at)
+    if not events:
+        return None
+    first = events[0]
+    until = first.revert_began
+    if until is None:
+        until = evidence.run_end if evidence.run_end is not None else window.end
+    return FaultSpan(first.applied_at, until, first.reverted_at)
+
+
 def phase_window(evidence: Evidence, phase: str) -> Window | str:
     """The window of a phase that ran to its end, or why there is none."""
     found = evidence.phase(phase)

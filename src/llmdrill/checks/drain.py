@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import builtins
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
-from llmdrill.checks.base import fmt, make_result
+from llmdrill.checks.base import FaultSpan, fault_span, fmt, make_result
 from llmdrill.checks.counters import first_growth, increase
 from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, CheckStatus, Window
@@ -87,24 +86,6 @@ class DrainCheck(Strict):
         description="Fewer requests in flight when the fault was applied is inconclusive.")
 
 
-@dataclass(frozen=True, slots=True)
-class _Times:
-    applied: float
-    until: float  # when its revert began, or the end of the load when it stayed on
-
-
-def _fault_times(evidence: Evidence, spec: DrainCheck, window: Window) -> _Times | None:
-    events = sorted((f for f in evidence.faults if f.fault == spec.fault
-                     and window.start - 1.0 <= f.applied_at <= window.end),
-                    key=lambda f: f.applied_at)
-    if not events:
-        return None
-    end = events[0].revert_began
-    if end is None:
-        end = evidence.run_end if evidence.run_end is not None else window.end
-    return _Times(events[0].applied_at, end)
-
-
 def _wire_error(error_type: str | None) -> bool:
     if error_type is None or error_type in WIRE_ERROR_TYPES:
         return True
@@ -148,7 +129,7 @@ def _idle_after(evidence: Evidence, engine: str, applied: float, until: float
     return None
 
 
-def _judge_arrivals(evidence: Evidence, spec: DrainCheck, times: _Times,
+def _judge_arrivals(evidence: Evidence, spec: DrainCheck, times: FaultSpan,
                     observed: dict[str, Any]) -> tuple[CheckStatus, str]:
     """Whether new requests still reached the replica after `stop_within`, by its own
     counter; a replica whose scrapes failed (it exited) receives nothing from then on."""
@@ -200,7 +181,7 @@ def evaluate_drain(name: str, phase: str, spec: DrainCheck, evidence: Evidence,
         return make_result(name, KIND, phase, status, summary, window=window,
                            observed=observed, expected=expected)
 
-    times = _fault_times(evidence, spec, window)
+    times = fault_span(evidence, spec.fault, window)
     if times is None:
         return result("inconclusive", f"inconclusive: fault '{spec.fault}' was never applied "
                       f"in phase '{phase}'")
@@ -261,13 +242,8 @@ def evaluate_drain(name: str, phase: str, spec: DrainCheck, evidence: Evidence,
 
 
 def _references(spec: DrainCheck, scenario: Any, location: Location) -> list[Problem]:
-    problems = refs.unknown_fault(scenario, spec.fault, (*location, "fault"))
-    engines = scenario.target.engines
-    if spec.engine not in engines:
-        known = ", ".join(sorted(engines)) or "none is defined"
-        problems.append(((*location, "engine"),
-                         f"unknown engine '{spec.engine}' (target.engines: {known})"))
-    return problems
+    return (refs.unknown_fault(scenario, spec.fault, (*location, "fault"))
+            + refs.unknown_engine(scenario, spec.engine, (*location, "engine")))
 
 
 DRAIN = CheckKind(

@@ -26,9 +26,9 @@ from typing import Any
 
 from pydantic import Field
 
-from llmdrill.checks.base import fmt, make_result
+from llmdrill.checks.base import fault_span, fmt, make_result
 from llmdrill.checks.counters import first_growth, increase
-from llmdrill.model.records import Evidence, FaultEvent, RequestRecord
+from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, CheckStatus, Window
 from llmdrill.plugin import CheckKind, Location, Problem
 from llmdrill.scenario import refs
@@ -94,18 +94,10 @@ class _Times:
 
 
 def _fault_times(evidence: Evidence, spec: FailoverCheck, window: Window) -> _Times | None:
-    events: list[FaultEvent] = sorted(
-        (f for f in evidence.faults if f.fault == spec.fault
-         and window.start - 1.0 <= f.applied_at <= window.end),
-        key=lambda f: f.applied_at)
-    if not events:
+    span = fault_span(evidence, spec.fault, window)
+    if span is None:
         return None
-    first = events[0]
-    end = first.revert_began
-    if end is None:
-        end = evidence.run_end if evidence.run_end is not None else window.end
-    return _Times(first.applied_at, first.applied_at + spec.switch_within, end,
-                  first.reverted_at)
+    return _Times(span.applied, span.applied + spec.switch_within, span.until, span.reverted)
 
 
 def _failed_attempts(r: RequestRecord) -> int:
@@ -284,10 +276,8 @@ def _classes_text(records: list[RequestRecord]) -> str:
 def _references(spec: FailoverCheck, scenario: Any, location: Location) -> list[Problem]:
     problems = refs.unknown_fault(scenario, spec.fault, (*location, "fault"))
     engines = scenario.target.engines
-    if spec.engine not in engines:
-        known = ", ".join(sorted(engines)) or "none is defined"
-        problems.append(((*location, "engine"),
-                         f"unknown engine '{spec.engine}' (target.engines: {known})"))
+    if unknown := refs.unknown_engine(scenario, spec.engine, (*location, "engine")):
+        problems += unknown
     elif len(engines) < 2:
         problems.append(((*location, "engine"), "a failover needs at least two replicas in "
                          "target.engines: the one taken out and one to take its traffic"))

@@ -29,3 +29,12 @@ def needs_metrics_url(scenario: Any, kind: str, location: Location) -> list[Prob
     if scenario.target.metrics_url:
         return []
     return [(location, f"a {kind} check needs target.metrics_url")]
+
+
+def unknown_engine(scenario: Any, engine: str, location: Location) -> list[Problem]:
+    """A check's replica must be one of target.engines."""
+    engines = scenario.target.engines
+    if engine in engines:
+        return []
+    known = ", ".join(sorted(engines)) or "none is defined"
+    return [(location, f"unknown engine '{engine}' (target.engines: {known})")]
