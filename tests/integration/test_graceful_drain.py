@@ -70,7 +70,10 @@ def test_drain_fails_on_a_replica_that_drops_its_streams_behind_an_unchecked_gat
     assert checks["baseline-healthy"]["status"] == "passed", checks["baseline-healthy"]
     drain = checks["sigterm-drain"]
     assert drain["status"] == "failed", drain
-    assert drain["observed"]["cut"] >= 1 and "(cut)" in drain["summary"], drain
+    # Aborted streams end with an error event (InternalServerError) or stall to the read
+    # timeout: either is a stream that did not complete (allow_clear_errors is off).
+    assert drain["observed"]["cut"] >= 1, drain
+    assert "did not complete at their first attempt" in drain["summary"], drain
     failover = checks["sigterm-failover"]
     assert failover["status"] == "failed", failover
     assert "sigterm-drain" in output and "sigterm-failover" in output
