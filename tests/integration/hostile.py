@@ -16,6 +16,8 @@ from contextlib import contextmanager
 MODELS = json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
 TOKEN = b'data: {"choices":[{"index":0,"text":"x"}]}\n\n'
 
+OVERLOADED = json.dumps({"error": {"message": "overloaded", "type": "server_overloaded",
+                                   "code": 503}}).encode()
 MODES = ("malformed_sse", "endless_stream", "huge_headers", "huge_body", "silent", "trickle",
          "garbage_status")
 
@@ -44,6 +46,13 @@ async def _serve(mode: str, reader: asyncio.StreamReader, writer: asyncio.Stream
             if request_line.startswith(b"GET /v1/models"):
                 writer.write(_head("200 OK", {"content-type": "application/json",
                                               "content-length": str(len(MODELS))}) + MODELS)
+                await writer.drain()
+                continue
+            if mode == "overloaded":
+                # Not hostile: a gateway shedding load (HAProxy's `http-error status 503`).
+                writer.write(_head("503 Service Unavailable", {
+                    "content-type": "application/json", "retry-after": "1",
+                    "content-length": str(len(OVERLOADED))}) + OVERLOADED)
                 await writer.drain()
                 continue
             if mode == "silent":

@@ -70,3 +70,23 @@ def test_hostile_target_is_classified_without_hanging(mode: str, tmp_path: Path)
     print(f"\n{mode}: {result['stats']['p']['requests']} requests, classes {sorted(classes)}")
     count("hostile target behaviours survived")
     count("hostile target requests classified", result["stats"]["p"]["requests"])
+
+
+def test_a_refusal_with_retry_after_is_recorded_as_such(tmp_path: Path) -> None:
+    """A 503 with Retry-After and an error body reaches the load's record as what it is:
+    its status, its error type and the Retry-After. (Locust's user agent raises on any
+    status outside 2xx/3xx and drops the body: every refusal was once a bare `connect`.)"""
+    with hostile_server("overloaded") as port:
+        path = tmp_path / "overloaded.yaml"
+        path.write_text(SCENARIO.replace("PORT", str(port)).replace("duration: 9s",
+                                                                    "duration: 3s"))
+        proc = llmdrill("run", str(path), "--out", str(tmp_path / "reports"),
+                        env=dict(os.environ), timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in output, output
+    run = next((tmp_path / "reports").glob("*/samples.jsonl"))
+    records = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
+    refused = [r for r in records if r.get("error_class") != "interrupted"]
+    assert refused, records[:3]
+    assert {(r["status"], r["error_class"], r["error_type"], r["retry_after"])
+            for r in refused} == {(503, "http_5xx", "server_overloaded", True)}, refused[:3]

@@ -75,12 +75,20 @@ def _config() -> tuple[LoadConfig, _Sink]:
     return _CONFIG, _SINK
 
 
+# Every HTTP status the user agent hands back as a response (3xx redirects still followed).
+ANY_STATUS = frozenset(range(100, 600))
+
+
 class OpenAIUser(FastHttpUser):
     """One simulated client. Timeouts and retries come from the scenario's `load`."""
 
     abstract = True  # made concrete by the locustfile once the config is known
 
     def on_start(self) -> None:
+        # Every status is an answer to read, not a transport error: Locust's user agent
+        # raises on any status outside 2xx/3xx and releases the body, so a 503 with
+        # Retry-After and an error body would reach us as a bare connection error.
+        self.client.client.valid_response_codes = ANY_STATUS  # type: ignore[misc]
         self.cfg, self.sink = _config()
         self.rng = random.Random()
         key = read_api_key(self.cfg)

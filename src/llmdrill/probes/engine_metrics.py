@@ -6,6 +6,7 @@ event (the evidence of an engine that went away), never raised.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +20,15 @@ MAX_SCRAPE_BYTES = 8 << 20
 
 
 def parse_metrics(text: str, ts: float) -> list[MetricSample]:
+    """The samples of one scrape. NaN values are left out: an exporter's way of saying
+    "no value" (HAProxy's for a server never checked), they cannot be summed or compared,
+    and SQLite would store them as NULL."""
     samples: list[MetricSample] = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples.append(MetricSample(ts, sample.name, float(sample.value), dict(sample.labels)))
+            value = float(sample.value)
+            if not math.isnan(value):
+                samples.append(MetricSample(ts, sample.name, value, dict(sample.labels)))
     return samples
 
 
