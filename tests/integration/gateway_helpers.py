@@ -38,10 +38,13 @@ def checks_by_name(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def left_clean(stack: GatewayStack) -> None:
-    """No fault left behind: no toxic on the replicas' proxies, both replicas healthy."""
+    """No fault left behind: the replicas' proxies enabled and without toxics, both
+    replicas healthy."""
     with ToxiproxyClient(stack.config.stack.toxiproxy_url) as client:
         for name in stack.config.names:
             assert client.toxics(name) == [], name
+            proxy = client.get_proxy(name)
+            assert proxy is not None and proxy["enabled"], (name, proxy)
     assert all(stack.replica_healthy(i) for i in range(stack.config.replicas))
 
 

@@ -4,6 +4,7 @@ names and ports, and `llmdrill up`'s refusal of option combinations it cannot se
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,10 @@ from typer.testing import CliRunner
 from llmdrill import cli
 from llmdrill.stack import StackError
 from llmdrill.stack.gateway import (
+    DEFAULT_SERVER_MAXCONN,
     GATEWAYS,
+    RETRY_AFTER_S,
+    SERVER_MAXCONN_ENV,
     Gateway,
     GatewayConfig,
     GatewayStack,
@@ -67,7 +71,8 @@ def test_haproxy_with_health_checks_removes_a_failing_replica_and_retries(
     assert "bind 127.0.0.1:18040" in cfg
     assert f"stats socket {tmp_path / 'haproxy.sock'} mode 600 level admin" in cfg
     for setting in ("mode http", "balance roundrobin", "option httpchk GET /health",
-                    "http-check expect status 200", "default-server inter 1s fall 2 rise 2",
+                    "http-check expect status 200",
+                    "default-server inter 1s fall 2 rise 2 maxconn 8", "timeout queue 3s",
                     "timeout check 1s", "timeout server 30s", "option redispatch 1",
                     "retries 2",
                     "retry-on conn-failure empty-response response-timeout 500 502 503 504",
@@ -78,6 +83,25 @@ def test_haproxy_with_health_checks_removes_a_failing_replica_and_retries(
     assert "log " not in cfg  # no access logging
 
 
+def test_haproxy_with_health_checks_sheds_with_a_503_that_says_when_to_retry(
+        tmp_path: Path) -> None:
+    cfg = haproxy_config(18040, SERVERS, tmp_path, server_maxconn=3)
+    assert "    default-server inter 1s fall 2 rise 2 maxconn 3\n" in cfg
+    [line] = [x.strip() for x in cfg.splitlines() if x.strip().startswith("http-error")]
+    head, body = line.split(" string ")
+    assert head == ("http-error status 503 content-type application/json hdr Retry-After "
+                    f"{RETRY_AFTER_S}")
+    error = json.loads(body.strip("'"))["error"]
+    assert error["type"] == "server_overloaded" and error["code"] == 503
+
+
+def test_the_server_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SERVER_MAXCONN_ENV, "5")
+    assert GatewayConfig.from_env().server_maxconn == 5
+    monkeypatch.delenv(SERVER_MAXCONN_ENV)
+    assert GatewayConfig.from_env().server_maxconn == DEFAULT_SERVER_MAXCONN
+
+
 def test_haproxy_without_health_checks_keeps_sending_to_every_server(tmp_path: Path) -> None:
     cfg = haproxy_config(18042, SERVERS, tmp_path, health_checks=False,
                          socket_path=tmp_path / "haproxy-18042.sock")
@@ -86,7 +110,8 @@ def test_haproxy_without_health_checks_keeps_sending_to_every_server(tmp_path: P
     assert _server_lines(cfg) == ["server replica-0 127.0.0.1:18011",
                                   "server replica-1 127.0.0.1:18021"]
     for absent in ("httpchk", "http-check", "redispatch", "retry-on", "retries 2",
-                   "default-server", "http-buffer-request"):
+                   "default-server", "http-buffer-request", "maxconn 8", "timeout queue",
+                   "http-error"):
         assert absent not in cfg, absent
     assert "    retries 0\n" in cfg
     # Everything else is the same, so a drill compares the checks and nothing else.

@@ -40,7 +40,7 @@ def test_every_builtin_kind_is_an_entry_point_of_llmdrill() -> None:
         "toxiproxy", "cancel_storm", "request_flood", "docker", "kubernetes", "process",
         "haproxy"}
     assert checks == set(BUILTIN_CHECK_KINDS)
-    assert len(BUILTIN_CHECK_KINDS) == 18
+    assert len(BUILTIN_CHECK_KINDS) == 19
 
 
 def test_builtin_entry_points_are_backends_and_kinds_like_a_plugins() -> None:

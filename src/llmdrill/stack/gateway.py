@@ -88,6 +88,11 @@ def parse_shutdown_timeouts(text: str) -> tuple[int, ...]:
     return values
 
 
+# How many requests a resilient HAProxy gives one replica at once (see HAPROXY_SHEDDING).
+SERVER_MAXCONN_ENV = "LLMDRILL_GATEWAY_SERVER_MAXCONN"
+DEFAULT_SERVER_MAXCONN = 8
+
+
 @dataclass
 class GatewayConfig:
     stack: StackConfig
@@ -102,6 +107,7 @@ class GatewayConfig:
     second_haproxy_port: int = 18041
     front_port: int = 18050
     shutdown_timeouts: tuple[int, ...] = (int(DEFAULT_SHUTDOWN_TIMEOUT),)
+    server_maxconn: int = DEFAULT_SERVER_MAXCONN  # requests a resilient HAProxy gives a replica
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -116,6 +122,7 @@ class GatewayConfig:
             front_port=int(env.get("LLMDRILL_FRONT_PORT", "18050")),
             shutdown_timeouts=parse_shutdown_timeouts(
                 env.get(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT)),
+            server_maxconn=int(env.get(SERVER_MAXCONN_ENV, str(DEFAULT_SERVER_MAXCONN))),
         )
 
     @property
@@ -211,7 +218,7 @@ HAPROXY_CHECKS = """\
     # /health is 503 when vLLM's engine is dead, though its API server still accepts.
     option httpchk GET /health
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2
+    default-server inter 1s fall 2 rise 2 maxconn {maxconn}
     # A request that found no live replica is sent again, each time to another server:
     # refused connection, a connection closed without an answer (a dead replica behind
     # Toxiproxy looks like that), no response headers within `timeout server`, or a
@@ -224,6 +231,24 @@ HAPROXY_CHECKS = """\
     # whose body came in a second packet (httpx writes headers and body apart) was
     # already on its way, and a dead replica's empty answer reached the client."""
 
+# Backpressure: what one replica is given at once, how long a request may wait at the
+# gateway for a free slot, and the answer it gets then. Sized for the local stack (a CPU
+# replica with 32 KV blocks of 128 tokens): 8 streams of up to 384 tokens fit its cache,
+# so requests wait here, where they can be refused, not in the engine, where they only
+# grow its queue.
+QUEUE_TIMEOUT_S = 3
+RETRY_AFTER_S = 1
+OVERLOADED_BODY = ('{"error": {"message": "The service is overloaded: retry after '
+                   f'{RETRY_AFTER_S} s.", "type": "server_overloaded", "code": 503}}}}')
+
+HAPROXY_SHEDDING = f"""\
+    # Load shedding: at most `maxconn` requests per replica (default-server above); the
+    # rest wait here, and after {QUEUE_TIMEOUT_S} s without a free slot get a 503 that says when to
+    # come back (OpenAI's error schema, Retry-After) instead of queueing in the engine.
+    timeout queue {QUEUE_TIMEOUT_S}s
+    http-error status 503 content-type application/json hdr Retry-After {RETRY_AFTER_S} \
+string '{OVERLOADED_BODY}'"""
+
 HAPROXY_NO_CHECKS = """\
     # Broken on purpose: no health checks, no retry. Every other request goes to a
     # replica whatever its state.
@@ -232,16 +257,20 @@ HAPROXY_NO_CHECKS = """\
 
 def haproxy_config(port: int, servers: dict[str, str], run_dir: Path, *,
                    health_checks: bool = True, socket_path: Path | None = None,
-                   metrics_port: int | None = None) -> str:
+                   metrics_port: int | None = None,
+                   server_maxconn: int = DEFAULT_SERVER_MAXCONN) -> str:
     """HAProxy in front of `servers` (name -> host:port) on 127.0.0.1:port, its runtime
     API on socket_path (default <run_dir>/haproxy.sock), its own Prometheus metrics on
     127.0.0.1:metrics_port/metrics when given (a gateway instance's counters, for the
-    gateway instance failover drill). Without health_checks: no checks, no retries, no
-    redispatch: the broken gateway a drill must catch (it keeps sending every other
-    request to a dead or hung server)."""
+    gateway instance failover drill). With health_checks it also sheds load: at most
+    server_maxconn requests per replica, a 503 with Retry-After after QUEUE_TIMEOUT_S s
+    in its queue. Without health_checks: no checks, no retries, no redispatch, no limit:
+    the broken gateway a drill must catch (it keeps sending every other request to a dead
+    or hung server, and lets the engine's queue grow)."""
     sock = socket_path or run_dir / "haproxy.sock"
     check = " check" if health_checks else ""
-    policy = (HAPROXY_CHECKS + "\n    option http-buffer-request" if health_checks
+    policy = (HAPROXY_CHECKS.format(maxconn=server_maxconn) + "\n    option "
+              "http-buffer-request\n" + HAPROXY_SHEDDING if health_checks
               else HAPROXY_NO_CHECKS)
     server_lines = "\n".join(f"    server {name} {address}{check}"
                              for name, address in servers.items())
@@ -467,7 +496,8 @@ class Gateway:
         if self.kind == HAPROXY:
             return haproxy_config(self.port, self.servers, self.config.run_dir,
                                   health_checks=self.resilient, socket_path=self.socket,
-                                  metrics_port=self.metrics_port)
+                                  metrics_port=self.metrics_port,
+                                  server_maxconn=self.config.server_maxconn)
         return "\n".join(self.command()) + "\n"
 
     def _write_spec(self) -> bool:
