@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +62,24 @@ def only_phases(scenario: Path, phases: list[str], tmp_path: Path) -> Path:
     path = tmp_path / f"{scenario.stem}-part.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+
+
+def watchdogs(run_root: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"llmdrill.harness.watchdog {run_root}"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def kill_all(proc: subprocess.Popen[bytes], run_root: Path) -> None:
+    """The harness and its watchdog killed with -9: only the journal on disk remains."""
+    for pid in watchdogs(run_root):
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,9 +25,11 @@ from tests.integration.gateway_helpers import (
     BROKEN_PORTS,
     checks_by_name,
     drill_env,
+    kill_all,
     left_clean,
     only_phases,
     run_drill,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.gateway]
@@ -134,39 +134,19 @@ def _replica0_states(stack: GatewayStack) -> list[str]:
     return [] if pid is None else [p.state for p in group_members(pid)]
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, what
-        time.sleep(0.2)
-
-
 def _frozen(stack: GatewayStack) -> bool:
     return "T" in _replica0_states(stack)
 
-
-def _watchdogs(run_root: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"llmdrill.harness.watchdog {run_root}"],
-                         capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def _kill_all(proc: subprocess.Popen[bytes], run_root: Path) -> None:
-    """The harness and its watchdog killed with -9: only the journal on disk remains."""
-    for pid in _watchdogs(run_root):
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 def test_sigterm_mid_process_fault_thaws_the_replica_and_writes_the_report(
         gateway_stack: GatewayStack, tmp_path: Path) -> None:
     proc = _start_interrupted(gateway_stack, tmp_path)
-    _wait(lambda: _frozen(gateway_stack), 60, "replica 0 was never frozen")
+    wait_until(lambda: _frozen(gateway_stack), 60, "replica 0 was never frozen")
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
     assert not _frozen(gateway_stack)
-    _wait(lambda: gateway_stack.replica_healthy(0), 30, "replica 0 did not answer again")
+    wait_until(lambda: gateway_stack.replica_healthy(0), 30, "replica 0 did not answer again")
     result = json.loads(next((tmp_path / "reports").glob("*/result.json")).read_text())
     assert result["status"] == "aborted"
     assert result["faults"][0]["reverted_at"] and not result["faults"][0]["revert_error"]
@@ -179,8 +159,8 @@ def test_kill_9_mid_process_faults_then_cleanup_thaws_and_restarts_the_replica(
     # Frozen when the harness and its watchdog die: cleanup sends SIGCONT.
     frozen = tmp_path / "frozen"
     proc = _start_interrupted(gateway_stack, frozen)
-    _wait(lambda: _frozen(gateway_stack), 60, "replica 0 was never frozen")
-    _kill_all(proc, frozen / "reports")
+    wait_until(lambda: _frozen(gateway_stack), 60, "replica 0 was never frozen")
+    kill_all(proc, frozen / "reports")
     assert _frozen(gateway_stack), "still frozen before cleanup (nothing else reverted it)"
     done = llmdrill("cleanup", env={**os.environ, **env})
     assert done.returncode == 0, done.stdout + done.stderr
@@ -189,8 +169,8 @@ def test_kill_9_mid_process_faults_then_cleanup_thaws_and_restarts_the_replica(
     killed = tmp_path / "killed"
     before = processes.read_pid(gateway_stack.config.run_dir / "replica-0.pid")
     proc = _start_interrupted(gateway_stack, killed, FROZEN_PHASE="1s")
-    _wait(lambda: not _replica0_states(gateway_stack), 60, "replica 0 was never killed")
-    _kill_all(proc, killed / "reports")
+    wait_until(lambda: not _replica0_states(gateway_stack), 60, "replica 0 was never killed")
+    kill_all(proc, killed / "reports")
     assert not gateway_stack.replica_healthy(0)
     done = llmdrill("cleanup", env={**os.environ, **env}, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
