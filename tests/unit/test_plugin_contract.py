@@ -38,7 +38,7 @@ def test_every_builtin_kind_is_an_entry_point_of_llmdrill() -> None:
     checks = {ep.name for ep in plugin_entry_points(CHECKS_GROUP) if not plugin._external(ep)}
     assert faults == set(BUILTIN_FAULT_BACKENDS) == {
         "toxiproxy", "cancel_storm", "request_flood", "docker", "kubernetes", "process",
-        "haproxy"}
+        "haproxy", "router"}
     assert checks == set(BUILTIN_CHECK_KINDS)
     assert len(BUILTIN_CHECK_KINDS) == 19
 
