@@ -57,6 +57,7 @@ from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from llmdrill.stack import StackError, processes
 from llmdrill.stack.apt import apt_install
 from llmdrill.stack.local import LocalStack, StackConfig
+from llmdrill.stack.warmup import warm_up
 
 HAPROXY = "haproxy"
 ROUTER = "vllm-router"
@@ -695,6 +696,8 @@ class GatewayStack:
         begin = time.time()
         for i in range(self.config.replicas):
             self._wait_replica(i)
+        for i in started:
+            warm_up(self.config.engine_url(i), self.config.stack.model_name)
         if started:
             _say(f"{', '.join(replica_name(i) for i in started)}: healthy "
                  f"({time.time() - begin:.0f}s)")

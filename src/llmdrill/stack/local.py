@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from llmdrill.stack import StackError, processes
+from llmdrill.stack.warmup import warm_up
 
 HERE = Path(__file__).parent
 
@@ -158,6 +159,7 @@ class LocalStack:
         ]
         self._spawn("vllm", cmd, env, nice=self.config.vllm_nice)
         self._wait("vllm", self.vllm_healthy, self.config.start_timeout)
+        warm_up(self.config.vllm_url, self.config.model_name)
 
     def ensure_proxy(self) -> None:
         upstream = f"127.0.0.1:{self.config.vllm_port}"
