@@ -131,3 +131,26 @@ def test_client_series_wider_buckets_scale_tokens_per_s() -> None:
 
 def test_client_series_empty_range() -> None:
     assert client_series([rec(0, 1.0)], T0, T0) == []
+
+
+# --- requests the load stopped ------------------------------------------------------
+
+
+def _stopped(start: float) -> RequestRecord:
+    return RequestRecord(start=T0 + start, end=T0 + start + 1.0, error_class="interrupted",
+                         error_type="stopped", finished=False)
+
+
+def test_requests_the_load_stopped_are_counted_apart_not_as_errors() -> None:
+    stats = request_stats([rec(0, 1.0), rec(1, 1.0, error="http_5xx"), _stopped(2),
+                           _stopped(3)])
+    assert (stats.requests, stats.succeeded, stats.failed) == (2, 1, 1)
+    assert stats.error_rate == 0.5
+    assert stats.errors_by_class == {"http_5xx": 1}
+    assert stats.unfinished_at_stop == 2
+
+
+def test_a_phase_with_only_stopped_requests_has_no_figures_but_their_count() -> None:
+    stats = request_stats([_stopped(0)])
+    assert stats.requests == 0 and stats.error_rate is None
+    assert stats.unfinished_at_stop == 1

@@ -57,10 +57,15 @@ def request_stats(records: Sequence[RequestRecord], window_s: float | None = Non
     """Summary statistics of a set of requests.
 
     `window_s` is the time the throughput is spread over (normally the phase length);
-    without it the span from the first start to the last end is used.
+    without it the span from the first start to the last end is used. Requests the load
+    stopped (not `finished`) are only counted, in `unfinished_at_stop`.
     """
+    # A request the load stopped (its end, an abort) has no outcome: counted apart, not as
+    # an error of the phase it happened to be in.
+    unfinished = sum(1 for r in records if not r.finished)
+    records = [r for r in records if r.finished]
     if not records:
-        return RequestStats()
+        return RequestStats(unfinished_at_stop=unfinished)
     failed = [r for r in records if not r.ok]
     ok = [r for r in records if r.ok]
     by_class = Counter(r.error_class for r in failed if r.error_class is not None)
@@ -86,6 +91,7 @@ def request_stats(records: Sequence[RequestRecord], window_s: float | None = Non
         tokens_per_s=output_tokens / span if span > 0 else None,
         request_tokens_per_s_p50=percentile(per_request, 50),
         retried=sum(1 for r in records if r.attempts > 1),
+        unfinished_at_stop=unfinished,
     )
 
 

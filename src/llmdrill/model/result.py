@@ -90,6 +90,10 @@ class RequestStats(BaseModel):
     tokens_per_s: float | None = Field(default=None, description="Output tokens/s overall.")
     request_tokens_per_s_p50: float | None = None
     retried: int = 0
+    unfinished_at_stop: int = Field(
+        default=0,
+        description="Requests still in flight when the load stopped (its end, or a run "
+        "cut short): no outcome, so left out of every figure above.")
 
 
 class ClientPoint(BaseModel):

@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 import llmdrill
 from llmdrill.checks.base import runbook_for
-from llmdrill.model.result import CheckResult, FaultResult, RunResult
+from llmdrill.model.result import CheckResult, FaultResult, RequestStats, RunResult
 from llmdrill.model.verdict import RUN_SEVERITY, worst_status
 from llmdrill.report import figures
 from llmdrill.report.fmt import (
@@ -197,6 +197,14 @@ def _span(start: float | None, end: float | None, t0: float) -> str:
     return f"{a} → {b}"
 
 
+def _errors_cell(stats: RequestStats) -> str:
+    text = errors_text(stats.errors_by_class)
+    if stats.unfinished_at_stop:
+        cut = f"{stats.unfinished_at_stop} in flight at the stop (not counted)"
+        text = cut if text == DASH else f"{text}; {cut}"
+    return text
+
+
 def _stats_rows(result: RunResult) -> list[dict[str, str]]:
     return [
         {
@@ -205,7 +213,7 @@ def _stats_rows(result: RunResult) -> list[dict[str, str]]:
             "succeeded": str(s.succeeded),
             "failed": str(s.failed),
             "error_rate": fmt_pct(s.error_rate),
-            "errors": errors_text(s.errors_by_class),
+            "errors": _errors_cell(s),
             "ttft_p50": fmt_ms(s.ttft_p50_s),
             "ttft_p95": fmt_ms(s.ttft_p95_s),
             "ttft_p99": fmt_ms(s.ttft_p99_s),

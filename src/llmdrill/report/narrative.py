@@ -91,12 +91,15 @@ def _fault(fault: FaultResult, t0: float) -> str:
 
 def _load(result: RunResult) -> str:
     overall = result.stats.get("overall")
-    if overall is None or overall.requests == 0:
+    if overall is None or overall.requests + overall.unfinished_at_stop == 0:
         return "No requests were recorded."
     text = (f"Clients sent {overall.requests} requests: {overall.succeeded} succeeded and "
             f"{overall.failed} failed")
     if overall.errors_by_class:
         text += f" ({errors_text(overall.errors_by_class)})"
+    if overall.unfinished_at_stop:
+        text += (f"; {overall.unfinished_at_stop} more were still in flight when the load "
+                 "stopped")
     series = result.series
     if series is not None and series.client and series.bucket_s > 0:
         rates = [p.requests / series.bucket_s for p in series.client]
