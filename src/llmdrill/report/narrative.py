@@ -97,15 +97,16 @@ def _load(result: RunResult) -> str:
             f"{overall.failed} failed")
     if overall.errors_by_class:
         text += f" ({errors_text(overall.errors_by_class)})"
-    if overall.unfinished_at_stop:
-        text += (f"; {overall.unfinished_at_stop} more were still in flight when the load "
-                 "stopped")
     series = result.series
     if series is not None and series.client and series.bucket_s > 0:
         rates = [p.requests / series.bucket_s for p in series.client]
         text += (f", at {sum(rates) / len(rates):.1f} requests/s on average "
                  f"(peak {max(rates):.1f}/s)")
-    return text + "."
+    text += "."
+    if overall.unfinished_at_stop:
+        text += (f" {overall.unfinished_at_stop} more were still in flight when the load "
+                 "stopped (not counted).")
+    return text
 
 
 def _phase_numbers(name: str, stats: RequestStats) -> str:
