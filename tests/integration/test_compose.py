@@ -2,7 +2,9 @@
 run: its topology (engine, Toxiproxy, gateway, Prometheus, Alertmanager, the llmdrill
 runner) from images built here, as there is no registry to pull the published ones from
 (deploy/compose/local-images.yml). The runner runs the quickstart suite against the
-stack through the gateway and Toxiproxy; its reports land in a mounted folder.
+stack through the gateway and Toxiproxy; its reports land in a mounted folder. The
+`gateway` profile (two replicas, their Toxiproxy proxies, HAProxy) is checked by `config`
+only: its ports against the gateway scenarios' defaults.
 
 Not run here: the published images themselves (vllm/vllm-openai on a GPU, toxiproxy,
 nginx, prom/*) and the two Dockerfiles (their base images cannot be pulled); the
@@ -79,14 +81,94 @@ def test_the_compose_file_is_valid_for_both_profiles_and_its_parts_agree(compose
     assert runner["LLMDRILL_TARGET_URL"] == "http://127.0.0.1:18080"
     assert "listen 127.0.0.1:18080;" in nginx and "server 127.0.0.1:18001;" in nginx
     proxies = json.loads((REPO / "deploy" / "toxiproxy" / "toxiproxy.json").read_text())
-    assert proxies == [{"name": "vllm", "listen": "127.0.0.1:18001",
-                        "upstream": "127.0.0.1:18000", "enabled": True}]
+    assert proxies[0] == {"name": "vllm", "listen": "127.0.0.1:18001",
+                          "upstream": "127.0.0.1:18000", "enabled": True}
+    # The gateway profile's replicas (tests/unit/test_compose_gateway.py checks them).
+    assert [p["name"] for p in proxies[1:]] == ["replica-0", "replica-1"]
     prometheus = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}
     assert "127.0.0.1:18000" in targets
     assert runner["LLMDRILL_METRICS_URL"] == "http://127.0.0.1:18000/metrics"
 
+
+
+SCENARIOS = REPO / "scenarios"
+GATEWAY_SERVICES = ("replica-0", "replica-1", "haproxy")
+
+
+def scenario_default(name: str, variable: str) -> str:
+    """The default a scenario gives a variable: `${VARIABLE:-default}`."""
+    text = (SCENARIOS / f"{name}.yaml").read_text()
+    found = re.search(r"\$\{" + variable + r":-([^}]*)\}", text)
+    assert found, f"{name}.yaml has no default for {variable}"
+    return found.group(1)
+
+
+def test_the_gateway_profile_is_the_gateway_stack_on_the_scenarios_ports(compose: str) -> None:
+    """COMPOSE_PROFILES=cpu,gateway: two replicas of the CPU engine's image, each behind a
+    proxy of the one Toxiproxy, HAProxy over the proxies; on the host network, 127.0.0.1
+    only, on the ports the gateway drills default to."""
+    services = resolved(compose, "cpu,gateway")["services"]
+    assert {*GATEWAY_SERVICES, "vllm-cpu", "toxiproxy"} <= set(services)
+    gateway = {name: services[name] for name in GATEWAY_SERVICES}
+    for name, svc in gateway.items():
+        assert svc["network_mode"] == "host", name
+        assert svc["profiles"] == ["gateway"], name
+        for volume in svc.get("volumes", []):
+            source = str(volume).split(":")[0]
+            assert Path(source).exists(), f"{name} mounts missing {source}"
+    cfg = (REPO / "deploy" / "gateway" / "haproxy-compose.cfg").read_text()
+    proxies = json.loads((REPO / "deploy" / "toxiproxy" / "toxiproxy.json").read_text())
+    # Only 127.0.0.1, wherever an address is written.
+    addresses = re.findall(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])",
+                           json.dumps(gateway) + cfg + json.dumps(proxies))
+    assert addresses and set(addresses) == {"127.0.0.1"}
+    assert re.findall(r"--host=(?!127\.0\.0\.1)", json.dumps(gateway)) == []
+
+    # The replicas: vllm-cpu's image, build and flags, on their own ports, draining at SIGTERM.
+    cpu = services["vllm-cpu"]
+    ports = {}
+    for name in ("replica-0", "replica-1"):
+        svc = services[name]
+        assert (svc["image"], svc["build"]) == (cpu["image"], cpu["build"]), name
+        assert svc["container_name"] == f"llmdrill-{name}"
+        assert svc["labels"] == {"llmdrill.role": "replica"}
+        assert set(cpu["command"]) - {"--port=18000"} <= set(svc["command"]), name
+        assert "--shutdown-timeout=30" in svc["command"]
+        port = int(next(a for a in svc["command"] if a.startswith("--port=")).split("=")[1])
+        ports[name] = port
+        assert f"http://127.0.0.1:{port}/health" in " ".join(svc["healthcheck"]["test"])
+    assert ports == {"replica-0": 18010, "replica-1": 18020}
+    # Their proxies (in the compose file's Toxiproxy), and HAProxy over the proxies.
+    assert services["toxiproxy"]["command"][:2] == ["-host=127.0.0.1", "-port=18474"]
+    proxies = [p for p in proxies if p["name"] in ports]
+    for p in proxies:
+        assert p["upstream"] == f"127.0.0.1:{ports[p['name']]}"
+        assert f"    server {p['name']} {p['listen']} check\n" in cfg
+    assert [p["listen"] for p in proxies] == ["127.0.0.1:18011", "127.0.0.1:18021"]
+    haproxy = services["haproxy"]
+    assert haproxy["command"][-2:] == ["-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in haproxy["volumes"]}
+    assert Path(mounts["/usr/local/etc/haproxy/haproxy.cfg"]).name == "haproxy-compose.cfg"
+    assert "stats socket /run/haproxy/haproxy.sock mode 600 level admin" in cfg
+    assert Path(mounts["/run/haproxy"]) == REPO / ".run" / "haproxy"
+
+    # The gateway drills' defaults reach exactly these.
+    for name in ("gateway-failover", "graceful-drain", "backpressure"):
+        assert scenario_default(name, "LLMDRILL_GATEWAY_URL") == "http://127.0.0.1:18040"
+        assert "    bind 127.0.0.1:18040\n" in cfg
+        assert scenario_default(name, "LLMDRILL_REPLICA0_URL") == "http://127.0.0.1:18010"
+        assert scenario_default(name, "LLMDRILL_REPLICA1_URL") == "http://127.0.0.1:18020"
+    for name in ("gateway-failover", "backpressure"):
+        assert scenario_default(name, "LLMDRILL_TOXIPROXY_URL") == "http://127.0.0.1:18474"
+    names = {p["name"] for p in proxies}
+    assert scenario_default("gateway-failover", "LLMDRILL_REPLICA0_PROXY") in names
+    assert scenario_default("backpressure", "LLMDRILL_REPLICA1_PROXY") in names
+    assert (scenario_default("backpressure", "LLMDRILL_GATEWAY_METRICS_URL")
+            == "http://127.0.0.1:19040/metrics")
+    assert "    bind 127.0.0.1:19040\n" in cfg and "prometheus-exporter" in cfg
+    assert scenario_default("graceful-drain", "DRAIN_REPLICA") in names
 
 def local_env(tmp_path: Path) -> dict[str, str]:
     stack_dir = Path(os.environ.get("LLMDRILL_STACK_DIR", REPO / ".stack")).resolve()
