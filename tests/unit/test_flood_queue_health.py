@@ -21,6 +21,7 @@ from llmdrill.checks.probes import probe_for
 from llmdrill.faults.registry import make_injector
 from llmdrill.faults.request_flood import (
     STOP_GRACE,
+    ArrivalSchedule,
     ConnectionCutter,
     RequestFlood,
     RequestFloodFault,
@@ -34,7 +35,13 @@ from llmdrill.harness.progress import Progress
 from llmdrill.load.sse import StreamTally
 from llmdrill.model.context import RunContext
 from llmdrill.model.evidence import EvidenceStore
-from llmdrill.model.records import Evidence, MetricSample, PhaseWindow, RequestRecord
+from llmdrill.model.records import (
+    Evidence,
+    FaultEvent,
+    MetricSample,
+    PhaseWindow,
+    RequestRecord,
+)
 from llmdrill.model.result import CheckResult
 from llmdrill.scenario.fields import Timeouts
 from llmdrill.scenario.models import Check, Fault, Scenario
@@ -388,6 +395,63 @@ def test_cutter_wakes_a_blocked_read_and_cuts_late_connections(server_factory: A
         assert cutter.reason == "stop"
 
 
+def test_arrivals_are_due_at_fixed_times_whoever_takes_them() -> None:
+    schedule = ArrivalSchedule(4.0, 100.0)  # every 0.25 s from t=100
+    # Free workers take the next arrivals ahead of time, in order.
+    assert schedule.take(99.0) == (100.0, 0)
+    assert schedule.take(99.0) == (100.25, 0)
+    assert schedule.take(100.3) == (100.5, 0)
+    # Overdue by less than one interval (a worker freed just after it): sent at once.
+    assert schedule.take(100.9) == (100.75, 0)
+    assert schedule.dropped == 0
+    assert schedule.settle(100.9) == 0  # nothing overdue that no worker took
+
+
+def test_arrivals_overdue_by_more_than_an_interval_are_dropped_and_counted() -> None:
+    schedule = ArrivalSchedule(4.0, 100.0)
+    assert schedule.take(100.0) == (100.0, 0)
+    # Every worker was busy from 100.25 to 102.1: 100.25 ... 101.75 found no free slot;
+    # 102.0 is overdue by less than an interval and goes now.
+    assert schedule.take(102.1) == (102.0, 7)
+    # Overdue by exactly one interval: still sent.
+    assert schedule.take(102.5) == (102.25, 0)
+    assert schedule.dropped == 7
+    # At the stop, arrivals no worker took (all requests hung) are counted too, once.
+    assert schedule.settle(103.0) == 1  # 102.5; 102.75 is not overdue by an interval
+    assert schedule.settle(103.0) == 0
+    assert schedule.dropped == 8
+    assert schedule.take(103.0) == (102.75, 0)
+
+
+def test_arrivals_start_when_the_first_worker_is_ready() -> None:
+    schedule = ArrivalSchedule(2.0)
+    assert schedule.settle(50.0) == 0  # not started: nothing was due
+    assert schedule.take(100.0) == (100.0, 0)
+    assert schedule.take(100.1) == (100.5, 0)
+
+
+def test_arrival_schedule_does_not_drift_nor_lose_arrivals() -> None:
+    start, rate = 1_700_000_000.123, 7.0  # an interval that binary floats cannot hold
+    schedule = ArrivalSchedule(rate, start)
+    taken = dropped = 0
+    now = start
+    for step in range(2000):
+        now += (0.05, 0.01, 0.9, 0.3)[step % 4]  # free early, late, very late
+        slot, skipped = schedule.take(now)
+        taken, dropped = taken + 1, dropped + skipped
+        assert slot == start + (taken + dropped - 1) / rate  # every arrival: sent or dropped
+        assert now - slot <= 1 / rate + 1e-6  # never more than an interval overdue
+    assert dropped == schedule.dropped > 0
+
+
+def test_rate_must_be_positive_and_finite() -> None:
+    assert RequestFloodFault().rate is None
+    assert RequestFloodFault(rate=0.5).rate == 0.5
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="rate"):
+            RequestFloodFault(rate=bad)
+
+
 # --- request_flood: against local servers ----------------------------------------------
 
 
@@ -431,6 +495,60 @@ def test_factory_is_registered(tmp_path: Path) -> None:
     assert injector.describe() == ("keep 2 streamed completions requests in flight (400 prompt "
                                    "+ 100 output tokens each) against http://127.0.0.1:9")
     assert injector.preflight() == [injector.describe()]
+
+
+def test_open_loop_flood_describes_its_rate(tmp_path: Path) -> None:
+    ctx = context(tmp_path, "http://127.0.0.1:9")
+    flood = RequestFlood(ctx, "flood", RequestFloodFault(concurrency=4, rate=2.5, stream=False))
+    assert flood.describe() == ("start 2.5 completions requests/s (at most 4 in flight; 400 "
+                                "prompt + 100 output tokens each) against http://127.0.0.1:9")
+
+
+def test_open_loop_flood_starts_requests_at_its_rate(tmp_path: Path, server_factory: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fast server: a closed loop would send hundreds a second; the open loop sends 10.
+    srv = server_factory("ok")
+    ctx = context(tmp_path, srv.url)
+    lines: list[str] = []
+    monkeypatch.setattr(ctx.progress, "event", lines.append)
+    flood = RequestFlood(ctx, "flood", RequestFloodFault(concurrency=4, rate=10))
+    flood.apply()
+    time.sleep(1.0)
+    flood.stop()
+    assert flood.error is None and flood.schedule is not None
+    first = flood.schedule.at(0)  # when the first worker was ready
+    starts = sorted(r.start for r in flood_records(ctx))
+    assert 5 <= len(starts) <= (time.time() - first) * 10 + 2
+    # None before its time: the i-th request sent took the i-th arrival or a later one.
+    assert all(start >= first + i / 10 - 0.01 for i, start in enumerate(starts))
+    assert "dropped" not in lines[-1]
+    assert ctx.store is not None
+    assert [d["dropped"] for _, _, d in ctx.store.events("flood_arrivals")] == [0]
+
+
+def test_open_loop_flood_drops_arrivals_when_every_slot_is_busy(
+        tmp_path: Path, server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = server_factory("silent")  # the first 2 requests never end: the rest are dropped
+    ctx = context(tmp_path, srv.url)
+    lines: list[str] = []
+    monkeypatch.setattr(ctx.progress, "event", lines.append)
+    flood = RequestFlood(ctx, "flood", RequestFloodFault(concurrency=2, rate=20))
+    applied = time.time()
+    flood.apply()
+    time.sleep(1.0)
+    flood.stop()
+    assert flood.error is None
+    records = flood_records(ctx)
+    assert len(records) == 2 and {r.error_class for r in records} == {"interrupted"}
+    assert ctx.store is not None
+    (_, _, event), = ctx.store.events("flood_arrivals")
+    dropped = event["dropped"]
+    assert event == {"fault": "flood", "rate": 20.0, "concurrency": 2, "dropped": dropped}
+    assert 10 <= dropped <= 60  # ~18 in 1 s at 20/s; a busy machine stops later
+    assert lines[-1].endswith(f"; {dropped} arrivals dropped (all 2 slots busy)")
+    evidence = ctx.store.load([], [FaultEvent("flood", applied, time.time())], None)
+    effect = flood.effect(evidence)
+    assert effect.detail.endswith(f"; {dropped} arrivals dropped (all 2 slots busy)")
 
 
 def test_flood_records_finished_requests_under_its_name(tmp_path: Path,

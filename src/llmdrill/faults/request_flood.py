@@ -3,6 +3,11 @@ requests in flight against the target, to push the engine into KV-cache pressure
 cache, a waiting queue, preemptions. Each finished request is recorded like a load request,
 with `shape` set to the flood's name, so checks can tell the flood from the background load.
 
+With `rate` the flood is an open loop instead: requests start at fixed times, `rate` per
+second, whatever the answers (no backoff after failures), like independent clients
+arriving; `concurrency` caps how many are in flight, and an arrival that found every one of
+them busy is dropped by the client and counted (see `ArrivalSchedule`).
+
 Every wait is bounded (a hostile target must not hang the harness): connect and read
 timeouts on each request, a total deadline the controller enforces by cutting the
 connection, capped lines and bodies. On stop the controller cuts every open connection, so
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import socket
 import threading
@@ -22,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import httpx
 from pydantic import Field, field_validator
@@ -31,6 +37,7 @@ from llmdrill.faults.base import fault_window
 from llmdrill.faults.client import ClientActivity, engine_queue, queue_rise, revert_client
 from llmdrill.load.openai_api import make_prompt, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
+from llmdrill.model.events import EventKind
 from llmdrill.model.verdict import FaultEffect
 from llmdrill.plugin import FaultBackend
 from llmdrill.scenario.fields import (
@@ -53,7 +60,15 @@ class RequestFloodFault(Strict):
     """Client-side: a flood of long requests (long prompts, long outputs) while it lasts."""
 
     concurrency: PositiveInt = Field(
-        default=16, description="Requests kept in flight, each sent again as soon as it ends."
+        default=16, description="Requests kept in flight, each sent again as soon as it ends "
+        "(with `rate`: the most in flight at once)."
+    )
+    rate: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="Open loop: requests start at this rate whatever the answers, like "
+        "independent clients arriving; `concurrency` then caps how many may be in flight (an "
+        "arrival finding every slot busy is counted as dropped by the client, not sent). "
+        "Unset: a closed loop of `concurrency` requests back to back.",
     )
     api: Literal["chat", "completions"] = Field(
         default="completions", description="Endpoint: /v1/chat/completions or /v1/completions."
@@ -87,6 +102,7 @@ MAX_LINE_BYTES = 1 << 20  # one SSE line
 WATCH_INTERVAL = 0.1  # how often the controller looks for requests past their deadline
 STOP_GRACE = 2.0  # after cutting, how long workers get to record their own requests
 BACKOFF_BASE, BACKOFF_MAX = 0.1, 1.0  # pause after failures, so a dead target is not spun on
+ARRIVALS_EVENT = EventKind.FLOOD_ARRIVALS  # an open-loop flood stopped: its dropped arrivals
 
 Error = tuple[str, str]  # (error class, error type)
 
@@ -189,6 +205,64 @@ def read_whole(body: bytes, tally: StreamTally) -> Error | None:
     return read_whole_body(body, tally)
 
 
+class ArrivalSchedule:
+    """The arrivals of an open-loop flood: the k-th at `start + k / rate` (k = 0, 1, 2...),
+    whatever the answers. Free workers take arrivals in order, each waits until its time.
+    Without a `start`, the first arrival is when the first worker is ready to send it (a
+    worker's first client can take a while to build on a busy machine: the first arrivals
+    must not be dropped for that).
+
+    An arrival more than one interval overdue when a worker takes it came while every
+    worker was busy, and the next one has come due since: it is dropped (counted, never
+    sent), like every arrival after it that is also more than one interval overdue; the
+    worker takes the first one overdue by at most an interval and sends it at once.
+    Thread-safe: all workers share one.
+    """
+
+    def __init__(self, rate: float, start: float | None = None) -> None:
+        self.rate = rate
+        self.start = start
+        self.interval = 1.0 / rate
+        self.dropped = 0  # arrivals skipped so far
+        self._next = 0  # the next arrival no worker has taken
+        self._lock = threading.Lock()
+
+    def at(self, k: int) -> float:
+        """When the k-th arrival is due (computed, not summed: no drift over a long run)."""
+        if self.start is None:
+            raise ValueError("the schedule has not started: no arrival is due yet")
+        return self.start + k / self.rate
+
+    def take(self, now: float) -> tuple[float, int]:
+        """The next arrival's time, for the worker free at `now`, and how many arrivals it
+        skipped as dropped to get there."""
+        with self._lock:
+            if self.start is None:
+                self.start = now
+            skipped = self._skip(now)
+            slot = self.at(self._next)
+            self._next += 1
+            return slot, skipped
+
+    def settle(self, now: float) -> int:
+        """At the end: count as dropped the arrivals overdue by more than one interval that
+        no worker took (every request was still in flight); how many."""
+        with self._lock:
+            return 0 if self.start is None else self._skip(now)
+
+    def _skip(self, now: float) -> int:
+        if now - self.at(self._next) <= self.interval:
+            return 0
+        # The first arrival due at or after now - interval: at(k) >= now - interval.
+        first = max(self._next + 1, math.ceil((now - self.at(0)) * self.rate - 1))
+        while now - self.at(first) > self.interval:  # float rounding of the line above
+            first += 1
+        skipped = first - self._next
+        self._next = first
+        self.dropped += skipped
+        return skipped
+
+
 @dataclass
 class _InFlight:
     """One request of one worker; `recorded` makes sure it is recorded once, by the worker
@@ -217,12 +291,17 @@ class RequestFlood(ClientActivity):
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
         self._closed = False
+        self.schedule: ArrivalSchedule | None = None  # open loop (`rate`): set by run()
 
     def describe(self) -> str:
         s = self.spec
         how = "streamed " if s.stream else ""
-        return (f"keep {s.concurrency} {how}{s.api} requests in flight ({s.prompt_tokens} "
-                f"prompt + {s.max_tokens} output tokens each) against {self.base_url}")
+        tokens = f"{s.prompt_tokens} prompt + {s.max_tokens} output tokens each"
+        if s.rate is not None:
+            return (f"start {s.rate:g} {how}{s.api} requests/s (at most {s.concurrency} in "
+                    f"flight; {tokens}) against {self.base_url}")
+        return (f"keep {s.concurrency} {how}{s.api} requests in flight ({tokens}) against "
+                f"{self.base_url}")
 
     def apply(self) -> None:
         # The runner applies the same injector again when a later phase lists the fault
@@ -298,6 +377,9 @@ class RequestFlood(ClientActivity):
     # -- the activity ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        rate = self.spec.rate
+        # A fresh schedule per apply: a flood applied again starts its arrivals anew.
+        self.schedule = None if rate is None else ArrivalSchedule(rate)
         workers = [_Worker(self, i) for i in range(self.spec.concurrency)]
         threads = [threading.Thread(target=w.loop, args=(stop,), daemon=True,
                                     name=f"flood-{self.fault_name}-{w.index}") for w in workers]
@@ -327,19 +409,54 @@ class RequestFlood(ClientActivity):
             self._closed = True
         self.flush()
         counts = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()))
-        self.ctx.progress.event(f"{self.fault_name} stopped: {sum(self.outcomes.values())} "
-                                f"requests recorded ({counts or 'none'})")
+        line = (f"{self.fault_name} stopped: {sum(self.outcomes.values())} requests recorded "
+                f"({counts or 'none'})")
+        dropped = self._record_arrivals(now)
+        if dropped:
+            line += f"; {dropped_text(dropped, self.spec.concurrency)}"
+        self.ctx.progress.event(line)
+
+    def _record_arrivals(self, now: float) -> int:
+        """An open loop's arrivals dropped while it ran, recorded as an event; 0 for a
+        closed loop."""
+        schedule = self.schedule
+        if schedule is None:
+            return 0
+        schedule.settle(now)
+        store = self.ctx.store
+        if store is not None:
+            store.add_event(now, ARRIVALS_EVENT, {
+                "fault": self.fault_name, "rate": schedule.rate,
+                "concurrency": self.spec.concurrency, "dropped": schedule.dropped})
+        return schedule.dropped
 
     def effect(self, evidence: Evidence) -> FaultEffect:
-        """Whether the flood reached the engine (see `judge_flood`)."""
+        """Whether the flood reached the engine (see `judge_flood`), and, for an open loop,
+        how many arrivals the client dropped."""
         window = fault_window(evidence, self.fault_name)
         if window is None:
             return FaultEffect(None, "the fault has no apply time in the evidence")
-        return judge_flood(self.spec.name, evidence, window.start, window.end)
+        effect = judge_flood(self.spec.name, evidence, window.start, window.end)
+        dropped = dropped_arrivals(evidence, self.fault_name)
+        if not dropped:
+            return effect
+        return FaultEffect(effect.landed,
+                           f"{effect.detail}; {dropped_text(dropped, self.spec.concurrency)}")
+
+
+def dropped_text(dropped: int, concurrency: int) -> str:
+    return f"{dropped} arrivals dropped (all {concurrency} slots busy)"
+
+
+def dropped_arrivals(evidence: Evidence, fault: str) -> int:
+    """Arrivals an open-loop flood dropped, over every time it was applied."""
+    return sum(int(d.get("dropped", 0)) for _, d in evidence.events_of(ARRIVALS_EVENT)
+               if d.get("fault") == fault)
 
 
 class _Worker:
-    """One request at a time, back to back, each on its own connection."""
+    """One request at a time, each on its own connection: back to back (closed loop), or
+    at the next arrival of the flood's schedule (open loop)."""
 
     def __init__(self, flood: RequestFlood, index: int) -> None:
         self.flood = flood
@@ -350,9 +467,15 @@ class _Worker:
 
     def loop(self, stop: threading.Event) -> None:
         failures = 0
+        schedule = self.flood.schedule
         try:
             with self.flood.client() as client:
                 while not stop.is_set():
+                    if schedule is not None:  # open loop: no backoff, arrivals keep coming
+                        at, _ = schedule.take(time.time())
+                        if not stop.wait(max(0.0, at - time.time())):
+                            self.one(client, stop)
+                        continue
                     ok = self.one(client, stop)
                     failures = 0 if ok else failures + 1
                     if failures:

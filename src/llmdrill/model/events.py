@@ -39,6 +39,11 @@ class EventKind(StrEnum):
     """A cancel-storm wave was dropped. detail: fault, wave (0-based), started_at,
     dropped_at, streams, aborted, failed, errors {class: n}, tokens, abort_after."""
 
+    # -- client-side faults (faults.request_flood) -----------------------------------------
+    FLOOD_ARRIVALS = "flood_arrivals"
+    """An open-loop request flood (`rate`) stopped. detail: fault, rate, concurrency,
+    dropped (arrivals not sent because `concurrency` requests were in flight)."""
+
     # -- Docker (faults.docker_backend, probes.docker_events) ---------------------------------
     DOCKER_ACTION = "docker_action"
     """The Docker backend acted on a container. detail: fault, action, container, ..."""
