@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -70,14 +71,25 @@ def residue(containers: list[Any]) -> list[str]:
         if state["Status"] != "running":
             continue
         try:
-            hog = any(HOG_MARK in p[-1] for p in c.top()["Processes"])
-            _, out = c.exec_run(["sh", "-c", "cat /proc/[0-9]*/oom_score_adj"])
-        except docker.errors.APIError:  # paused or stopped since the reload above
+            top = c.top()
+        except docker.errors.APIError:  # stopped since the reload above
             c.reload()
             left.append(f"{c.name} {c.attrs['State']['Status']}")
             continue
+        hog = any(HOG_MARK in p[-1] for p in top["Processes"])
+        # The OOM scores are read from the host's /proc (top lists host PIDs), not with an
+        # exec: an exec into a container paused between the reload and it never returned
+        # (a CI run hung 900 s here).
+        pid = top["Titles"].index("PID")
         if hog:
             left.append(f"{c.name} hog")
-        if any(s.isdigit() and int(s) > 0 for s in out.decode().split()):
+        if any(_oom_score_adj(int(p[pid])) > 0 for p in top["Processes"]):
             left.append(f"{c.name} oom_score_adj raised")
     return left
+
+
+def _oom_score_adj(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+    except (OSError, ValueError):  # the process ended meanwhile
+        return 0
