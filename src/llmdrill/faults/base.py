@@ -172,6 +172,23 @@ def engine_behind(engines: Mapping[str, str], upstream: str | None) -> str | Non
     return None
 
 
+# What a gateway fault's effect says when the replica's own counter cannot judge it.
+def replica_cannot_tell(engine: str | None) -> str:
+    if engine is None:
+        return ("no replica of target.engines is at its address or has its name, so the "
+                "traffic leaving it is not measured")
+    return (f"{engine}'s own counter cannot tell (not scraped, or it received nothing "
+            "before the fault)")
+
+
+def arrivals_in_second_half(evidence: Evidence, engine: str, window: FaultWindow) -> float:
+    """How much the replica's own prompt-token counter grew in the fault's second half."""
+    from llmdrill.checks.counters import increase
+
+    half = window.start + window.seconds / 2
+    return increase(evidence.engine_series(engine, ARRIVALS), half, window.end)
+
+
 def replica_cut_off(evidence: Evidence, engine: str, window: FaultWindow
                     ) -> FaultEffect | None:
     """Seen when the replica received requests before the fault and none in the second
@@ -187,7 +204,7 @@ def replica_cut_off(evidence: Evidence, engine: str, window: FaultWindow
     half = window.start + window.seconds / 2
     if before <= 0 or not any(half <= ts <= window.end for ts, _ in arrivals):
         return None
-    if increase(arrivals, half, window.end) > 0:
+    if arrivals_in_second_half(evidence, engine, window) > 0:
         return None
     return FaultEffect(True, f"{engine} behind it received no new request in the last "
                              f"{window.seconds / 2:.1f}s of the fault (its "

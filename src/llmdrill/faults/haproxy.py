@@ -32,8 +32,10 @@ from pydantic import Field, model_validator
 from llmdrill.faults.base import (
     ARRIVALS,
     EnvironmentProblem,
+    arrivals_in_second_half,
     engine_behind,
     fault_window,
+    replica_cannot_tell,
     replica_cut_off,
 )
 from llmdrill.model.verdict import FaultEffect
@@ -338,8 +340,6 @@ def judge_haproxy(spec: HaproxyFault, fault: str, evidence: Evidence, engine: st
     another state, or the replica kept receiving requests; otherwise, with no replica to
     read, seen when HAProxy read the server back in the state set (the target changed, the
     traffic is not measured); no record of the command or of a read-back: unknown."""
-    from llmdrill.checks.counters import increase
-
     window = fault_window(evidence, fault)
     if window is None:
         return FaultEffect(None, "the fault has no apply time in the evidence")
@@ -360,20 +360,14 @@ def judge_haproxy(spec: HaproxyFault, fault: str, evidence: Evidence, engine: st
         cut = replica_cut_off(evidence, engine, window)
         if cut is not None:
             return FaultEffect(True, f"{who} set to {spec.state}; {cut.detail}")
-        arrivals = evidence.engine_series(engine, ARRIVALS)
-        half = window.start + window.seconds / 2
-        grew = increase(arrivals, half, window.end)
+        grew = arrivals_in_second_half(evidence, engine, window)
         if grew > 0:
             return FaultEffect(False, f"{who} was set to {spec.state}, but {engine} behind it "
                                       "still received new requests in the second half of "
                                       f"the fault ({ARRIVALS[0]} grew by {grew:g}): the "
                                       "clients reach it another way, or HAProxy still "
                                       "sends to it (stickiness?)")
-        note = (f"{engine}'s own counter cannot tell (not scraped, or it received nothing "
-                "before the fault)")
-    else:
-        note = ("no replica of target.engines is at its address or has its name, so the "
-                "traffic leaving it is not measured")
+    note = replica_cannot_tell(engine)
     if after is None:
         return FaultEffect(None, f"{who} was not read back after the command, and {note}: "
                                  "no evidence either way")

@@ -33,8 +33,10 @@ from pydantic import Field, field_validator, model_validator
 from llmdrill.faults.base import (
     ARRIVALS,
     EnvironmentProblem,
+    arrivals_in_second_half,
     engine_behind,
     fault_window,
+    replica_cannot_tell,
     replica_cut_off,
 )
 from llmdrill.model.verdict import FaultEffect
@@ -342,8 +344,6 @@ def judge_router(spec: RouterFault, fault: str, evidence: Evidence, engine: str 
     replica to read, seen when the router's list read back without the worker (the target
     changed, the traffic is not measured); no record of the command or of a read-back:
     unknown."""
-    from llmdrill.checks.counters import increase
-
     window = fault_window(evidence, fault)
     if window is None:
         return FaultEffect(None, "the fault has no apply time in the evidence")
@@ -362,9 +362,7 @@ def judge_router(spec: RouterFault, fault: str, evidence: Evidence, engine: str 
         cut = replica_cut_off(evidence, engine, window)
         if cut is not None:
             return FaultEffect(True, f"{who} removed from vllm-router; {cut.detail}")
-        arrivals = evidence.engine_series(engine, ARRIVALS)
-        half = window.start + window.seconds / 2
-        grew = increase(arrivals, half, window.end)
+        grew = arrivals_in_second_half(evidence, engine, window)
         if grew > 0:
             return FaultEffect(False, f"{who} was removed from vllm-router, but {engine} "
                                       "behind it still received new requests in the second "
@@ -372,11 +370,7 @@ def judge_router(spec: RouterFault, fault: str, evidence: Evidence, engine: str 
                                       "the clients reach it another way (another router or "
                                       "gateway, or directly), or it is not the replica "
                                       "behind the worker (`engine`)")
-        note = (f"{engine}'s own counter cannot tell (not scraped, or it received nothing "
-                "before the fault)")
-    else:
-        note = ("no replica of target.engines is at its address or has its name, so the "
-                "traffic leaving it is not measured")
+    note = replica_cannot_tell(engine)
     if after is None:
         return FaultEffect(None, f"the router's workers were not read back after the "
                                  f"command, and {note}: no evidence either way")
