@@ -174,6 +174,18 @@ def test_endings_of_requests() -> None:
     assert ending(req(19, 2, error="empty", error_type="no_tokens")) == ("empty", "cut")
     assert ending(req(19, 2, error="incomplete_stream")) == ("incomplete_stream", "cut")
     assert ending(RequestRecord(T0, T0 + 1, output_tokens=0)) == ("no_tokens", "cut")
+    # vLLM aborting its streams at shutdown: a 200 cut short, ended by the server itself.
+    assert ending(req(19, 2, error="incomplete_stream", error_type="finish_reason_abort")
+                  ) == ("ended with finish_reason_abort", "clear")
+
+
+def test_streams_the_replica_aborted_at_shutdown_fail_the_drain() -> None:
+    # The CI failure this guards: a replica without a drain ended its streams with
+    # finish_reason abort and [DONE]; read as completions, they passed the drain.
+    aborted = req(19, 2, error="incomplete_stream", error_type="finish_reason_abort")
+    status, summary, observed = judge(evidence([*steady(0, 18), aborted]))
+    assert status == "failed", summary
+    assert observed["endings"] == {"ended with finish_reason_abort (clear)": 1}
 
 
 def test_drained_within_exceeded_fails() -> None:

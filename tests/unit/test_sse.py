@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmdrill.load.sse import StreamTally, error_type_of_body
+from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +99,34 @@ def test_a_stream_with_usage_of_generated_tokens_is_not_empty_without_text() -> 
     zero = feed(TOKEN, USAGE.replace(b'"completion_tokens":3', b'"completion_tokens":0'),
                 b"data: [DONE]\n")
     assert zero.empty
+
+
+# vLLM's last chunk of a stream it aborted at shutdown: a finish_reason, then [DONE].
+ABORT = (b'data: {"id":"c1","choices":[{"index":0,"text":"","logprobs":null,'
+         b'"finish_reason":"abort","stop_reason":null}]}\n')
+LENGTH = ABORT.replace(b'"abort"', b'"length"')
+
+
+def test_a_stream_the_server_aborted_is_incomplete_not_a_completion() -> None:
+    # A 200 with partial output, a finish_reason of abort and [DONE]: the answer was cut.
+    aborted = feed(ROLE, TOKEN, TOKEN, ABORT, USAGE, b"data: [DONE]\n")
+    assert aborted.token_events == 2 and aborted.done
+    assert stream_error(aborted) == ("incomplete_stream", "finish_reason_abort")
+    errored = feed(TOKEN, ABORT.replace(b'"abort"', b'"error"'), b"data: [DONE]\n")
+    assert stream_error(errored) == ("incomplete_stream", "finish_reason_error")
+    assert stream_error(feed(TOKEN, LENGTH, USAGE, b"data: [DONE]\n")) is None
+
+
+def test_the_words_abort_and_error_in_text_are_not_an_aborted_stream() -> None:
+    said = b'data: {"choices":[{"index":0,"text":"abort error","finish_reason":null}]}\n'
+    tally = feed(said, LENGTH, b"data: [DONE]\n")
+    assert tally.failed_finish is None and stream_error(tally) is None
+    assert tally.token_events == 1
+
+
+def test_a_whole_answer_the_server_aborted_is_incomplete() -> None:
+    body = (b'{"id":"c1","choices":[{"index":0,"text":"partial","finish_reason":"abort"}],'
+            b'"usage":{"prompt_tokens":4,"completion_tokens":2}}')
+    assert read_whole_body(body, StreamTally()) == ("incomplete_stream", "finish_reason_abort")
+    fine = body.replace(b'"abort"', b'"length"')
+    assert read_whole_body(fine, StreamTally()) is None

@@ -106,6 +106,9 @@ def ending(r: RequestRecord) -> tuple[str, Ending] | None:
     cls = str(r.error_class)
     if cls in HTTP_ERRORS:
         return cls, "clear"
+    if cls == "incomplete_stream" and str(r.error_type).startswith("finish_reason_"):
+        # The server ended the stream itself, saying why (vLLM aborting at shutdown).
+        return f"ended with {r.error_type}", "clear"
     if cls == "incomplete_stream" and not _wire_error(r.error_type):
         return f"error event {r.error_type}", "clear"
     return cls, "cut"

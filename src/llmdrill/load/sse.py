@@ -13,6 +13,13 @@ generated token. A usage of 0 completion tokens is empty whatever else came. A r
 engine that generated one token or more reports it in its usage, so an answer that
 decoded to no text (an immediate end-of-sequence with dummy weights) is not empty when
 the usage says so.
+
+A stream (or a whole answer) that ended with a `finish_reason` of `abort` or `error` did
+not complete: vLLM aborts the requests it is serving when it shuts down without draining
+(the default `--shutdown-timeout 0`), ends their streams with that reason and `[DONE]`,
+and the client holds a partial answer with a 200. Such an ending is `incomplete_stream`
+(type `finish_reason_abort`, `finish_reason_error`), never a completion. The reason is
+looked for by bytes (`abort`, `error` after `"finish_reason"`) and parsed only then.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ _DONE = b"[DONE]"
 # Text in an event, as vLLM (and OpenAI) write it: the key, then a non-empty string.
 _TEXT_KEYS = (b'"content":"', b'"text":"')
 # Keys of a choice or delta that carry generated output.
+# finish_reason values that say the answer was cut short by the server (vLLM's FinishReason).
+_FAILED_FINISH = ("abort", "error")
+_FINISH_KEY = b'"finish_reason"'
 _OUTPUT_KEYS = ("content", "text", "reasoning_content", "reasoning", "tool_calls",
                 "function_call", "refusal")
 
@@ -43,6 +53,7 @@ class StreamTally:
     prompt_tokens: int | None = None
     response_id: str | None = None
     error_type: str | None = None  # an error object sent inside the stream
+    failed_finish: str | None = None  # a finish_reason of abort or error
 
     def feed_line(self, line: bytes, now: float) -> None:
         if not line.startswith(_DATA):
@@ -57,6 +68,8 @@ class StreamTally:
         if payload.startswith(b'{"error"') or b'"error":{' in payload[:20]:
             self.error_type = _error_type(payload)
             return
+        if _FINISH_KEY in payload and (b"abort" in payload or b"error" in payload):
+            self.failed_finish = self.failed_finish or _failed_finish(payload)
         if not _has_text(payload):
             return
         if self.first_token_at is None:
@@ -138,6 +151,24 @@ def _choices_have_output(obj: object) -> bool:
     return False
 
 
+def _failed_finish(payload: bytes) -> str | None:
+    """The finish_reason (abort, error) of a choice that the server cut short, if any."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None
+    return failed_finish_of(obj)
+
+
+def failed_finish_of(obj: object) -> str | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+        return None
+    for choice in obj["choices"]:
+        if isinstance(choice, dict) and choice.get("finish_reason") in _FAILED_FINISH:
+            return str(choice["finish_reason"])
+    return None
+
+
 def completion_empty(has_text: bool, usage_tokens: int | None) -> bool:
     """A 200 answer generated nothing: the usage says 0 completion tokens, or there is
     no text and no usage says a token was generated."""
@@ -153,6 +184,8 @@ def stream_error(tally: StreamTally) -> Error | None:
         return "incomplete_stream", tally.error_type
     if not tally.done:
         return "incomplete_stream", "no_done_event"
+    if tally.failed_finish:
+        return "incomplete_stream", f"finish_reason_{tally.failed_finish}"
     if tally.empty:
         return "empty", "no_tokens"
     return None
@@ -182,6 +215,9 @@ def read_whole_body(body: bytes, tally: StreamTally) -> Error | None:
     has_text = _choices_have_output(obj)
     if has_text:
         tally.token_events = 1  # the whole answer: one event with text
+    tally.failed_finish = failed_finish_of(obj)
+    if tally.failed_finish:
+        return "incomplete_stream", f"finish_reason_{tally.failed_finish}"
     if not completion_empty(has_text, tally.usage_tokens):
         return None
     choices = obj.get("choices")
