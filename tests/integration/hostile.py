@@ -122,8 +122,20 @@ def _serve_in_thread(handler: Handler) -> Iterator[int]:
         ready.set()
         async with server:
             await stop.wait()
+        # Connections still being served (a trickle, an endless stream) end here, inside
+        # the loop: left pending, they were destroyed with it and warned at exit.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    def run() -> None:
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(10)
     try:
