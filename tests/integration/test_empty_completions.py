@@ -16,7 +16,7 @@ import pytest
 from tests.integration.conftest import llmdrill
 from tests.integration.hostile import MODELS, Handler, _head, _read_request, _serve_in_thread
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_engine]
 
 SCENARIO = """
 apiVersion: llmdrill/v1

@@ -14,7 +14,7 @@ from tests.conftest import count
 from tests.integration.conftest import llmdrill
 from tests.integration.hostile import MODES, hostile_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.no_engine]
 
 SCENARIO = """
 apiVersion: llmdrill/v1
