@@ -130,3 +130,32 @@ def test_a_whole_answer_the_server_aborted_is_incomplete() -> None:
     assert read_whole_body(body, StreamTally()) == ("incomplete_stream", "finish_reason_abort")
     fine = body.replace(b'"abort"', b'"length"')
     assert read_whole_body(fine, StreamTally()) is None
+
+
+def _spaced(line: bytes) -> bytes:
+    """The same event as a server that writes a space after every colon and comma."""
+    return line.replace(b'":', b'": ').replace(b',"', b', "')
+
+
+def test_events_written_with_spaces_read_as_the_compact_ones() -> None:
+    stream = (ROLE, TOKEN, TOKEN, LENGTH, USAGE, b"data: [DONE]\n")
+    compact, spaced = feed(*stream), feed(*map(_spaced, stream))
+    assert spaced.token_events == compact.token_events == 2
+    assert spaced.usage_tokens == compact.usage_tokens == 3
+    assert spaced.prompt_tokens == 7 and spaced.response_id == "c1"
+    aborted = feed(*map(_spaced, (TOKEN, ABORT, b"data: [DONE]\n")))
+    assert stream_error(aborted) == ("incomplete_stream", "finish_reason_abort")
+
+
+def test_an_empty_text_with_spaces_is_not_a_token() -> None:
+    empty = b'data: {"choices": [{"index": 0, "delta": {"content": ""}}]}\n'
+    assert feed(empty).token_events == 0
+    null = b'data: {"choices": [{"index": 0, "delta": {"content": null}}]}\n'
+    assert feed(null).token_events == 0
+
+
+def test_usage_with_text_in_the_same_event_counts_the_token() -> None:
+    both = (b'data: {"id":"c1","choices":[{"index":0,"text":"x","finish_reason":"length"}],'
+            b'"usage":{"prompt_tokens":2,"completion_tokens":1}}\n')
+    tally = feed(both, b"data: [DONE]\n")
+    assert tally.token_events == 1 and stream_error(tally) is None

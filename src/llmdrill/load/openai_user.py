@@ -19,7 +19,7 @@ from locust import FastHttpUser, task
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
 from llmdrill.load.openai_api import make_prompt, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
-from llmdrill.load.transport import LineTooLong, classify_exception, read_line
+from llmdrill.load.transport import LineTooLong, classify_exception, read_lines
 
 
 def read_api_key(config: LoadConfig) -> str | None:
@@ -238,19 +238,21 @@ class OpenAIUser(FastHttpUser):
         raw = resp._response
         tally = outcome.tally
         limit = self.cfg.max_line_bytes
-        while True:
+        while not tally.done:
             try:
-                line = read_line(raw, limit)
+                lines = read_lines(raw, limit)
             except LineTooLong:
                 outcome.error_class, outcome.error_type = "protocol", "line_too_long"
                 return
-            if not line:
+            if not lines:
                 break
-            tally.feed_line(line, time.time())
+            now = time.time()  # the lines of one read arrived together
+            for line in lines:
+                tally.feed_line(line, now)
+                if tally.done:
+                    break
             if tally.first_token_at is not None:
                 outcome.tokens_seen = True
-            if tally.done:
-                break
         # A 200 stream that ends with [DONE] but generated nothing is `empty`, an error.
         error = stream_error(tally)
         if error is not None:

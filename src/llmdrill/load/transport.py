@@ -1,5 +1,5 @@
 """Transport-level helpers of the load generator that need no Locust: classifying a
-failed attempt, and reading one bounded line of a streamed body.
+failed attempt, and reading the bounded lines of a streamed body.
 
 Kept apart from openai_user.py because importing Locust monkey-patches the interpreter;
 these can be imported (and unit-tested) anywhere.
@@ -48,29 +48,38 @@ class LineTooLong(Exception):
     pass
 
 
-def read_line(raw: Any, limit: int) -> bytes:
-    """The next line of a streamed body, or b"" at its end; at most `limit` bytes.
+def read_lines(raw: Any, limit: int) -> list[bytes]:
+    """Every complete line the stream has delivered so far (reading from the socket until
+    there is one), without their newlines; [] at the end of the body, whose last line
+    comes back even without a newline. A line longer than `limit` raises LineTooLong.
 
     geventhttpclient's own readline has no size cap and rescans its whole buffer after
     every read: a body without newlines turns it into an unbounded, CPU-bound loop that no
     timeout can interrupt. This reads the same parser buffer with a cap, and yields to
-    gevent after each network read so the attempt's deadline can fire.
+    gevent after each network read so the attempt's deadline can fire. The lines of one
+    read arrived together and are handed over together: one copy and one split per read,
+    not a search, a copy and a shift of the buffer per line, which cost the load
+    generator a share of its rate.
     """
     buf = raw._body_buffer
-    scanned = 0
+    scanned = 0  # no newline before this offset: each read's bytes are searched once
     while True:
-        idx = buf.find(b"\n", scanned)
-        if idx >= 0:
-            line = bytes(buf[: idx + 1])
-            del buf[: idx + 1]
-            return line
+        end = buf.rfind(b"\n", scanned)
+        if end >= 0:
+            block = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            lines = block.split(b"\n")
+            lines.pop()  # the empty tail after the last newline
+            if len(block) > limit and max(map(len, lines)) > limit:
+                raise LineTooLong
+            return lines
         scanned = len(buf)
         if scanned > limit:
             raise LineTooLong
         if raw.message_complete:
             rest = bytes(buf)
             del buf[:]
-            return rest
+            return [rest] if rest else []
         sock = raw._sock
         if sock is None:
             raise ConnectionResetError("connection closed mid-stream")
