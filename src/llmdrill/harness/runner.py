@@ -372,7 +372,8 @@ class Runner:
     @staticmethod
     def _stop_load(locust: LocustProcess, store: EvidenceStore) -> None:
         locust.stop()
-        store.add_requests(locust.read_new())  # what it recorded up to its last moment
+        lines, records = locust.read_new_samples()  # what it recorded up to its last moment
+        store.add_requests(records, lines)
         locust.close()
 
     def _stop_watchdog(self, journal: Journal) -> None:
@@ -461,9 +462,9 @@ class Runner:
         deadline = t0 + planned.end
         while (now := time.time()) < deadline:
             if locust is not None:
-                new = locust.read_new()
+                lines, new = locust.read_new_samples()
                 if new:
-                    store.add_requests(new)
+                    store.add_requests(new, lines)
                     self.live.add(new)
                 if not locust.alive():
                     raise Aborted(helper_died(

@@ -77,22 +77,31 @@ class LocustProcess:
 
     def read_new(self) -> list[dict[str, Any]]:
         """Sample lines written since the last call (a torn last line waits for more)."""
+        return self.read_new_samples()[1]
+
+    def read_new_samples(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The sample lines written since the last call, and each parsed: the evidence keeps
+        the line as written instead of encoding the record again."""
         if self._samples is None:
             path = Path(self.config.samples_path)
             if not path.exists():
-                return []
+                return [], []
             self._samples = path.open(encoding="utf-8")
         chunk = self._partial + self._samples.read()
         lines = chunk.split("\n")
         self._partial = lines.pop()
-        out = []
+        kept: list[str] = []
+        out: list[dict[str, Any]] = []
         for line in lines:
             if line:
                 try:
-                    out.append(json.loads(line))
+                    record = json.loads(line)
                 except ValueError:
                     continue
-        return out
+                if isinstance(record, dict):
+                    kept.append(line)
+                    out.append(record)
+        return kept, out
 
     def close(self) -> None:
         if self._samples:
