@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import Field, field_validator, model_validator
 
+from llmdrill import httpclient
 from llmdrill.faults.base import (
     ARRIVALS,
     EnvironmentProblem,
@@ -144,7 +145,7 @@ def call(method: str, url: str, path: str, worker: str | None = None,
     what = f"{method} {path}" + (f"?url={worker}" if worker is not None else "")
     wait = TIMEOUT_S if timeout is None else timeout
     try:
-        return httpx.request(method, f"{url}{path}",
+        return httpclient.request(method, f"{url}{path}",
                              params={"url": worker} if worker is not None else None,
                              timeout=httpx.Timeout(wait, connect=min(wait, TIMEOUT_S)))
     except httpx.TimeoutException:

@@ -6,13 +6,14 @@ from typing import Any
 
 import httpx
 
+from llmdrill import httpclient
 from llmdrill.faults.base import EnvironmentProblem
 
 
 class ToxiproxyClient:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpclient.client(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
