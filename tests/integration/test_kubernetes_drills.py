@@ -202,8 +202,23 @@ def assert_passed(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --- the drills pass on the healthy engine ------------------------------------------------
 
 
+def caught_no_stream(result: dict[str, Any]) -> bool:
+    """The run was inconclusive only because the kill cut no stream: every stream in
+    flight was on the other pod (the gateway picks pods at random), so nothing showed how
+    a cut stream ends. The drill says so and does not pass; the run shows nothing."""
+    unsure = [c for c in result["checks"] if c["status"] != "passed"]
+    return (result["status"] == "inconclusive" and len(unsure) == 1
+            and unsure[0]["name"] == "stream-recovery"
+            and unsure[0]["observed"].get("in_flight_cut") == 0)
+
+
 def test_pod_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> None:
-    checks = assert_passed(drill(kube, "pod-kill.yaml", tmp_path))
+    result = drill(kube, "pod-kill.yaml", tmp_path / "first")
+    if caught_no_stream(result):
+        # Seen in 2 of 3 full runs (5-6 streams in flight, none on the killed pod): run
+        # the drill again rather than call a run without evidence a failure of the pod.
+        result = drill(kube, "pod-kill.yaml", tmp_path / "again")
+    checks = assert_passed(result)
     recovery = checks["stream-recovery"]["observed"]
     assert recovery["in_flight"] >= 1, recovery  # the kill cut streams, and they ended fast
     print(f"\nk8s pod kill: {checks['replicas-back']['summary']}")
