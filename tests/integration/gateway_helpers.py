@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 
 from llmdrill.faults.toxiproxy_client import ToxiproxyClient
 from llmdrill.stack.gateway import HAPROXY, ROUTER, GatewayStack
-from tests.integration.conftest import llmdrill
+from tests.integration.conftest import REPO, llmdrill
 
 BROKEN_PORTS = {HAPROXY: 18042, ROUTER: 18032}
 def drill_env(stack: GatewayStack, gateway_url: str, **extra: str) -> dict[str, str]:
@@ -26,6 +27,20 @@ def drill_env(stack: GatewayStack, gateway_url: str, **extra: str) -> dict[str, 
             "LLMDRILL_STACK_DIR": str(stack.config.stack.root),
             "LLMDRILL_TOXIPROXY_URL": stack.config.stack.toxiproxy_url,
             "RESTART_PHASE": "50s", **extra}
+
+
+def start_drill(scenario: str, env: dict[str, str], tmp_path: Path
+                ) -> subprocess.Popen[bytes]:
+    """`llmdrill run` of a scenario text in the background (a session of its own, so a
+    test can signal or kill it mid-fault); its reports go to tmp_path/reports."""
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "interrupted.yaml"
+    path.write_text(scenario)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
+         "--out", str(tmp_path / "reports")],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
 
 
 def run_drill(scenario: Path, env: dict[str, str], out: Path

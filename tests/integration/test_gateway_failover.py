@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from tests.integration.gateway_helpers import (
     left_clean,
     only_phases,
     run_drill,
+    start_drill,
     wait_until,
 )
 
@@ -120,14 +120,8 @@ checks:
 
 def _start_interrupted(stack: GatewayStack, tmp_path: Path,
                        **env: str) -> subprocess.Popen[bytes]:
-    tmp_path.mkdir(exist_ok=True)
-    path = tmp_path / "interrupted.yaml"
-    path.write_text(INTERRUPTED)
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
-         "--out", str(tmp_path / "reports")],
-        env={**drill_env(stack, stack.gateway(HAPROXY).url), **env}, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return start_drill(INTERRUPTED, {**drill_env(stack, stack.gateway(HAPROXY).url), **env},
+                       tmp_path)
 
 
 def _replica0_states(stack: GatewayStack) -> list[str]:

@@ -8,14 +8,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llmdrill.stack.gateway import HAPROXY, GatewayStack, haproxy_servers
-from tests.integration.conftest import REPO, llmdrill
-from tests.integration.gateway_helpers import drill_env, kill_all, left_clean, wait_until
+from tests.integration.conftest import llmdrill
+from tests.integration.gateway_helpers import (
+    drill_env,
+    kill_all,
+    left_clean,
+    start_drill,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.gateway]
 
@@ -40,16 +45,9 @@ checks:
 
 
 def _start(stack: GatewayStack, tmp_path: Path) -> subprocess.Popen[bytes]:
-    tmp_path.mkdir(exist_ok=True)
-    path = tmp_path / "interrupted.yaml"
-    path.write_text(INTERRUPTED)
     gateway = stack.gateway(HAPROXY)
     env = drill_env(stack, gateway.url, LLMDRILL_HAPROXY_SOCKET=str(gateway.socket))
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
-         "--out", str(tmp_path / "reports")],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    return start_drill(INTERRUPTED, env, tmp_path)
 
 
 def _state(stack: GatewayStack) -> str:

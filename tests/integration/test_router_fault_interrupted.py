@@ -8,15 +8,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from llmdrill.stack.gateway import ROUTER, GatewayStack
-from tests.integration.conftest import REPO, llmdrill
-from tests.integration.gateway_helpers import drill_env, kill_all, left_clean, wait_until
+from tests.integration.conftest import llmdrill
+from tests.integration.gateway_helpers import (
+    drill_env,
+    kill_all,
+    left_clean,
+    start_drill,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.gateway]
 
@@ -42,15 +47,7 @@ checks:
 
 
 def _start(stack: GatewayStack, tmp_path: Path) -> subprocess.Popen[bytes]:
-    tmp_path.mkdir(exist_ok=True)
-    path = tmp_path / "interrupted.yaml"
-    path.write_text(INTERRUPTED)
-    env = drill_env(stack, stack.gateway(ROUTER).url)
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--quiet",
-         "--out", str(tmp_path / "reports")],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    return start_drill(INTERRUPTED, drill_env(stack, stack.gateway(ROUTER).url), tmp_path)
 
 
 WORKER = "http://127.0.0.1:18011"
