@@ -75,13 +75,10 @@ class LocustProcess:
         if self._log:
             self._log.close()
 
-    def read_new(self) -> list[dict[str, Any]]:
-        """Sample lines written since the last call (a torn last line waits for more)."""
-        return self.read_new_samples()[1]
-
     def read_new_samples(self) -> tuple[list[str], list[dict[str, Any]]]:
-        """The sample lines written since the last call, and each parsed: the evidence keeps
-        the line as written instead of encoding the record again."""
+        """The sample lines written since the last call (a torn last line waits for more),
+        and each parsed: the evidence keeps the line as written instead of encoding the
+        record again."""
         if self._samples is None:
             path = Path(self.config.samples_path)
             if not path.exists():
