@@ -1,7 +1,7 @@
 """The locustfile the harness starts Locust with (`locust -f` this file).
 
-Timeouts are class attributes of FastHttpUser, so the concrete user class is made here,
-once the configuration (from LLMDRILL_LOAD_CONFIG) is known.
+The concrete user class is made here, once the configuration (from LLMDRILL_LOAD_CONFIG)
+is known: its wait time comes from the scenario.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ from locust import events
 
 from llmdrill.load.openai_user import OpenAIUser, _config
 
-_cfg, _ = _config()
+_sink = _config()[1]
 
 
 class DrillUser(OpenAIUser):
+    # Timeouts (connect; read, also the stream idle timeout; total) and retries are the
+    # user's own, from the configuration: see OpenAIUser.on_start.
     abstract = False
-    connection_timeout = _cfg.connect_timeout
-    network_timeout = _cfg.read_timeout  # also the stream idle timeout: any single read
-    max_retries = 0  # retries are ours, with jitter and a count in the record
-    concurrency = 1
 
 
 def _watch_parent(environment: Any, parent: int) -> None:
@@ -33,7 +31,13 @@ def _watch_parent(environment: Any, parent: int) -> None:
         if os.getppid() != parent:
             if environment.runner is not None:
                 environment.runner.quit()
+            _sink.flush()
             os._exit(0)
+
+
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
+def _on_quitting(**_kwargs: Any) -> None:
+    _sink.flush()  # the requests that Locust's stop interrupted, recorded as such
 
 
 @events.init.add_listener  # type: ignore[untyped-decorator]

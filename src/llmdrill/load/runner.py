@@ -7,13 +7,14 @@ per request from the samples file as it grows.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 from llmdrill.load import locustfile_path
 from llmdrill.load.config import LoadConfig
@@ -91,9 +92,9 @@ class LocustProcess:
         out: list[dict[str, Any]] = []
         for line in lines:
             if line:
-                try:
-                    record = json.loads(line)
-                except ValueError:
+                try:  # orjson: a quarter of json's time, most of the harness's ingest
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
                     continue
                 if isinstance(record, dict):
                     kept.append(line)

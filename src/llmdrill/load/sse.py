@@ -150,8 +150,15 @@ def _has_text(payload: bytes) -> bool:
     return False
 
 
+# By bytes, the keys other than text that may carry output: an event with none of them
+# (a finish chunk with empty text, most often) needs no parse.
+_OTHER_OUTPUT_KEYS = (b'"reasoning', b'"tool_calls"', b'"function_call"', b'"refusal"')
+
+
 def _has_output(payload: bytes) -> bool:
     """Does an event without text carry generated output (reasoning, a tool call)?"""
+    if not any(key in payload for key in _OTHER_OUTPUT_KEYS):
+        return False
     try:
         obj = json.loads(payload)
     except ValueError:

@@ -51,7 +51,9 @@ class EvidenceStore:
     def add_requests(self, raws: list[dict[str, Any]], lines: list[str] | None = None) -> None:
         """Request records, with the JSON text each was read from when there is one."""
         texts = lines if lines is not None else [json.dumps(r) for r in raws]
-        rows = [(r.get("start"), r.get("end"), self._clean(text))
+        if self.secrets:
+            texts = [self._clean(text) for text in texts]
+        rows = [(r.get("start"), r.get("end"), text)
                 for r, text in zip(raws, texts, strict=True)]
         with self._lock:  # one transaction per batch: autocommit per row is slow
             self._db.execute("BEGIN")
