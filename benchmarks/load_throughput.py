@@ -157,6 +157,7 @@ metadata: {{name: load-throughput}}
 target: {{base_url: "{url}", model: tiny}}
 load:
   users: {users}
+  processes: {processes}
   spawn_rate: {users}
   wait: 0s
   requests:
@@ -169,8 +170,8 @@ checks:
 """
 
 
-def run_llmdrill(scenario: str, work: Path, timeout: float, *, must_pass: bool = True
-                 ) -> Path:
+def run_llmdrill(scenario: str, work: Path, timeout: float, *, must_pass: bool = True,
+                 cpus: str = CLIENT_CPU) -> Path:
     """`llmdrill run` of a scenario text on the client core; the run's folder (result.json,
     evidence.db). Exits when it wrote no result, or did not pass and `must_pass`."""
     path = work / "scenario.yaml"
@@ -178,7 +179,7 @@ def run_llmdrill(scenario: str, work: Path, timeout: float, *, must_pass: bool =
     out = work / "reports"
     cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
            "--quiet", "--no-history"]
-    done = subprocess.run(_pinned(CLIENT_CPU, cmd), capture_output=True, text=True,
+    done = subprocess.run(_pinned(cpus, cmd), capture_output=True, text=True,
                           timeout=timeout)
     results = list(out.glob("*/result.json"))
     if not results or (must_pass and done.returncode != 0):
@@ -187,11 +188,13 @@ def run_llmdrill(scenario: str, work: Path, timeout: float, *, must_pass: bool =
     return results[0].parent
 
 
-def llmdrill_load(url: str, seconds: float, work: Path) -> float:
-    """Requests/s of `llmdrill run` (harness and Locust on the client core), recording every
-    request as the checks need it: requests in the phase over the phase's length."""
-    run = run_llmdrill(SCENARIO.format(url=url, users=USERS, seconds=seconds), work,
-                       seconds + 120)
+def llmdrill_load(url: str, seconds: float, work: Path, processes: int = 1,
+                  cpus: str = CLIENT_CPU) -> float:
+    """Requests/s of `llmdrill run` (harness and Locust on `cpus`), recording every request
+    as the checks need it: requests in the phase over the phase's length. With `processes`
+    > 1, Locust's distributed mode, USERS users a worker process."""
+    run = run_llmdrill(SCENARIO.format(url=url, users=USERS * processes, seconds=seconds,
+                                       processes=processes), work, seconds + 120, cpus=cpus)
     result = json.loads((run / "result.json").read_text())
     phase = next(p for p in result["phases"] if p["name"] == "run")
     return int(result["stats"]["run"]["requests"]) / float(phase["end"] - phase["start"])
@@ -236,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             raw = raw_locust(url, seconds, work / "raw")
             (work / "llmdrill").mkdir()
             ours = llmdrill_load(url, seconds, work / "llmdrill")
+            # Two load processes get both cores; the nginx stub shares core 0 with one of
+            # them (it serves far more than both send, at a small share of the core).
+            (work / "two").mkdir()
+            two = llmdrill_load(url, seconds, work / "two", processes=2, cpus="0,1")
             bench = None
             if not (args.short or args.no_vllm_bench):
                 (work / "vllm").mkdir()
@@ -249,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("vllm bench serve (concurrency 8)", bench))
     for name, rate in rows:
         print(f"{name:<44}{rate:>10.0f}{rate * EVENTS_PER_REQUEST:>12.0f}{rate / raw:>8.2f}x")
+    print(f"{'llmdrill run, 2 load processes (cores 0,1)':<44}{two:>10.0f}"
+          f"{two * EVENTS_PER_REQUEST:>12.0f}{two / raw:>8.2f}x")
+    print(f"llmdrill run / raw FastHttpUser: {ours / raw:.2f}x")
     if bench:
         print(f"llmdrill run / vllm bench serve: {ours / bench:.2f}x")
+    print(f"2 load processes / 1: {two / ours:.2f}x")
     return 0
 
 

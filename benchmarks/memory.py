@@ -91,7 +91,7 @@ def measure(url: str, seconds: float, work: Path) -> tuple[list[Sample], Path, f
     """Runs the drill, sampling RSS; the samples, the run folder, and the load's start and
     end (epoch seconds, from the run's phase)."""
     path = work / "scenario.yaml"
-    path.write_text(SCENARIO.format(url=url, users=USERS, seconds=seconds))
+    path.write_text(SCENARIO.format(url=url, users=USERS, seconds=seconds, processes=1))
     out = work / "reports"
     cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
            "--quiet", "--no-history"]

@@ -338,6 +338,7 @@ class Runner:
                 locust = LocustProcess(
                     self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
                     self.scenario.load.spawn_rate, self.plan.total, self.run_dir,
+                    processes=self.scenario.load.processes,
                 )
             t0 = time.time()
             if locust is not None:
@@ -374,6 +375,7 @@ class Runner:
         locust.stop()
         lines, records = locust.read_new_samples()  # what it recorded up to its last moment
         store.add_requests(records, lines)
+        _record_lost_workers(locust, store)
         locust.close()
 
     def _stop_watchdog(self, journal: Journal) -> None:
@@ -466,6 +468,15 @@ class Runner:
                 if new:
                     store.add_requests(new, lines)
                     self.live.add(new)
+                if _record_lost_workers(locust, store):
+                    lost = locust.lost_workers[0]
+                    raise Aborted(
+                        f"load worker {lost.get('worker')} (pid {lost.get('pid')} on "
+                        f"{lost.get('host')}) stopped reporting to Locust's master "
+                        f"(died or cut off; {lost.get('workers')} of "
+                        f"{self.scenario.load.processes} still connected): its requests in "
+                        f"flight are lost, so the run cannot be judged as whole; see "
+                        f"{self.run_dir / 'locust.log'}")
                 if not locust.alive():
                     raise Aborted(helper_died(
                         "the load generator (Locust)", locust.returncode(),
@@ -594,6 +605,16 @@ class Runner:
                 out["served_per_s" + suffix] = [
                     (round(ts - t0, 3), v) for ts, v in counter_rate(sums[SERVED_COUNTER])]
         return out
+
+
+def _record_lost_workers(locust: LocustProcess, store: EvidenceStore) -> bool:
+    """Files the load workers the Locust master reported lost as events (once each);
+    True when any was lost in the run."""
+    for lost in locust.lost_workers[locust.lost_reported:]:
+        store.add_event(float(lost.get("at") or time.time()), EventKind.LOAD_WORKER_LOST,
+                        {k: lost.get(k) for k in ("worker", "pid", "host", "workers")})
+    locust.lost_reported = len(locust.lost_workers)
+    return bool(locust.lost_workers)
 
 
 def _labelled(store: EvidenceStore, engine: str) -> Callable[[list[MetricSample]], None]:

@@ -11,6 +11,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+def process_samples_path(samples_path: str, pid: int) -> str:
+    """Where a worker process of Locust's distributed mode (`load.processes` > 1) writes
+    its samples: beside the master's file, named by its pid."""
+    path = Path(samples_path)
+    return str(path.with_name(f"{path.stem}-w{pid}{path.suffix}"))
+
+
+def process_samples_glob(samples_path: str) -> str:
+    path = Path(samples_path)
+    return f"{path.stem}-w*{path.suffix}"
+
+
+# A record in the samples that is not a request: the Locust master's word that a worker
+# stopped sending heartbeats (died, or lost the network). detail: worker, at, workers.
+WORKER_LOST = "worker_lost"
+# A worker's own word when it starts: its Locust id, pid and host. detail: worker, pid, host.
+WORKER_STARTED = "worker_started"
+
+
 @dataclass(frozen=True)
 class RequestShapeConfig:
     api: str = "chat"

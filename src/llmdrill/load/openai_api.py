@@ -20,7 +20,7 @@ def make_prompt(tokens: int, rng: random.Random) -> str:
     """A prompt of about `tokens` tokens. A random number up front keeps the engine's
     prefix cache from sharing blocks between requests: every prompt is new work, and a
     KV-cache drill fills the cache it means to."""
-    return " ".join([str(rng.randrange(1 << 30))] + [rng.choice(WORDS) for _ in range(tokens - 1)])
+    return " ".join([str(rng.randrange(1 << 30)), *rng.choices(WORDS, k=tokens - 1)])
 
 
 def status_error_class(status: int) -> str:

@@ -19,7 +19,7 @@ import gevent
 import orjson
 from locust import User, task
 
-from llmdrill.load.config import LoadConfig, RequestShapeConfig
+from llmdrill.load.config import LoadConfig, RequestShapeConfig, process_samples_path
 from llmdrill.load.openai_api import make_prompt, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.load.transport import LineTooLong, classify_exception, read_lines
@@ -55,17 +55,37 @@ class _Sink:
     """Appends one JSON line per finished request. Lines are written in batches (every
     FLUSH_EVERY seconds, or FLUSH_LINES lines, and when the process stops): a write per
     request cost the load generator about 3% of its rate. A kill -9 of this process loses
-    at most the last batch; a SIGTERM, and the harness dying, flush it first."""
+    at most the last batch; a SIGTERM, and the harness dying, flush it first.
+
+    In Locust's distributed mode on one machine (`--processes`), the workers are forks of
+    the process that made the sink: each writes a file of its own (`samples-w<pid>.jsonl`),
+    so no two processes append to one file and the harness reads every worker's requests.
+    """
 
     FLUSH_EVERY = 0.1
     FLUSH_LINES = 256
 
     def __init__(self, path: str, secret: str | None = None) -> None:
         self._secret = secret.encode() if secret else None
-        self._fh: IO[bytes] = open(path, "ab", buffering=0)  # noqa: SIM115
+        self._path = path
+        self._creator = os.getpid()
+        self._pid: int | None = None  # the process that opened _fh
+        self._fh: IO[bytes] | None = None
         self._pending: list[bytes] = []
 
+    def _forked(self) -> None:
+        # A fork inherits the parent's unwritten lines (the parent writes them) and its
+        # file: start afresh, with a flusher of this process's own.
+        self._pid = os.getpid()
+        self._pending = []
+        path = (self._path if self._pid == self._creator
+                else process_samples_path(self._path, self._pid))
+        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115
+        gevent.spawn(self._run_flusher)
+
     def write(self, record: dict[str, Any]) -> None:
+        if self._pid != os.getpid():
+            self._forked()
         line = orjson.dumps(record)
         if self._secret and self._secret in line:  # a target echoed our key back
             line = line.replace(self._secret, b"***")
@@ -74,11 +94,11 @@ class _Sink:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
+        if self._pending and self._pid == os.getpid() and self._fh is not None:
             lines, self._pending = self._pending, []
             self._fh.write(b"\n".join(lines) + b"\n")
 
-    def run_flusher(self) -> None:
+    def _run_flusher(self) -> None:
         """A greenlet's loop: the harness sees each request within FLUSH_EVERY."""
         while True:
             gevent.sleep(self.FLUSH_EVERY)
@@ -94,8 +114,7 @@ def _config() -> tuple[LoadConfig, _Sink]:
     if _CONFIG is None or _SINK is None:
         _CONFIG = LoadConfig.load(__import__("pathlib").Path(os.environ["LLMDRILL_LOAD_CONFIG"]))
         _SINK = _Sink(_CONFIG.samples_path, read_api_key(_CONFIG))
-        gevent.spawn(_SINK.run_flusher)
-        atexit.register(_SINK.flush)
+        atexit.register(_SINK.flush)  # forks (Locust's --processes) inherit it
     return _CONFIG, _SINK
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,50 @@ from typing import IO, Any
 import orjson
 
 from llmdrill.load import locustfile_path
-from llmdrill.load.config import LoadConfig
+from llmdrill.load.config import WORKER_LOST, WORKER_STARTED, LoadConfig, process_samples_glob
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Follower:
+    """Reads one samples file as it grows; a torn last line waits for the rest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[bytes] | None = None
+        self._partial = b""
+
+    def read(self) -> list[bytes]:
+        if self._fh is None:
+            if not self.path.exists():
+                return []
+            self._fh = self.path.open("rb")
+        chunk = self._partial + self._fh.read()
+        lines = chunk.split(b"\n")
+        self._partial = lines.pop()
+        return lines
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
 
 
 class LocustProcess:
+    """Locust in a process of its own; with `processes` > 1, Locust's distributed mode on
+    this machine (`--processes`: a master and that many workers, each a process and a core
+    of its own), every worker writing its samples beside the master's."""
+
     def __init__(self, config: LoadConfig, users: int, spawn_rate: float, run_time: float,
-                 workdir: Path) -> None:
+                 workdir: Path, processes: int = 1) -> None:
         self.config = config
+        self.processes = processes
+        self.lost_workers: list[dict[str, Any]] = []  # the master's WORKER_LOST records
+        self.lost_reported = 0  # how many of them the harness filed as events
+        self.workers: dict[str, dict[str, Any]] = {}  # WORKER_STARTED records, by Locust id
         self.users = users
         self.spawn_rate = spawn_rate
         # A safety net: Locust stops by itself even if the harness dies without stopping it.
@@ -31,15 +69,10 @@ class LocustProcess:
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self._samples: IO[str] | None = None
-        self._partial = ""
+        samples = Path(config.samples_path)
+        self._followers = {samples: _Follower(samples)}
 
-    def start(self) -> None:
-        config_path = (self.workdir / "load-config.json").resolve()
-        self.config.dump(config_path)
-        Path(self.config.samples_path).touch()
-        env = {**os.environ, "LLMDRILL_LOAD_CONFIG": str(config_path),
-               "LLMDRILL_HARNESS_PID": str(os.getpid())}
+    def command(self) -> list[str]:
         cmd = [
             sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless",
             "-u", str(self.users), "-r", str(self.spawn_rate), "-t", f"{self.run_time}s",
@@ -47,6 +80,22 @@ class LocustProcess:
             "--stop-timeout", "0", "--exit-code-on-error", "0",
             "--csv", str(self.workdir / "locust"),
         ]
+        if self.processes > 1:
+            # The master listens on the loopback only, on a port of this run's own (two
+            # runs side by side must not meet), and gives up on workers that never come.
+            port = str(free_port())
+            cmd += ["--processes", str(self.processes), "--master-bind-host", "127.0.0.1",
+                    "--master-bind-port", port, "--master-port", port,
+                    "--expect-workers-max-wait", "60"]
+        return cmd
+
+    def start(self) -> None:
+        config_path = (self.workdir / "load-config.json").resolve()
+        self.config.dump(config_path)
+        Path(self.config.samples_path).touch()
+        env = {**os.environ, "LLMDRILL_LOAD_CONFIG": str(config_path),
+               "LLMDRILL_HARNESS_PID": str(os.getpid())}
+        cmd = self.command()
         self._log = (self.workdir / "locust.log").open("wb")
         self.proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
@@ -77,30 +126,40 @@ class LocustProcess:
             self._log.close()
 
     def read_new_samples(self) -> tuple[list[str], list[dict[str, Any]]]:
-        """The sample lines written since the last call (a torn last line waits for more),
-        and each parsed: the evidence keeps the line as written instead of encoding the
-        record again."""
-        if self._samples is None:
-            path = Path(self.config.samples_path)
-            if not path.exists():
-                return [], []
-            self._samples = path.open(encoding="utf-8")
-        chunk = self._partial + self._samples.read()
-        lines = chunk.split("\n")
-        self._partial = lines.pop()
+        """The request lines written since the last call, by every process of the load
+        (a torn last line waits for more), and each parsed: the evidence keeps the line as
+        written instead of encoding the record again. The master's word that a worker was
+        lost goes to `lost_workers`."""
+        samples = Path(self.config.samples_path)
+        if self.processes > 1:
+            for path in samples.parent.glob(process_samples_glob(self.config.samples_path)):
+                if path not in self._followers:
+                    self._followers[path] = _Follower(path)
         kept: list[str] = []
         out: list[dict[str, Any]] = []
-        for line in lines:
-            if line:
+        for follower in self._followers.values():
+            for line in follower.read():
+                if not line:
+                    continue
                 try:  # orjson: a quarter of json's time, most of the harness's ingest
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(record, dict):
-                    kept.append(line)
-                    out.append(record)
+                if not isinstance(record, dict):
+                    continue
+                kind = record.get("kind")
+                if kind == WORKER_STARTED:
+                    self.workers[str(record.get("worker"))] = record
+                    continue
+                if kind == WORKER_LOST:
+                    started = self.workers.get(str(record.get("worker")), {})
+                    self.lost_workers.append({**record, "pid": started.get("pid"),
+                                              "host": started.get("host")})
+                    continue
+                kept.append(line.decode("utf-8", "replace"))
+                out.append(record)
         return kept, out
 
     def close(self) -> None:
-        if self._samples:
-            self._samples.close()
+        for follower in self._followers.values():
+            follower.close()

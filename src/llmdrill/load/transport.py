@@ -73,6 +73,12 @@ def read_lines(raw: Any, limit: int) -> list[bytes]:
             if len(block) > limit and max(map(len, lines)) > limit:
                 raise LineTooLong
             return lines
+        if scanned:
+            # A read that completed no line: yield before the next one, so a body that
+            # never sends a newline cannot keep this greenlet (and its deadline) running.
+            # A read that did complete lines returns them, and the next recv yields when
+            # it has to wait.
+            gevent.sleep(0)
         scanned = len(buf)
         if scanned > limit:
             raise LineTooLong
@@ -90,4 +96,3 @@ def read_lines(raw: Any, limit: int) -> list[bytes]:
                 raise ConnectionResetError("connection closed mid-stream")
         else:
             raw.feed(data)
-        gevent.sleep(0)

@@ -30,6 +30,10 @@ class EventKind(StrEnum):
     """A PromQL range query at the run's end failed. detail: query, error."""
     PROBE_ERROR = "probe_error"
     """An active check's probe crashed. detail: check, kind, error."""
+    LOAD_WORKER_LOST = "load_worker_lost"
+    """A worker process of the distributed load (`load.processes` > 1) stopped sending
+    heartbeats to Locust's master: its requests in flight are lost. detail: worker, pid,
+    host, workers (still connected)."""
     SERVICE_STOP_FAILED = "service_stop_failed"
     """A helper of the run (load generator, scraper, watcher...) failed to stop. detail:
     service, error."""

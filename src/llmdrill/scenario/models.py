@@ -209,6 +209,7 @@ class RequestShape(Strict):
 # Beyond this, one Locust process (one core) cannot keep its users' timings honest: the
 # measured ceiling is a few thousand requests/s in total (see benchmarks/).
 MAX_USERS_PER_PROCESS = 2000
+MAX_LOAD_PROCESSES = 64
 
 
 class Load(Strict):
@@ -230,16 +231,29 @@ class Load(Strict):
         default_factory=Timeouts, description="Client deadlines for each attempt."
     )
     retries: Retries = Field(default_factory=Retries, description="The client's retry policy.")
+    processes: int = Field(
+        default=1, ge=1, le=MAX_LOAD_PROCESSES, validate_default=True,
+        description="Load processes on this machine: above 1, Locust's distributed mode (a "
+        "master and this many worker processes, a core each), the users spread evenly "
+        "across them. For load one core cannot send; a worker that dies mid-run aborts it.",
+    )
 
-    @field_validator("users")
+    @field_validator("processes")
     @classmethod
-    def _one_process(cls, users: int) -> int:
-        if users > MAX_USERS_PER_PROCESS:
+    def _users_per_process(cls, processes: int, info: ValidationInfo) -> int:
+        users = info.data.get("users")
+        if not isinstance(users, int):
+            return processes  # users is wrong itself, and said so
+        if users > MAX_USERS_PER_PROCESS * processes:
             raise ValueError(
-                f"{users} users is more than one load process can drive with honest timings "
-                f"(at most {MAX_USERS_PER_PROCESS}); lower it, or run several llmdrill "
-                "instances against the target, each with its share")
-        return users
+                f"{users} users is more than {processes} load process(es) can drive with "
+                f"honest timings (at most {MAX_USERS_PER_PROCESS} each); raise "
+                "`load.processes` (each process takes a core) or lower `load.users`")
+        if users and processes > users:
+            raise ValueError(
+                f"{processes} load processes for {users} users: each process needs a user "
+                "at least; lower `load.processes`")
+        return processes
 
 
 # --- phases ---------------------------------------------------------------------------
