@@ -111,3 +111,12 @@ def test_watchdog_reverts_everything_once_the_harness_is_gone(tmp_path: Path) ->
     dead_pid = 2**22 + 12345  # above pid_max on Linux: never a live process
     assert watch(journal.path, dead_pid, poll=0.01) == 0
     assert sorted(REVERTED) == ["a", "b"]
+
+
+def test_live_stats_keep_only_their_window_when_nothing_reads_them() -> None:
+    live = LiveStats()
+    for second in range(600):  # ten minutes of 100 requests a second, never displayed
+        live.add([{"end": 1000.0 + second + i / 100, "ttft": 0.1} for i in range(100)])
+    assert live.total == 60_000
+    assert len(live.recent) <= 11 * 100  # the last ten seconds, not every request
+    assert live.rate(1600.0) == pytest.approx(100.0, rel=0.05)

@@ -27,6 +27,11 @@ class LiveStats:
                 self.errors += 1
                 self.errors_by_class[cls] = self.errors_by_class.get(cls, 0) + 1
             self.recent.append((float(r.get("end") or 0.0), cls is None, r.get("ttft")))
+        if self.recent:
+            # Kept to the window as requests come, not only when a display or guardrail
+            # reads it: a quiet run (no live display, no client guardrail) grew by every
+            # request (about 130 bytes each, 100 MB a million).
+            self._trim(max(self.recent[-1][0], self.recent[0][0]))
 
     def _trim(self, now: float) -> None:
         while self.recent and self.recent[0][0] < now - _WINDOW_S:
