@@ -668,6 +668,34 @@ def down() -> None:
     out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+@app.command("load-worker")
+def load_worker(
+    master: Annotated[str, typer.Option(
+        "--master", help="HOST:PORT of the `llmdrill run` whose scenario has "
+        "load.remote_workers (its load.master.port, default 5557).")],
+) -> None:
+    """Run a load worker for an `llmdrill run` on another machine (Locust's distributed
+    mode): it takes the load's configuration from that run, sends its requests to the
+    target, and reports every one back. The API key, if the scenario names one, is read
+    here (the same environment variable or file). Stops when the run ends."""
+    import subprocess
+
+    from llmdrill.load import locustfile_path
+
+    host, sep, port = master.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        err.print(f"--master {master!r}: expected HOST:PORT, e.g. 127.0.0.1:5557")
+        raise typer.Exit(EXIT_INVALID)
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--worker",
+           "--master-host", host.strip("[]"), "--master-port", port, "--loglevel", "WARNING"]
+    env = {k: v for k, v in os.environ.items() if k != "LLMDRILL_LOAD_CONFIG"}
+    try:
+        code = subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        code = EXIT_ABORTED
+    raise typer.Exit(code)
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,

@@ -1,6 +1,8 @@
-"""Locust's distributed mode (`load.processes`) against the real engine: every worker's
-requests reach the run's evidence, and a worker killed mid-run aborts the run, naming it,
-with the requests recorded until then still written."""
+"""Locust's distributed mode against the real engine, with workers forked on this machine
+(`load.processes`) and with workers started apart as on other machines
+(`load.remote_workers`, `llmdrill load-worker`): every worker's requests reach the run's
+evidence, and a worker killed mid-run aborts the run, naming it, with the requests
+recorded until then still written."""
 
 from __future__ import annotations
 
@@ -102,3 +104,99 @@ def test_a_worker_killed_mid_run_aborts_it_and_is_named(clean_proxy: Stack,
     assert [e["pid"] for e in _events(run, "load_worker_lost")] == [victim]
     assert _requests(run) > 0  # what both workers recorded before the kill is kept
     assert result["checks"][0]["status"] != "passed"
+
+
+REMOTE = SCENARIO.replace("  processes: 2\n",
+                          "  remote_workers: 2\n  master: {port: PORT, wait: WAIT}\n")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _worker(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`llmdrill load-worker`, as on another machine: it knows only the master's address."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "load-worker", "--master", f"127.0.0.1:{port}"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def _stop_all(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_remote_workers_get_the_load_from_the_run_and_report_every_request(
+        clean_proxy: Stack, tmp_path: Path) -> None:
+    port = _free_port()
+    path = tmp_path / "remote.yaml"
+    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", "60s"))
+    out = tmp_path / "reports"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+         "--no-history"], env=clean_proxy.env(), cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    # The workers' environment has no scenario, no target and no load configuration.
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("LLMDRILL_")}
+    workers = [_worker(port, bare) for _ in range(2)]
+    try:
+        output, _ = run.communicate(timeout=240)
+        for worker in workers:
+            worker.wait(timeout=90)  # a worker stops when its run ends
+    finally:
+        _stop_all(run, *workers)
+    assert run.returncode == 0, output[-3000:]
+    folder = _run_dir(out)
+    files = sorted(folder.glob("samples-w*.jsonl"))
+    assert len(files) == 2, files
+    sent = [sum(1 for line in f.read_text().splitlines() if '"start"' in line) for f in files]
+    assert all(n > 0 for n in sent), sent
+    assert _requests(folder) == sum(sent)
+
+
+def test_a_run_whose_remote_workers_never_come_stops_with_an_error(clean_proxy: Stack,
+                                                                   tmp_path: Path) -> None:
+    port = _free_port()
+    path = tmp_path / "remote.yaml"
+    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", "3s"))
+    proc = llmdrill("run", str(path), "--out", str(tmp_path / "reports"), "--no-history",
+                    env=clean_proxy.env(), timeout=180)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "llmdrill load-worker --master" in text and "Traceback" not in text, text[-3000:]
+
+
+def test_a_remote_worker_killed_mid_run_aborts_it(clean_proxy: Stack, tmp_path: Path) -> None:
+    port = _free_port()
+    path = tmp_path / "remote.yaml"
+    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", "60s"))
+    out = tmp_path / "reports"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+         "--no-history"], env=clean_proxy.env(PHASE="120s"), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("LLMDRILL_")}
+    workers = [_worker(port, bare) for _ in range(2)]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and run.poll() is None:
+            time.sleep(0.5)
+            sending = [w for w in out.glob("*/samples-w*.jsonl") if '"start"' in w.read_text()]
+            if len(sending) == 2:
+                break
+        assert run.poll() is None, "the run ended before both workers sent requests"
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        _stop_all(run, *workers)
+    assert run.returncode != 0, output[-3000:]
+    result = json.loads((_run_dir(out) / "result.json").read_text())
+    assert "stopped reporting" in (result["abort_reason"] or ""), result["abort_reason"]
+    assert len(_events(_run_dir(out), "load_worker_lost")) == 1

@@ -104,3 +104,51 @@ def test_processes_are_checked_against_users(tmp_path: Path) -> None:
     assert _scenario(tmp_path, 2500, 2).load.users == 2500
     with pytest.raises(ScenarioError, match="processes"):
         _scenario(tmp_path, 4, 0)
+
+
+REMOTE = BASE.replace("processes: PROCS", "processes: PROCS, remote_workers: REMOTE")
+
+
+def _remote(tmp_path: Path, users: int, remote: int, processes: int = 1) -> Scenario:
+    path = tmp_path / f"r-{users}-{remote}-{processes}.yaml"
+    path.write_text(REMOTE.replace("USERS", str(users)).replace("PROCS", str(processes))
+                    .replace("REMOTE", str(remote)))
+    return load_scenario(path)
+
+
+def test_remote_workers_are_checked_against_users_and_processes(tmp_path: Path) -> None:
+    assert _remote(tmp_path, 4, 2).load.remote_workers == 2
+    assert _remote(tmp_path, 4, 2).load.master.bind == "127.0.0.1"
+    with pytest.raises(ScenarioError, match="do not mix"):
+        _remote(tmp_path, 4, 2, processes=2)
+    with pytest.raises(ScenarioError, match="each worker needs"):
+        _remote(tmp_path, 1, 2)
+
+
+def test_the_master_waits_for_remote_workers_where_the_scenario_says(tmp_path: Path) -> None:
+    cfg = LoadConfig(base_url="http://127.0.0.1:1", model="m",
+                     samples_path=str(tmp_path / "samples.jsonl"))
+    cmd = LocustProcess(cfg, 4, 4, 1, tmp_path, remote_workers=3,
+                        master=("127.0.0.1", 6000, 30.0)).command()
+    assert "--master" in cmd and "--processes" not in cmd
+    assert cmd[cmd.index("--expect-workers") + 1] == "3"
+    assert cmd[cmd.index("--master-bind-port") + 1] == "6000"
+    assert cmd[cmd.index("--expect-workers-max-wait") + 1] == "30"
+
+
+def test_the_configuration_travels_as_json_to_a_remote_worker(tmp_path: Path) -> None:
+    cfg = LoadConfig(base_url="http://127.0.0.1:1", model="m",
+                     samples_path=str(tmp_path / "samples.jsonl"), api_key_env="KEY_VAR")
+    path = tmp_path / "load.json"
+    cfg.dump(path)
+    assert LoadConfig.from_json(path.read_text()) == cfg  # the key's name only, no key
+
+
+def test_load_worker_refuses_a_master_that_is_not_host_and_port() -> None:
+    from typer.testing import CliRunner
+
+    from llmdrill.cli import app
+
+    got = CliRunner().invoke(app, ["load-worker", "--master", "nowhere"])
+    assert got.exit_code == 2
+    assert "HOST:PORT" in got.output

@@ -3,9 +3,12 @@ user's stream reading relies on (lines per network read, the cap, the body's end
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
-from llmdrill.load.transport import LineTooLong, read_lines
+from llmdrill.load.transport import LineTooLong, read_lines, recv_stamped, stamp_arrivals
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +46,7 @@ class FakeResponse:
 
 def drain(resp: FakeResponse, limit: int = 1 << 16) -> list[list[bytes]]:
     reads = []
-    while lines := read_lines(resp, limit):
+    while lines := read_lines(resp, limit)[0]:
         reads.append(lines)
     return reads
 
@@ -60,7 +63,7 @@ def test_a_line_split_across_reads_is_joined() -> None:
 
 def test_lines_already_buffered_are_returned_without_reading() -> None:
     resp = FakeResponse([], buffered=b"data: a\ndata: b\n")
-    assert read_lines(resp, 1024) == [b"data: a", b"data: b"]
+    assert read_lines(resp, 1024)[0] == [b"data: a", b"data: b"]
     assert resp._sock is not None and resp._sock.reads == 0
 
 
@@ -92,10 +95,37 @@ def test_a_connection_closed_mid_body_is_a_reset() -> None:
         cut._body_buffer += data
 
     cut.feed = feed  # type: ignore[method-assign]
-    assert read_lines(cut, 1024) == [b"data: a"]
+    assert read_lines(cut, 1024)[0] == [b"data: a"]
     with pytest.raises(ConnectionResetError):
         read_lines(cut, 1024)
     gone = FakeResponse([])
     gone._sock = None
     with pytest.raises(ConnectionResetError):
         read_lines(gone, 1024)
+
+
+def test_the_kernel_stamps_when_data_arrived_not_when_it_was_read() -> None:
+    # A real loopback TCP connection: what the load's TTFT rests on when its event loop is
+    # busy (the data waits in the socket while other streams are served).
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    try:
+        assert stamp_arrivals(client)
+        sent = time.time()
+        peer.sendall(b"data: first token\n")
+        time.sleep(0.2)  # the reader is late
+        data, arrived = recv_stamped(client, 4096)
+        assert data == b"data: first token\n"
+        assert arrived is not None
+        assert sent - 0.01 <= arrived <= sent + 0.05  # when it came, not 0.2 s later
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+
+
+def test_read_lines_hands_over_the_arrival_stamp_of_its_last_read() -> None:
+    resp = FakeResponse([b"data: a\n"], complete_after=1)
+    before = time.time()
+    lines, when = read_lines(resp, 1024)  # unstamped: the time they are handed over
+    assert lines == [b"data: a"] and when >= before

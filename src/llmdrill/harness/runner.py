@@ -339,11 +339,17 @@ class Runner:
                     self._load_config(self.run_dir / "samples.jsonl"), self.scenario.load.users,
                     self.scenario.load.spawn_rate, self.plan.total, self.run_dir,
                     processes=self.scenario.load.processes,
+                    remote_workers=self.scenario.load.remote_workers,
+                    master=(self.scenario.load.master.bind, self.scenario.load.master.port,
+                            self.scenario.load.master.wait),
                 )
             t0 = time.time()
             if locust is not None:
                 services.start("load generator", Callbacks(
                     locust.start, lambda: self._stop_load(locust, store)))
+                if locust.remote_workers:  # the phases start with the load, not before it
+                    self._wait_for_workers(locust, store)
+                    t0 = time.time()
             self._run_phases(t0, locust, scraper, journal, store)
         except Aborted as exc:
             self.abort_reason = str(exc)
@@ -377,6 +383,27 @@ class Runner:
         store.add_requests(records, lines)
         _record_lost_workers(locust, store)
         locust.close()
+
+    def _wait_for_workers(self, locust: LocustProcess, store: EvidenceStore) -> None:
+        """Until Locust's master says every remote worker connected and the load started;
+        an error naming the workers that came if they do not within `load.master.wait`."""
+        master = self.scenario.load.master
+        self.progress.event(f"waiting for {locust.remote_workers} load worker(s): start each "
+                            f"with `llmdrill load-worker --master HOST:{master.port}`")
+        deadline = time.time() + master.wait + 15
+        while locust.started is None:
+            lines, records = locust.read_new_samples()
+            store.add_requests(records, lines)
+            if locust.started is not None:
+                break
+            if not locust.alive() or time.time() > deadline:
+                raise EnvironmentProblem(
+                    f"{locust.remote_workers} remote load worker(s) expected; they did not all "
+                    f"connect to the master on {master.bind}:{master.port} within "
+                    f"{master.wait:g}s; start them with "
+                    f"`llmdrill load-worker --master HOST:{master.port}` (see "
+                    f"{self.run_dir / 'locust.log'})")
+            time.sleep(0.2)
 
     def _stop_watchdog(self, journal: Journal) -> None:
         journal.run_finished()  # the watchdog exits by itself once it reads this

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-def process_samples_path(samples_path: str, pid: int) -> str:
+def process_samples_path(samples_path: str, pid: int | str) -> str:
     """Where a worker process of Locust's distributed mode (`load.processes` > 1) writes
-    its samples: beside the master's file, named by its pid."""
+    its samples: beside the master's file, named by its pid (a remote worker's, written by
+    the master, by its Locust id)."""
     path = Path(samples_path)
     return str(path.with_name(f"{path.stem}-w{pid}{path.suffix}"))
 
@@ -28,6 +29,10 @@ def process_samples_glob(samples_path: str) -> str:
 WORKER_LOST = "worker_lost"
 # A worker's own word when it starts: its Locust id, pid and host. detail: worker, pid, host.
 WORKER_STARTED = "worker_started"
+# The master's word that the load started: every expected worker connected. detail: workers.
+LOAD_STARTED = "load_started"
+# The message type a remote worker's sample batches travel under, to the master.
+SAMPLES_MESSAGE = "llmdrill_samples"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class LoadConfig:
 
     @classmethod
     def load(cls, path: Path) -> LoadConfig:
-        raw = json.loads(path.read_text())
+        return cls.from_json(path.read_text())
+
+    @classmethod
+    def from_json(cls, text: str) -> LoadConfig:
+        raw = json.loads(text)
         raw["shapes"] = [RequestShapeConfig(**s) for s in raw.get("shapes", [])]
         return cls(**raw)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import gevent
@@ -65,9 +66,13 @@ class _Sink:
     FLUSH_EVERY = 0.1
     FLUSH_LINES = 256
 
-    def __init__(self, path: str, secret: str | None = None) -> None:
+    def __init__(self, path: str, secret: str | None = None,
+                 send: Callable[[bytes], None] | None = None) -> None:
         self._secret = secret.encode() if secret else None
         self._path = path
+        # A worker on another machine (`llmdrill load-worker`) has no file the harness can
+        # read: its batches go to Locust's master, which writes them for the harness.
+        self._send = send
         self._creator = os.getpid()
         self._pid: int | None = None  # the process that opened _fh
         self._fh: IO[bytes] | None = None
@@ -78,9 +83,10 @@ class _Sink:
         # file: start afresh, with a flusher of this process's own.
         self._pid = os.getpid()
         self._pending = []
-        path = (self._path if self._pid == self._creator
-                else process_samples_path(self._path, self._pid))
-        self._fh = open(path, "ab", buffering=0)  # noqa: SIM115
+        if self._send is None:
+            path = (self._path if self._pid == self._creator
+                    else process_samples_path(self._path, self._pid))
+            self._fh = open(path, "ab", buffering=0)  # noqa: SIM115
         gevent.spawn(self._run_flusher)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -94,9 +100,14 @@ class _Sink:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending and self._pid == os.getpid() and self._fh is not None:
-            lines, self._pending = self._pending, []
-            self._fh.write(b"\n".join(lines) + b"\n")
+        if not self._pending or self._pid != os.getpid():
+            return
+        lines, self._pending = self._pending, []
+        batch = b"\n".join(lines) + b"\n"
+        if self._send is not None:
+            self._send(batch)
+        elif self._fh is not None:
+            self._fh.write(batch)
 
     def _run_flusher(self) -> None:
         """A greenlet's loop: the harness sees each request within FLUSH_EVERY."""
@@ -109,13 +120,34 @@ _CONFIG: LoadConfig | None = None
 _SINK: _Sink | None = None
 
 
+CONFIG_ENV = "LLMDRILL_LOAD_CONFIG"
+
+
 def _config() -> tuple[LoadConfig, _Sink]:
+    """The load's configuration and this process's sink: from the file the harness wrote
+    (CONFIG_ENV), or, on a remote worker, as `configure_remote` was given them."""
     global _CONFIG, _SINK
     if _CONFIG is None or _SINK is None:
-        _CONFIG = LoadConfig.load(__import__("pathlib").Path(os.environ["LLMDRILL_LOAD_CONFIG"]))
+        if not os.environ.get(CONFIG_ENV):
+            raise RuntimeError("no load configuration: a remote worker gets it from the "
+                               "master when the load starts")
+        _CONFIG = LoadConfig.load(__import__("pathlib").Path(os.environ[CONFIG_ENV]))
         _SINK = _Sink(_CONFIG.samples_path, read_api_key(_CONFIG))
         atexit.register(_SINK.flush)  # forks (Locust's --processes) inherit it
     return _CONFIG, _SINK
+
+
+def configure_remote(config_text: str, send: Callable[[bytes], None]) -> _Sink:
+    """A worker on another machine: the configuration the master sent (no secret in it:
+    the API key is read here, from this machine's environment or file), and a sink that
+    sends the samples to the master."""
+    global _CONFIG, _SINK
+    if _SINK is not None:
+        _SINK.flush()
+    _CONFIG = LoadConfig.from_json(config_text)
+    _SINK = _Sink(_CONFIG.samples_path, read_api_key(_CONFIG), send=send)
+    atexit.register(_SINK.flush)
+    return _SINK
 
 
 _PROMPT = "@@llmdrill-prompt@@"
@@ -295,16 +327,18 @@ class OpenAIUser(User):
         raw = resp
         tally = outcome.tally
         limit = self.cfg.max_line_bytes
+        stamped = getattr(raw, "llmdrill_stamped", False)
         while not tally.done:
             try:
-                lines = read_lines(raw, limit)
+                # The kernel's arrival stamps until the first token (TTFT is the figure a
+                # busy event loop would skew); the time of reading after it.
+                lines, now = read_lines(raw, limit, stamped and tally.first_token_at is None)
             except LineTooLong:
                 outcome.error_class, outcome.error_type = "protocol", "line_too_long"
                 return
             if not lines:
                 break
-            now = time.time()  # the lines of one read arrived together
-            for line in lines:
+            for line in lines:  # the lines of one read arrived together
                 tally.feed_line(line, now)
                 if tally.done:
                     break

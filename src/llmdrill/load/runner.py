@@ -18,7 +18,13 @@ from typing import IO, Any
 import orjson
 
 from llmdrill.load import locustfile_path
-from llmdrill.load.config import WORKER_LOST, WORKER_STARTED, LoadConfig, process_samples_glob
+from llmdrill.load.config import (
+    LOAD_STARTED,
+    WORKER_LOST,
+    WORKER_STARTED,
+    LoadConfig,
+    process_samples_glob,
+)
 
 
 def free_port() -> int:
@@ -56,9 +62,13 @@ class LocustProcess:
     of its own), every worker writing its samples beside the master's."""
 
     def __init__(self, config: LoadConfig, users: int, spawn_rate: float, run_time: float,
-                 workdir: Path, processes: int = 1) -> None:
+                 workdir: Path, processes: int = 1, remote_workers: int = 0,
+                 master: tuple[str, int, float] = ("127.0.0.1", 5557, 120.0)) -> None:
         self.config = config
         self.processes = processes
+        self.remote_workers = remote_workers
+        self.master = master  # bind address, port, how long to wait for remote workers
+        self.started: dict[str, Any] | None = None  # the master's LOAD_STARTED record
         self.lost_workers: list[dict[str, Any]] = []  # the master's WORKER_LOST records
         self.lost_reported = 0  # how many of them the harness filed as events
         self.workers: dict[str, dict[str, Any]] = {}  # WORKER_STARTED records, by Locust id
@@ -80,7 +90,12 @@ class LocustProcess:
             "--stop-timeout", "0", "--exit-code-on-error", "0",
             "--csv", str(self.workdir / "locust"),
         ]
-        if self.processes > 1:
+        if self.remote_workers:
+            bind, port_number, wait = self.master
+            cmd += ["--master", "--expect-workers", str(self.remote_workers),
+                    "--master-bind-host", bind, "--master-bind-port", str(port_number),
+                    "--expect-workers-max-wait", f"{max(1, int(wait))}"]
+        elif self.processes > 1:
             # The master listens on the loopback only, on a port of this run's own (two
             # runs side by side must not meet), and gives up on workers that never come.
             port = str(free_port())
@@ -131,7 +146,7 @@ class LocustProcess:
         written instead of encoding the record again. The master's word that a worker was
         lost goes to `lost_workers`."""
         samples = Path(self.config.samples_path)
-        if self.processes > 1:
+        if self.processes > 1 or self.remote_workers:
             for path in samples.parent.glob(process_samples_glob(self.config.samples_path)):
                 if path not in self._followers:
                     self._followers[path] = _Follower(path)
@@ -148,6 +163,9 @@ class LocustProcess:
                 if not isinstance(record, dict):
                     continue
                 kind = record.get("kind")
+                if kind == LOAD_STARTED:
+                    self.started = record
+                    continue
                 if kind == WORKER_STARTED:
                     self.workers[str(record.get("worker"))] = record
                     continue

@@ -8,6 +8,8 @@ these can be imported (and unit-tested) anywhere.
 from __future__ import annotations
 
 import socket
+import struct
+import time
 from typing import Any
 
 import gevent
@@ -48,10 +50,45 @@ class LineTooLong(Exception):
     pass
 
 
-def read_lines(raw: Any, limit: int) -> list[bytes]:
+# Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS, the same value): the kernel stamps each
+# segment with the wall-clock time it arrived, read back with recvmsg. Python's socket
+# module does not name it.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("qq")
+_ANCILLARY = 64
+
+
+def stamp_arrivals(sock: Any) -> bool:
+    """Asks the kernel to stamp the arrival of what this socket receives: the time a
+    token reached the machine, not the time the load process got round to reading it
+    (with many streams on one core, the event loop is milliseconds late). False where
+    the socket cannot (TLS sockets have no recvmsg; another OS)."""
+    if not hasattr(sock, "recvmsg") or getattr(sock, "_sslobj", None) is not None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def recv_stamped(sock: Any, size: int) -> tuple[bytes, float | None]:
+    """A recv that also gives the kernel's arrival time of the data (None if none came)."""
+    data, ancillary, _flags, _addr = sock.recvmsg(size, _ANCILLARY)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            seconds, nanos = _TIMESPEC.unpack_from(payload)
+            return data, seconds + nanos * 1e-9
+    return data, None
+
+
+def read_lines(raw: Any, limit: int, stamped: bool = False) -> tuple[list[bytes], float]:
     """Every complete line the stream has delivered so far (reading from the socket until
-    there is one), without their newlines; [] at the end of the body, whose last line
-    comes back even without a newline. A line longer than `limit` raises LineTooLong.
+    there is one), without their newlines, and when they arrived; [] at the end of the
+    body, whose last line comes back even without a newline. A line longer than `limit`
+    raises LineTooLong. With `stamped` (a socket `stamp_arrivals` set up), the arrival
+    time is the kernel's stamp of the last read that completed them; else, and for lines
+    already buffered, the time they are handed over.
 
     geventhttpclient's own readline has no size cap and rescans its whole buffer after
     every read: a body without newlines turns it into an unbounded, CPU-bound loop that no
@@ -63,6 +100,7 @@ def read_lines(raw: Any, limit: int) -> list[bytes]:
     """
     buf = raw._body_buffer
     scanned = 0  # no newline before this offset: each read's bytes are searched once
+    arrived: float | None = None
     while True:
         end = buf.rfind(b"\n", scanned)
         if end >= 0:
@@ -72,7 +110,7 @@ def read_lines(raw: Any, limit: int) -> list[bytes]:
             lines.pop()  # the empty tail after the last newline
             if len(block) > limit and max(map(len, lines)) > limit:
                 raise LineTooLong
-            return lines
+            return lines, arrived or time.time()
         if scanned:
             # A read that completed no line: yield before the next one, so a body that
             # never sends a newline cannot keep this greenlet (and its deadline) running.
@@ -85,11 +123,14 @@ def read_lines(raw: Any, limit: int) -> list[bytes]:
         if raw.message_complete:
             rest = bytes(buf)
             del buf[:]
-            return [rest] if rest else []
+            return ([rest] if rest else []), arrived or time.time()
         sock = raw._sock
         if sock is None:
             raise ConnectionResetError("connection closed mid-stream")
-        data = sock.recv(raw.block_size)
+        if stamped:
+            data, arrived = recv_stamped(sock, raw.block_size)
+        else:
+            data = sock.recv(raw.block_size)
         if not data:
             raw.feed(data)  # lets the parser notice a truncated body, then report EOF
             if not raw.message_complete:

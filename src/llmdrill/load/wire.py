@@ -23,6 +23,8 @@ import gevent.ssl
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPSocketPoolResponse
 
+from llmdrill.load.transport import stamp_arrivals
+
 BLOCK_SIZE = 64 * 1024
 
 
@@ -52,6 +54,8 @@ class WireClient:
                                {"Host": host_header, "User-Agent": "llmdrill",
                                 **headers}.items())
         self.cookies: dict[str, str] = {}
+        self._sock: object | None = None  # the connection last used, and whether the
+        self._stamped = False  # kernel stamps its arrivals (transport.stamp_arrivals)
         self._cookie_header = ""
         pool_args: dict[str, Any] = {
             "size": 1, "network_timeout": network_timeout,
@@ -75,6 +79,8 @@ class WireClient:
         read to its end puts the connection back, anything else closes it."""
         request = self.head(path, len(body)) + body
         sock = self.pool.get_socket()
+        if sock is not self._sock:  # a new connection: ask the kernel to stamp arrivals
+            self._sock, self._stamped = sock, stamp_arrivals(sock)
         try:
             sock.sendall(request)
         except BaseException:
@@ -82,6 +88,7 @@ class WireClient:
             raise
         # The parser reads the head; on failure it releases the socket itself.
         resp = HTTPSocketPoolResponse(sock, self.pool, block_size=BLOCK_SIZE, method="POST")
+        resp.llmdrill_stamped = self._stamped  # type: ignore[attr-defined]  # for read_lines
         self._keep_cookies(resp)
         return resp
 

@@ -212,6 +212,21 @@ MAX_USERS_PER_PROCESS = 2000
 MAX_LOAD_PROCESSES = 64
 
 
+class LoadMaster(Strict):
+    bind: str = Field(
+        default="127.0.0.1",
+        description="Address Locust's master listens on for remote workers. The default "
+        "takes workers on this machine only; a staging network needs an address the "
+        "workers reach (keep it off public networks).",
+    )
+    port: int = Field(default=5557, ge=1, le=65535, description="Its port.")
+    wait: Duration = Field(
+        default=120.0,
+        description="How long the run waits for every remote worker before its first phase; "
+        "then it stops with an error naming how many came.",
+    )
+
+
 class Load(Strict):
     users: int = Field(
         default=4, ge=0,
@@ -237,6 +252,35 @@ class Load(Strict):
         "master and this many worker processes, a core each), the users spread evenly "
         "across them. For load one core cannot send; a worker that dies mid-run aborts it.",
     )
+
+    remote_workers: int = Field(
+        default=0, ge=0, le=1000, validate_default=True,
+        description="Load workers on other machines (or pods), each started with `llmdrill "
+        "load-worker --master HOST:PORT`: Locust's master runs here, hands them the "
+        "configuration, spreads the users across them and collects every request they "
+        "make. The run waits for all of them (`master.wait`); one that dies aborts it. "
+        "Not with `processes` above 1 (run workers on this machine with load-worker too).",
+    )
+    master: LoadMaster = Field(default_factory=LoadMaster,
+                               description="Where the master listens for remote workers.")
+
+    @field_validator("remote_workers")
+    @classmethod
+    def _remote_or_local(cls, remote: int, info: ValidationInfo) -> int:
+        users, processes = info.data.get("users"), info.data.get("processes")
+        if not remote or not isinstance(users, int) or not isinstance(processes, int):
+            return remote
+        if processes > 1:
+            raise ValueError("remote workers and `load.processes` above 1 do not mix (Locust's "
+                             "master runs no users); start local workers with `llmdrill "
+                             "load-worker` too")
+        if users > MAX_USERS_PER_PROCESS * remote:
+            raise ValueError(f"{users} users is more than {remote} remote workers can drive "
+                             f"with honest timings (at most {MAX_USERS_PER_PROCESS} each)")
+        if remote > users:
+            raise ValueError(f"{remote} remote workers for {users} users: each worker needs "
+                             "a user at least")
+        return remote
 
     @field_validator("processes")
     @classmethod
