@@ -32,7 +32,7 @@ load:
   processes: 2
   requests: [{api: completions, stream: true, prompt_tokens: 8, max_tokens: 4}]
   retries: {max_attempts: 1}
-phases: [{name: steady, duration: "${PHASE:-6s}"}]
+phases: [{name: steady, duration: "${PHASE:-4s}"}]
 checks:
   - {name: served, phase: steady, slo: {error_rate: {max: 0.0}, min_requests: 10}}
 """
