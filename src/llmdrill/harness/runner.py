@@ -36,7 +36,7 @@ from llmdrill.harness.secrets import SecretMissing, api_key, auth_headers, redac
 from llmdrill.harness.services import Callbacks, Services
 from llmdrill.harness.versions import engine_version, harness_versions
 from llmdrill.load.config import LoadConfig, RequestShapeConfig
-from llmdrill.load.runner import LocustProcess
+from llmdrill.load.runner import LOCAL_WORKERS_WAIT, LocustProcess
 from llmdrill.model.context import RunContext
 from llmdrill.model.events import EventKind
 from llmdrill.model.evidence import EvidenceStore
@@ -347,7 +347,9 @@ class Runner:
             if locust is not None:
                 services.start("load generator", Callbacks(
                     locust.start, lambda: self._stop_load(locust, store)))
-                if locust.remote_workers:  # the phases start with the load, not before it
+                if locust.remote_workers or locust.processes > 1:
+                    # The phases start with the load, not while workers still connect:
+                    # a baseline measured on half the load would set a false bar.
                     self._wait_for_workers(locust, store)
                     t0 = time.time()
             self._run_phases(t0, locust, scraper, journal, store)
@@ -385,25 +387,34 @@ class Runner:
         locust.close()
 
     def _wait_for_workers(self, locust: LocustProcess, store: EvidenceStore) -> None:
-        """Until Locust's master says every remote worker connected and the load started;
-        an error naming the workers that came if they do not within `load.master.wait`."""
+        """Until Locust's master says every worker connected and the load started; an
+        error if they do not: remote ones within `load.master.wait`, the processes forked
+        here within Locust's own wait (60 s)."""
         master = self.scenario.load.master
-        self.progress.event(f"waiting for {locust.remote_workers} load worker(s): start each "
-                            f"with `llmdrill load-worker --master HOST:{master.port}`")
-        deadline = time.time() + master.wait + 15
+        if locust.remote_workers:
+            self.progress.event(f"waiting for {locust.remote_workers} load worker(s): start "
+                                f"each with `llmdrill load-worker --master HOST:{master.port}`")
+            deadline = time.time() + master.wait + 15
+        else:
+            deadline = time.time() + LOCAL_WORKERS_WAIT + 15
         while locust.started is None:
             lines, records = locust.read_new_samples()
             store.add_requests(records, lines)
             if locust.started is not None:
                 break
-            if not locust.alive() or time.time() > deadline:
+            if locust.alive() and time.time() <= deadline:
+                time.sleep(0.2)
+                continue
+            if not locust.remote_workers:
                 raise EnvironmentProblem(
-                    f"{locust.remote_workers} remote load worker(s) expected; they did not all "
-                    f"connect to the master on {master.bind}:{master.port} within "
-                    f"{master.wait:g}s; start them with "
-                    f"`llmdrill load-worker --master HOST:{master.port}` (see "
+                    f"the {locust.processes} load processes did not all start (see "
                     f"{self.run_dir / 'locust.log'})")
-            time.sleep(0.2)
+            raise EnvironmentProblem(
+                f"{locust.remote_workers} remote load worker(s) expected; they did not all "
+                f"connect to the master on {master.bind}:{master.port} within "
+                f"{master.wait:g}s; start them with "
+                f"`llmdrill load-worker --master HOST:{master.port}` (see "
+                f"{self.run_dir / 'locust.log'})")
 
     def _stop_watchdog(self, journal: Journal) -> None:
         journal.run_finished()  # the watchdog exits by itself once it reads this

@@ -26,6 +26,8 @@ from llmdrill.load.config import (
     process_samples_glob,
 )
 
+LOCAL_WORKERS_WAIT = 60  # s: how long the master waits for the processes it forked
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -101,7 +103,7 @@ class LocustProcess:
             port = str(free_port())
             cmd += ["--processes", str(self.processes), "--master-bind-host", "127.0.0.1",
                     "--master-bind-port", port, "--master-port", port,
-                    "--expect-workers-max-wait", "60"]
+                    "--expect-workers-max-wait", str(LOCAL_WORKERS_WAIT)]
         return cmd
 
     def start(self) -> None:
