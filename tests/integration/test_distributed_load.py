@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from llmdrill.load.runner import free_port
 from tests.integration.conftest import REPO, Stack, llmdrill
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,36 @@ def _events(run: Path, kind: str) -> list[dict[str, Any]]:
     return [json.loads(detail) for (detail,) in rows]
 
 
+def _start_run(path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+         "--no-history"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _sent(samples: Path) -> int:
+    """The requests (not control records) in one worker's samples file."""
+    return sum(1 for line in samples.read_text().splitlines() if '"start"' in line)
+
+
+def _both_sending(out: Path, run: subprocess.Popen[str]) -> list[Path]:
+    """The two workers' samples files, once both hold requests (while the run lasts)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and run.poll() is None:
+        time.sleep(0.5)
+        sending = [w for w in out.glob("*/samples-w*.jsonl") if _sent(w)]
+        if len(sending) == 2:
+            return sending
+    raise AssertionError("the two workers never both sent requests while the run lasted")
+
+
+def _stop_all(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_two_load_processes_both_send_and_both_are_recorded(clean_proxy: Stack,
                                                             tmp_path: Path) -> None:
     path = tmp_path / "distributed.yaml"
@@ -64,8 +95,7 @@ def test_two_load_processes_both_send_and_both_are_recorded(clean_proxy: Stack,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     workers = sorted(run.glob("samples-w*.jsonl"))
     assert len(workers) == 2, workers
-    sent = [sum(1 for line in w.read_text().splitlines() if '"start"' in line)
-            for w in workers]
+    sent = [_sent(w) for w in workers]
     assert all(n > 0 for n in sent), sent  # each worker drove the engine
     assert _requests(run) == sum(sent)  # and every request it recorded is evidence
     result = json.loads((run / "result.json").read_text())
@@ -77,25 +107,13 @@ def test_a_worker_killed_mid_run_aborts_it_and_is_named(clean_proxy: Stack,
     path = tmp_path / "distributed.yaml"
     path.write_text(SCENARIO)
     out = tmp_path / "reports"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-         "--no-history"], env=clean_proxy.env(PHASE="120s"), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim = None
+    proc = _start_run(path, out, clean_proxy.env(PHASE="120s"))
     try:
-        deadline = time.time() + 120
-        while victim is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            sending = [w for w in out.glob("*/samples-w*.jsonl") if '"start"' in w.read_text()]
-            if len(sending) == 2:
-                victim = int(sending[0].stem.rsplit("-w", 1)[1])
-        assert victim is not None, "the two workers never both sent requests"
+        victim = int(_both_sending(out, proc)[0].stem.rsplit("-w", 1)[1])
         os.kill(victim, signal.SIGKILL)
         output, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_all(proc)
     run = _run_dir(out)
     assert proc.returncode != 0, output[-3000:]
     result = json.loads((run / "result.json").read_text())
@@ -110,42 +128,29 @@ REMOTE = SCENARIO.replace("  processes: 2\n",
                           "  remote_workers: 2\n  master: {port: PORT, wait: WAIT}\n")
 
 
-def _free_port() -> int:
-    import socket
+def _remote_scenario(tmp_path: Path, wait: str) -> tuple[Path, int]:
+    port = free_port()
+    path = tmp_path / "remote.yaml"
+    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", wait))
+    return path, port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
-
-def _worker(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    """`llmdrill load-worker`, as on another machine: it knows only the master's address."""
-    return subprocess.Popen(
+def _workers(port: int) -> list[subprocess.Popen[str]]:
+    """Two `llmdrill load-worker`s, as on other machines: they know only the master's
+    address (no scenario, no target, no load configuration in their environment)."""
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("LLMDRILL_")}
+    return [subprocess.Popen(
         [sys.executable, "-m", "llmdrill.cli", "load-worker", "--master", f"127.0.0.1:{port}"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-
-
-def _stop_all(*procs: subprocess.Popen[str]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        env=bare, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True) for _ in range(2)]
 
 
 def test_remote_workers_get_the_load_from_the_run_and_report_every_request(
         clean_proxy: Stack, tmp_path: Path) -> None:
-    port = _free_port()
-    path = tmp_path / "remote.yaml"
-    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", "60s"))
+    path, port = _remote_scenario(tmp_path, "60s")
     out = tmp_path / "reports"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-         "--no-history"], env=clean_proxy.env(), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    # The workers' environment has no scenario, no target and no load configuration.
-    bare = {k: v for k, v in os.environ.items() if not k.startswith("LLMDRILL_")}
-    workers = [_worker(port, bare) for _ in range(2)]
+    run = _start_run(path, out, clean_proxy.env())
+    workers = _workers(port)
     try:
         output, _ = run.communicate(timeout=240)
         for worker in workers:
@@ -156,16 +161,14 @@ def test_remote_workers_get_the_load_from_the_run_and_report_every_request(
     folder = _run_dir(out)
     files = sorted(folder.glob("samples-w*.jsonl"))
     assert len(files) == 2, files
-    sent = [sum(1 for line in f.read_text().splitlines() if '"start"' in line) for f in files]
+    sent = [_sent(f) for f in files]
     assert all(n > 0 for n in sent), sent
     assert _requests(folder) == sum(sent)
 
 
 def test_a_run_whose_remote_workers_never_come_stops_with_an_error(clean_proxy: Stack,
                                                                    tmp_path: Path) -> None:
-    port = _free_port()
-    path = tmp_path / "remote.yaml"
-    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", "3s"))
+    path, _port = _remote_scenario(tmp_path, "3s")
     proc = llmdrill("run", str(path), "--out", str(tmp_path / "reports"), "--no-history",
                     env=clean_proxy.env(), timeout=180)
     assert proc.returncode != 0
@@ -174,24 +177,12 @@ def test_a_run_whose_remote_workers_never_come_stops_with_an_error(clean_proxy: 
 
 
 def test_a_remote_worker_killed_mid_run_aborts_it(clean_proxy: Stack, tmp_path: Path) -> None:
-    port = _free_port()
-    path = tmp_path / "remote.yaml"
-    path.write_text(REMOTE.replace("PORT", str(port)).replace("WAIT", "60s"))
+    path, port = _remote_scenario(tmp_path, "60s")
     out = tmp_path / "reports"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-         "--no-history"], env=clean_proxy.env(PHASE="120s"), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    bare = {k: v for k, v in os.environ.items() if not k.startswith("LLMDRILL_")}
-    workers = [_worker(port, bare) for _ in range(2)]
+    run = _start_run(path, out, clean_proxy.env(PHASE="120s"))
+    workers = _workers(port)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and run.poll() is None:
-            time.sleep(0.5)
-            sending = [w for w in out.glob("*/samples-w*.jsonl") if '"start"' in w.read_text()]
-            if len(sending) == 2:
-                break
-        assert run.poll() is None, "the run ended before both workers sent requests"
+        _both_sending(out, run)
         os.killpg(workers[0].pid, signal.SIGKILL)
         output, _ = run.communicate(timeout=120)
     finally:
