@@ -112,6 +112,18 @@ def test_the_kernel_stamps_when_data_arrived_not_when_it_was_read() -> None:
     peer, _ = server.accept()
     try:
         assert stamp_arrivals(client)
+        # Linux turns receive stamping on for the whole machine from a work queue the first
+        # time a socket asks (net_enable_timestamp): until it has run, segments come
+        # unstamped and the reader falls back to its own clock. Wait for the first stamp.
+        deadline = time.monotonic() + 10
+        while True:
+            peer.sendall(b"x")
+            data, arrived = recv_stamped(client, 4096)
+            assert data == b"x"
+            if arrived is not None:
+                break
+            assert time.monotonic() < deadline, "the kernel never stamped an arrival"
+            time.sleep(0.05)
         sent = time.time()
         peer.sendall(b"data: first token\n")
         time.sleep(0.2)  # the reader is late
