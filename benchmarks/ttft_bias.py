@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from load_throughput import CLIENT_CPU, STUB_CPU, _pinned, run_llmdrill, service  # noqa: E402
+
+from llmdrill.model.evidence import RequestLog  # noqa: E402
 
 PORT = 18191
 DELAY_MS = 50.0
@@ -143,12 +143,9 @@ def llmdrill_client(url: str, users: int, seconds: float, work: Path) -> Pairs:
     run = run_llmdrill(SCENARIO.format(url=url, users=users, seconds=seconds, tokens=TOKENS),
                        work, seconds + 180)
     pairs: Pairs = {}
-    with sqlite3.connect(run / "evidence.db") as db:
-        for (text,) in db.execute("SELECT record FROM requests"):
-            record = json.loads(text)
-            if record.get("error_class") is None and record.get("ttft") is not None \
-                    and record.get("request_id"):
-                pairs[str(record["request_id"])] = round(float(record["ttft"]) * 1e6)
+    for record in RequestLog(run / "evidence.db"):
+        if record.ok and record.ttft is not None and record.request_id:
+            pairs[record.request_id] = round(record.ttft * 1e6)
     if not pairs:
         raise SystemExit("llmdrill recorded no TTFT")
     return pairs

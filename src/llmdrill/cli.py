@@ -230,6 +230,10 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
     allow_production: Annotated[bool, typer.Option(
         help="Allow targets marked production (the scenario must allow it too).")] = False,
+    keep_samples: Annotated[bool, typer.Option(
+        help="Keep the load's samples files (JSON lines, one per request) in the run's "
+        "folder; by default they are deleted once evidence.db holds every request.")
+    ] = False,
     history: Annotated[Path | None, typer.Option(
         help="History store (default: $LLMDRILL_HISTORY, else history.sqlite in --out).")
     ] = None,
@@ -282,7 +286,8 @@ def run(
             progress.start(f"{scenario.metadata.name} ({path})")
             try:
                 result = run_scenario(path, scenario, RunOptions(
-                    out_dir=out_dir, allow_production=allow_production), progress)
+                    out_dir=out_dir, allow_production=allow_production,
+                    keep_samples=keep_samples), progress)
             finally:
                 progress.stop()
             results.append((result, Path(result.files.get("html", out_dir)).parent))

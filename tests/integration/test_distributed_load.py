@@ -57,7 +57,7 @@ def _events(run: Path, kind: str) -> list[dict[str, Any]]:
 def _start_run(path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-         "--no-history"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+         "--no-history", "--keep-samples"], env=env, cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -89,7 +89,7 @@ def test_two_load_processes_both_send_and_both_are_recorded(clean_proxy: Stack,
     path = tmp_path / "distributed.yaml"
     path.write_text(SCENARIO)
     out = tmp_path / "reports"
-    proc = llmdrill("run", str(path), "--out", str(out), "--no-history",
+    proc = llmdrill("run", str(path), "--out", str(out), "--no-history", "--keep-samples",
                     env=clean_proxy.env(), timeout=300)
     run = _run_dir(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

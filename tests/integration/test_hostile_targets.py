@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmdrill.model.evidence import RequestLog
 from tests.conftest import count
 from tests.integration.conftest import llmdrill
 from tests.integration.hostile import MODES, hostile_server
@@ -84,9 +85,11 @@ def test_a_refusal_with_retry_after_is_recorded_as_such(tmp_path: Path) -> None:
                         env=dict(os.environ), timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "Traceback" not in output, output
-    run = next((tmp_path / "reports").glob("*/samples.jsonl"))
-    records = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
-    refused = [r for r in records if r.get("error_class") != "interrupted"]
+    run = next((tmp_path / "reports").glob("*/evidence.db")).parent
+    # Once every request is in evidence.db the samples file is gone (no --keep-samples).
+    assert not (run / "samples.jsonl").exists()
+    records = list(RequestLog(run / "evidence.db"))
+    refused = [r for r in records if r.error_class != "interrupted"]
     assert refused, records[:3]
-    assert {(r["status"], r["error_class"], r["error_type"], r["retry_after"])
+    assert {(r.status, r.error_class, r.error_type, r.retry_after)
             for r in refused} == {(503, "http_5xx", "server_overloaded", True)}, refused[:3]

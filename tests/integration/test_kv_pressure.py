@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from llmdrill.model.evidence import RequestLog
 from tests.integration.conftest import REPO, Stack, llmdrill
 from tests.integration.gateway import (
     SHEDS_LOAD_HTTP,
@@ -105,14 +105,12 @@ def test_kv_pressure_passes_on_healthy_engine_and_shows_the_pressure(
     fault = result["faults"][0]
     assert fault["backend"] == "request_flood"
     assert fault["applied_at"] and fault["reverted_at"] and not fault["revert_error"]
-    db = sqlite3.connect(run / "evidence.db")
-    rows = [json.loads(r[0]) for r in db.execute("SELECT record FROM requests")]
-    db.close()
-    flood = [r for r in rows if r["shape"] == "flood"]
+    rows = list(RequestLog(run / "evidence.db"))
+    flood = [r for r in rows if r.shape == "flood"]
     assert len(flood) > 16
-    assert all(r["start"] <= fault["reverted_at"] for r in flood)
-    assert sum(1 for r in flood if r["error_class"] is None) > 16
-    assert any(r["shape"] == "short" for r in rows)
+    assert all(r.start <= fault["reverted_at"] for r in flood)
+    assert sum(1 for r in flood if r.error_class is None) > 16
+    assert any(r.shape == "short" for r in rows)
     assert _engine_idle(stack), "requests still running on the engine after the drill"
 
 

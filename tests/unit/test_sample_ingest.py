@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from llmdrill.load.config import LoadConfig
 from llmdrill.load.runner import LocustProcess
-from llmdrill.model.evidence import EvidenceStore
+from llmdrill.model.evidence import EvidenceStore, RequestLog
+from llmdrill.model.records import RequestRecord
 
 pytestmark = pytest.mark.unit
 
@@ -20,22 +20,40 @@ def test_sample_lines_are_read_once_torn_lines_wait_and_garbage_is_skipped(tmp_p
     samples.write_text('{"start":1.0,"end":2.0,"status":200}\nnot json\n[1]\n{"start":3')
     load = LocustProcess(LoadConfig(base_url="http://127.0.0.1:1", model="m",
                                     samples_path=str(samples)), 1, 1, 1, tmp_path)
-    lines, records = load.read_new_samples()
-    assert lines == ['{"start":1.0,"end":2.0,"status":200}']
-    assert records == [{"start": 1.0, "end": 2.0, "status": 200}]
+    assert load.read_new_samples() == [{"start": 1.0, "end": 2.0, "status": 200}]
     with samples.open("a") as fh:
         fh.write(',"end":4.0}\n')
-    assert load.read_new_samples()[1] == [{"start": 3, "end": 4.0}]
-    assert load.read_new_samples() == ([], [])
+    assert load.read_new_samples() == [{"start": 3, "end": 4.0}]
+    assert load.read_new_samples() == []
     load.close()
 
 
-def test_the_store_keeps_the_line_as_written_and_still_masks_secrets(tmp_path: Path) -> None:
+def test_the_store_keeps_each_field_in_a_column_and_masks_secrets(tmp_path: Path) -> None:
     store = EvidenceStore(tmp_path / "evidence.db", secrets=["sk-secret"])
-    line = '{"start":1.0,"end":2.0,"error_type":"echo sk-secret"}'
-    store.add_requests([json.loads(line)], [line])
-    store.add_requests([{"start": 3.0, "end": 4.0}])  # no line: encoded here
-    rows = store._db.execute("SELECT start, end, record FROM requests ORDER BY start").fetchall()
-    assert rows[0] == (1.0, 2.0, '{"start":1.0,"end":2.0,"error_type":"echo ***"}')
-    assert json.loads(rows[1][2]) == {"start": 3.0, "end": 4.0}
+    store.add_requests([{"start": 1.0, "end": 2.0, "error_class": "http_4xx",
+                         "error_type": "echo sk-secret", "unknown_key": 1}])
+    store.add_requests([{"start": 3.0, "end": 4.0, "ttft": [1]}])  # garbage: kept as text
+    rows = store._db.execute(
+        'SELECT "start", "end", error_type, ttft FROM requests ORDER BY "start"').fetchall()
+    assert rows == [(1.0, 2.0, "echo ***", None), (3.0, 4.0, None, "[1]")]
     store.close()
+
+
+def test_a_run_log_streams_its_records_and_answers_windows(tmp_path: Path) -> None:
+    store = EvidenceStore(tmp_path / "evidence.db")
+    store.add_requests([{"start": float(i), "end": i + 1.5, "shape": "a" if i % 2 else "b",
+                         "stream": False, "finished": i != 3, "ttft": 0.1}
+                        for i in range(10)])
+    evidence = store.load([], [], None)
+    store.close()  # the log reads the file on its own
+    log = evidence.requests
+    assert isinstance(log, RequestLog)
+    assert len(log) == 10 and [r.start for r in log] == [float(i) for i in range(10)]
+    assert log[0] == RequestRecord(0.0, 1.5, stream=False, ttft=0.1, shape="b")
+    assert log[-1].start == 9.0 and log[3].finished is False
+    assert [r.start for r in evidence.requests_started_in(2.0, 5.0)] == [2.0, 3.0, 4.0]
+    assert [r.start for r in evidence.requests_overlapping(4.0, 5.0)] == [3.0, 4.0]
+    assert [r.start for r in log.started_in(0, 6).of_shapes(["a"])] == [1.0, 3.0, 5.0]
+    assert [r.end for r in log.by_end()] == sorted(r.end for r in log)
+    with pytest.raises(IndexError):
+        log[10]

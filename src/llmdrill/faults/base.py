@@ -9,12 +9,12 @@ is what lets `llmdrill cleanup` undo a fault after the harness was killed with -
 from __future__ import annotations
 
 import signal
-import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llmdrill.errors import LlmdrillError
+from llmdrill.model.quantiles import Quantiles
 
 if TYPE_CHECKING:
     from llmdrill.model.records import Evidence, RequestRecord
@@ -129,22 +129,25 @@ class Baseline:
         return table.get("*")
 
 
-def baseline_before(requests: Sequence[RequestRecord], start: float) -> Baseline:
+def baseline_before(requests: Iterable[RequestRecord], start: float) -> Baseline:
     """Median TTFT and duration of the successful requests that ended before `start`,
-    per shape and over all ("*"): the yardstick for "slower during the fault"."""
-    before = [r for r in requests if r.ok and r.end <= start]
-    ttft: dict[str | None, float] = {}
-    duration: dict[str | None, float] = {}
-    groups: dict[str | None, list[RequestRecord]] = {"*": before}
-    for r in before:
-        groups.setdefault(r.shape, []).append(r)
-    for shape, group in groups.items():
-        ttfts = [r.ttft for r in group if r.ttft is not None]
-        if ttfts:
-            ttft[shape] = statistics.median(ttfts)
-        if group:
-            duration[shape] = statistics.median(r.duration for r in group)
-    return Baseline(ttft, duration, len(before))
+    per shape and over all ("*"): the yardstick for "slower during the fault". Read in
+    one pass, in memory that does not grow with the run (`Quantiles`)."""
+    ttfts: dict[str | None, Quantiles] = {}
+    durations: dict[str | None, Quantiles] = {}
+    count = 0
+    for r in requests:
+        if not (r.ok and r.end <= start):
+            continue
+        count += 1
+        for shape in ("*", r.shape):
+            durations.setdefault(shape, Quantiles()).add(r.end - r.start)
+            if r.ttft is not None:
+                ttfts.setdefault(shape, Quantiles()).add(r.ttft)
+    ttft = {shape: v for shape, q in ttfts.items() if (v := q.percentile(50)) is not None}
+    duration = {shape: v for shape, q in durations.items()
+                if (v := q.percentile(50)) is not None}
+    return Baseline(ttft, duration, count)
 
 
 def cut_or_retried(r: RequestRecord) -> bool:

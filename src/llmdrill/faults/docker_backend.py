@@ -734,7 +734,7 @@ UNTOUCHED_MIN_REQUESTS = 3
 def _in_flight(evidence: Evidence, window: Any
                ) -> tuple[list[RequestRecord], list[RequestRecord]]:
     """The client requests open while the fault was on, and those of them it cut."""
-    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
+    inside = list(evidence.requests_overlapping(window.start, window.end))
     return inside, [r for r in inside if cut_or_retried(r)]
 
 

@@ -1186,7 +1186,7 @@ WRONG_TARGET = "wrong selector? (the clients may be served by other pods)"
 
 def _in_flight(evidence: Evidence, start: float, end: float
                ) -> tuple[list[RequestRecord], list[RequestRecord]]:
-    inside = [r for r in evidence.requests if start <= r.end and r.start < end]
+    inside = list(evidence.requests_overlapping(start, end))
     return inside, [r for r in inside if cut_or_retried(r)]
 
 

@@ -608,7 +608,7 @@ def _traffic_text(evidence: Evidence, fault: str) -> str:
     window = fault_window(evidence, fault)
     if window is None:
         return ""
-    inside = [r for r in evidence.requests if window.start <= r.end and r.start < window.end]
+    inside = list(evidence.requests_overlapping(window.start, window.end))
     if not inside:
         return ""
     cut = [r for r in inside if cut_or_retried(r)]

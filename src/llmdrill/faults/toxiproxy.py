@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Required, TypedDict
 
 from pydantic import Field
@@ -277,7 +278,7 @@ def _slowed(r: RequestRecord, base: Baseline, ttft_by: float, duration_by: float
     return base_dur is not None and r.duration >= base_dur * ratio + duration_by
 
 
-def judge_toxic(spec: Any, requests: list[RequestRecord], start: float, end: float,
+def judge_toxic(spec: Any, requests: Sequence[RequestRecord], start: float, end: float,
                 listen: str | None = None, share: float = 1.0) -> FaultEffect:
     """Whether the requests that started in [start, end) show the toxic `spec`.
 
@@ -340,18 +341,21 @@ ALREADY_MIN_REQUESTS = 5
 ALREADY_SHARE = 0.1
 
 
-def _already_broken(requests: list[RequestRecord], start: float,
+def _already_broken(requests: Sequence[RequestRecord], start: float,
                     inside: list[RequestRecord]) -> str | None:
     """Why failures in the fault's window cannot be put down to the toxic: the requests
     that ended before it failed on the network (or were retried) about as often."""
-    before = [r for r in requests if r.end <= start]
-    if len(before) < ALREADY_MIN_REQUESTS:
+    ended = broken_before = 0
+    for r in requests:  # counted in one pass: a run's log streams
+        if r.end <= start:
+            ended += 1
+            broken_before += cut_or_retried(r)
+    if ended < ALREADY_MIN_REQUESTS:
         return None
-    broken_before = sum(map(cut_or_retried, before))
-    share_before = broken_before / len(before)
+    share_before = broken_before / ended
     share_inside = sum(map(cut_or_retried, inside)) / len(inside)
     if share_before >= ALREADY_SHARE and share_before >= 0.5 * share_inside:
-        return (f"{share_text(broken_before, len(before))} that ended before the fault "
+        return (f"{share_text(broken_before, ended)} that ended before the fault "
                 "failed on the network or were retried too")
     return None
 

@@ -102,6 +102,7 @@ class RunOptions:
     out_dir: Path = Path("reports")
     tick: float = 0.5
     allow_production: bool = False  # --allow-production on the command line
+    keep_samples: bool = False  # --keep-samples: the load's samples files stay beside the db
 
 
 class _Signals:
@@ -346,7 +347,8 @@ class Runner:
             t0 = time.time()
             if locust is not None:
                 services.start("load generator", Callbacks(
-                    locust.start, lambda: self._stop_load(locust, store)))
+                    locust.start, lambda: self._stop_load(locust, store,
+                                                          self.options.keep_samples)))
                 if locust.remote_workers or locust.processes > 1:
                     # The phases start with the load, not while workers still connect:
                     # a baseline measured on half the load would set a false bar.
@@ -379,12 +381,13 @@ class Runner:
         return result
 
     @staticmethod
-    def _stop_load(locust: LocustProcess, store: EvidenceStore) -> None:
+    def _stop_load(locust: LocustProcess, store: EvidenceStore, keep_samples: bool) -> None:
         locust.stop()
-        lines, records = locust.read_new_samples()  # what it recorded up to its last moment
-        store.add_requests(records, lines)
+        store.add_requests(locust.read_new_samples())  # what it recorded to its last moment
         _record_lost_workers(locust, store)
         locust.close()
+        if not keep_samples:  # every request is in evidence.db now: on disk once
+            locust.discard_samples()
 
     def _wait_for_workers(self, locust: LocustProcess, store: EvidenceStore) -> None:
         """Until Locust's master says every worker connected and the load started; an
@@ -398,8 +401,7 @@ class Runner:
         else:
             deadline = time.time() + LOCAL_WORKERS_WAIT + 15
         while locust.started is None:
-            lines, records = locust.read_new_samples()
-            store.add_requests(records, lines)
+            store.add_requests(locust.read_new_samples())
             if locust.started is not None:
                 break
             if locust.alive() and time.time() <= deadline:
@@ -502,9 +504,9 @@ class Runner:
         deadline = t0 + planned.end
         while (now := time.time()) < deadline:
             if locust is not None:
-                lines, new = locust.read_new_samples()
+                new = locust.read_new_samples()
                 if new:
-                    store.add_requests(new, lines)
+                    store.add_requests(new)
                     self.live.add(new)
                 if _record_lost_workers(locust, store):
                     lost = locust.lost_workers[0]

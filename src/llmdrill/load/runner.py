@@ -142,17 +142,15 @@ class LocustProcess:
         if self._log:
             self._log.close()
 
-    def read_new_samples(self) -> tuple[list[str], list[dict[str, Any]]]:
-        """The request lines written since the last call, by every process of the load
-        (a torn last line waits for more), and each parsed: the evidence keeps the line as
-        written instead of encoding the record again. The master's word that a worker was
+    def read_new_samples(self) -> list[dict[str, Any]]:
+        """The requests written since the last call, by every process of the load (a torn
+        last line waits for more), each line parsed. The master's word that a worker was
         lost goes to `lost_workers`."""
         samples = Path(self.config.samples_path)
         if self.processes > 1 or self.remote_workers:
             for path in samples.parent.glob(process_samples_glob(self.config.samples_path)):
                 if path not in self._followers:
                     self._followers[path] = _Follower(path)
-        kept: list[str] = []
         out: list[dict[str, Any]] = []
         for follower in self._followers.values():
             for line in follower.read():
@@ -176,10 +174,15 @@ class LocustProcess:
                     self.lost_workers.append({**record, "pid": started.get("pid"),
                                               "host": started.get("host")})
                     continue
-                kept.append(line.decode("utf-8", "replace"))
                 out.append(record)
-        return kept, out
+        return out
 
     def close(self) -> None:
         for follower in self._followers.values():
             follower.close()
+
+    def discard_samples(self) -> None:
+        """Deletes the samples files once the load has stopped and every line of them is
+        in the run's evidence: the requests are then on disk once, in evidence.db."""
+        for path in self._followers:
+            path.unlink(missing_ok=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 # The label the harness adds to the samples of each replica in target.engines.
 ENGINE_LABEL = "llmdrill_engine"
@@ -80,11 +81,22 @@ class FaultEvent:
         return self.reverting_at if self.reverting_at is not None else self.reverted_at
 
 
+@runtime_checkable
+class WindowedRequests(Protocol):
+    """Requests that answer a window's query themselves (evidence.db's RequestLog)."""
+
+    def started_in(self, start: float, end: float) -> Sequence[RequestRecord]: ...
+
+    def overlapping(self, start: float, end: float) -> Sequence[RequestRecord]: ...
+
+
 @dataclass
 class Evidence:
-    """Everything a run observed, in memory, for checks and statistics to read."""
+    """Everything a run observed, for checks and statistics to read: the requests as a
+    sequence (a list, or a run's log read from evidence.db as it is iterated), metrics and
+    events in memory."""
 
-    requests: list[RequestRecord] = field(default_factory=list)
+    requests: Sequence[RequestRecord] = field(default_factory=list)
     metrics: list[MetricSample] = field(default_factory=list)
     phases: list[PhaseWindow] = field(default_factory=list)
     faults: list[FaultEvent] = field(default_factory=list)
@@ -100,8 +112,17 @@ class Evidence:
     def phase(self, name: str) -> PhaseWindow | None:
         return next((p for p in self.phases if p.name == name), None)
 
-    def requests_started_in(self, start: float, end: float) -> list[RequestRecord]:
+    def requests_started_in(self, start: float, end: float) -> Sequence[RequestRecord]:
+        """Requests that started within [start, end)."""
+        if isinstance(self.requests, WindowedRequests):
+            return self.requests.started_in(start, end)
         return [r for r in self.requests if start <= r.start < end]
+
+    def requests_overlapping(self, start: float, end: float) -> Sequence[RequestRecord]:
+        """Requests in flight at some moment of [start, end)."""
+        if isinstance(self.requests, WindowedRequests):
+            return self.requests.overlapping(start, end)
+        return [r for r in self.requests if start <= r.end and r.start < end]
 
     def metric_names(self) -> set[str]:
         return {m.name for m in self.metrics}
