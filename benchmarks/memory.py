@@ -6,7 +6,8 @@ users and no think time. Every 0.5 s each process of the run is read from /proc 
 harness and its descendants); printed per process: RSS at a quarter, half and three
 quarters of the load, at its end, and the peak (which includes the verdict, when the
 harness reads the evidence back), beside the requests done by then; then the bytes per
-request of evidence.db and samples.jsonl. The goal (the load-generation issue): every
+request of evidence.db and samples.jsonl (which a run deletes once evidence.db holds every
+request; kept here to count them). The goal (the load-generation issue): every
 process flat in the number of requests, at most 100 MB after a million.
 
     .venv/bin/python benchmarks/memory.py                  # 120 s of load
@@ -94,7 +95,7 @@ def measure(url: str, seconds: float, work: Path) -> tuple[list[Sample], Path, f
     path.write_text(SCENARIO.format(url=url, users=USERS, seconds=seconds, processes=1))
     out = work / "reports"
     cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-           "--quiet", "--no-history"]
+           "--quiet", "--no-history", "--keep-samples"]  # kept to count, deleted by default
     log = (work / "run.log").open("wb")
     proc = subprocess.Popen(_pinned(CLIENT_CPU, cmd), stdout=log, stderr=subprocess.STDOUT)
     samples: list[Sample] = []

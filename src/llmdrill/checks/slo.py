@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from llmdrill.checks.base import fmt, make_result
 from llmdrill.checks.stats import request_stats
-from llmdrill.model.records import Evidence
+from llmdrill.model.records import Evidence, RequestRecord
 from llmdrill.model.result import CheckResult, CheckStatus, RequestStats, Window
 from llmdrill.plugin import CheckKind
 from llmdrill.scenario.fields import (
@@ -152,14 +153,14 @@ def _fraction(label: str, key: str, value: float | None, bound: FractionBound) -
 def evaluate_slo(
     name: str, phase: str, spec: SloCheck, evidence: Evidence, window: Window
 ) -> CheckResult:
-    started = evidence.requests_started_in(window.start, window.end)
+    started: Iterable[RequestRecord] = evidence.requests_started_in(window.start, window.end)
     if spec.shapes is not None:
         wanted = set(spec.shapes)
-        started = [r for r in started if r.shape in wanted]
+        started = (r for r in started if r.shape in wanted)
     # Requests still in flight when the load stopped have no outcome to judge; whether
-    # they were hung is no_hung_requests' question, so they are left out and counted.
-    records = [r for r in started if r.finished]
-    stats = request_stats(records, window_s=window.end - window.start)
+    # they were hung is no_hung_requests' question, so request_stats leaves them out and
+    # counts them. Read once, as they stream: a soak's million requests are never a list.
+    stats = request_stats(started, window_s=window.end - window.start)
     measured = _measures(spec, stats)
     violations = [v for m in measured if (v := m.violation()) is not None]
 
@@ -168,7 +169,7 @@ def evaluate_slo(
         "succeeded": stats.succeeded,
         "failed": stats.failed,
         "errors_by_class": stats.errors_by_class,
-        "unfinished_at_stop": len(started) - len(records),
+        "unfinished_at_stop": stats.unfinished_at_stop,
     }
     expected: dict[str, Any] = {"min_requests": spec.min_requests}
     for m in measured:

@@ -62,9 +62,8 @@ def _row(raw: dict[str, Any]) -> tuple[Any, ...]:
 
 def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row SQLite can hold: a value of another type (a list where a number belongs, in a
-    line no load of ours wrote) is kept as its text rather than failing the batch."""
-    return tuple(v if v is None or isinstance(v, int | float | str) else json.dumps(v,
-                 default=str) for v in row)
+    line no load of ours wrote) is left out (NULL) rather than failing the batch."""
+    return tuple(v if isinstance(v, int | float | str) else None for v in row)
 
 
 def _record(row: tuple[Any, ...]) -> RequestRecord:
