@@ -57,3 +57,20 @@ def test_a_run_log_streams_its_records_and_answers_windows(tmp_path: Path) -> No
     assert [r.end for r in log.by_end()] == sorted(r.end for r in log)
     with pytest.raises(IndexError):
         log[10]
+
+
+def test_the_evidence_is_read_again_from_every_file_once_the_load_stops(tmp_path: Path
+                                                                       ) -> None:
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"kind":"load_started","at":1.0}\n{"start":1.0,"end":2.0}\n')
+    load = LocustProcess(LoadConfig(base_url="http://127.0.0.1:1", model="m",
+                                    samples_path=str(samples)), 4, 4, 1, tmp_path, processes=2)
+    worker = tmp_path / "samples-w7.jsonl"
+    worker.write_text('{"start":3.0,"end":4.0}\ngarbage\n{"start":5.0,"end":6.0}\n{"sta')
+    assert len(load.read_new_samples()) == 3  # what the live statistics saw
+    batches = list(load.recorded(batch=1))
+    assert sorted(r["start"] for batch in batches for r in batch) == [1.0, 3.0, 5.0]
+    assert all(batch for batch in batches)  # control records, garbage and torn lines left out
+    load.discard_samples()
+    assert not samples.exists() and not worker.exists()
+    load.close()

@@ -383,8 +383,10 @@ class Runner:
     @staticmethod
     def _stop_load(locust: LocustProcess, store: EvidenceStore, keep_samples: bool) -> None:
         locust.stop()
-        store.add_requests(locust.read_new_samples())  # what it recorded to its last moment
+        locust.read_new_samples()  # the master's last word on its workers
         _record_lost_workers(locust, store)
+        for batch in locust.recorded():  # every request, into evidence.db once
+            store.add_requests(batch)
         locust.close()
         if not keep_samples:  # every request is in evidence.db now: on disk once
             locust.discard_samples()
@@ -401,7 +403,7 @@ class Runner:
         else:
             deadline = time.time() + LOCAL_WORKERS_WAIT + 15
         while locust.started is None:
-            store.add_requests(locust.read_new_samples())
+            locust.read_new_samples()  # for the master's word that the load started
             if locust.started is not None:
                 break
             if locust.alive() and time.time() <= deadline:
@@ -505,8 +507,7 @@ class Runner:
         while (now := time.time()) < deadline:
             if locust is not None:
                 new = locust.read_new_samples()
-                if new:
-                    store.add_requests(new)
+                if new:  # evidence.db gets them when the load stops (LocustProcess.recorded)
                     self.live.add(new)
                 if _record_lost_workers(locust, store):
                     lost = locust.lost_workers[0]

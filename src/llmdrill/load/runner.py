@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +57,17 @@ class _Follower:
     def close(self) -> None:
         if self._fh:
             self._fh.close()
+
+
+def _parsed(line: bytes) -> dict[str, Any] | None:
+    """A samples line as a record; None for a blank line, garbage or a torn line."""
+    if not line:
+        return None
+    try:  # orjson: a quarter of json's time, most of the harness's reading
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class LocustProcess:
@@ -142,25 +154,23 @@ class LocustProcess:
         if self._log:
             self._log.close()
 
-    def read_new_samples(self) -> list[dict[str, Any]]:
-        """The requests written since the last call, by every process of the load (a torn
-        last line waits for more), each line parsed. The master's word that a worker was
-        lost goes to `lost_workers`."""
+    def _discover(self) -> None:
         samples = Path(self.config.samples_path)
         if self.processes > 1 or self.remote_workers:
             for path in samples.parent.glob(process_samples_glob(self.config.samples_path)):
                 if path not in self._followers:
                     self._followers[path] = _Follower(path)
+
+    def read_new_samples(self) -> list[dict[str, Any]]:
+        """The requests written since the last call, by every process of the load (a torn
+        last line waits for more), each line parsed: for the live statistics and
+        guardrails. The master's word that a worker was lost goes to `lost_workers`."""
+        self._discover()
         out: list[dict[str, Any]] = []
         for follower in self._followers.values():
             for line in follower.read():
-                if not line:
-                    continue
-                try:  # orjson: a quarter of json's time, most of the harness's ingest
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(record, dict):
+                record = _parsed(line)
+                if record is None:
                     continue
                 kind = record.get("kind")
                 if kind == LOAD_STARTED:
@@ -176,6 +186,35 @@ class LocustProcess:
                     continue
                 out.append(record)
         return out
+
+    def recorded(self, batch: int = 8192) -> Iterator[list[dict[str, Any]]]:
+        """Every request the load recorded, read again from the start of each samples
+        file, in batches: the run's evidence is written from them once the load has
+        stopped. While it runs, the harness only tails them for its live statistics, so
+        the core the load shares with it is spent on load, not on SQLite (see decision
+        0015). A torn last line (a writer killed mid-line) is left out."""
+        self._discover()
+        for path in list(self._followers):
+            if not path.exists():
+                continue
+            out: list[dict[str, Any]] = []
+            with path.open("rb") as fh:
+                partial = b""
+                while chunk := fh.read(1 << 22):
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()
+                    for line in lines:
+                        record = _parsed(line)
+                        if record is not None and "kind" not in record:
+                            out.append(record)
+                    if len(out) >= batch:
+                        yield out
+                        out = []
+                record = _parsed(partial)
+                if record is not None and "kind" not in record:
+                    out.append(record)
+            if out:
+                yield out
 
     def close(self) -> None:
         for follower in self._followers.values():
