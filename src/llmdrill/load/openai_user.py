@@ -200,6 +200,7 @@ class OpenAIUser(User):
         self.shapes = [_Shape(s, self.cfg.model) for s in self.cfg.shapes]
         self.weights = [s.weight for s in self.cfg.shapes]
         self.fire = self.environment.events.request.fire
+        self.wire.connect()  # the first request's TTFT without the connect (WireClient.connect)
 
     def on_stop(self) -> None:
         self.wire.close()
