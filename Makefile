@@ -81,12 +81,14 @@ bench: venv system-deps stack
 	$(BIN)/python benchmarks/ttft_bias.py
 	$(BIN)/python benchmarks/fault_timing.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/kv_cleanup_latency.py
 
 bench-short: venv system-deps stack
 	$(BIN)/python benchmarks/load_throughput.py --short
 	$(BIN)/python benchmarks/ttft_bias.py --short
 	$(BIN)/python benchmarks/fault_timing.py --short
 	$(BIN)/python benchmarks/memory.py --short
+	$(BIN)/python benchmarks/kv_cleanup_latency.py --short
 
 # Docker engine (Debian's docker.io, started with the flags in ../shared/ENVIRONMENT.md),
 # docker-compose, and the locally built images the Docker tests use.
