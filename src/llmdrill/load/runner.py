@@ -187,7 +187,7 @@ class LocustProcess:
                 out.append(record)
         return out
 
-    def recorded(self, batch: int = 8192) -> Iterator[list[dict[str, Any]]]:
+    def recorded(self, batch: int = 1024) -> Iterator[list[dict[str, Any]]]:
         """Every request the load recorded, read again from the start of each samples
         file, in batches: the run's evidence is written from them once the load has
         stopped. While it runs, the harness only tails them for its live statistics, so
@@ -200,7 +200,7 @@ class LocustProcess:
             out: list[dict[str, Any]] = []
             with path.open("rb") as fh:
                 partial = b""
-                while chunk := fh.read(1 << 22):
+                while chunk := fh.read(1 << 18):
                     lines = (partial + chunk).split(b"\n")
                     partial = lines.pop()
                     for line in lines:
