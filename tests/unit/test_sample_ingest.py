@@ -40,7 +40,9 @@ def test_the_store_keeps_each_field_in_a_column_and_masks_secrets(tmp_path: Path
 
 
 def test_a_run_log_streams_its_records_and_answers_windows(tmp_path: Path) -> None:
-    store = EvidenceStore(tmp_path / "evidence.db")
+    folder = tmp_path / "odd ?#% name"  # a URI opens the log read-only: quoted
+    folder.mkdir()
+    store = EvidenceStore(folder / "evidence.db")
     store.add_requests([{"start": float(i), "end": i + 1.5, "shape": "a" if i % 2 else "b",
                          "stream": False, "finished": i != 3, "ttft": 0.1}
                         for i in range(10)])

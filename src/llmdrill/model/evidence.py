@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, overload
+from urllib.parse import quote
 
 from llmdrill.model.records import (
     Evidence,
@@ -98,7 +99,9 @@ class RequestLog(Sequence[RequestRecord]):
         self._args = args
 
     def _query(self, head: str, tail: str = "", extra: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        # A URI, for read-only: the path quoted, since a folder may hold "?", "#" or "%".
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         where = f" WHERE {self._where}" if self._where else ""
         return db.execute(f"{head}{where}{tail}", self._args + extra)
 
