@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from llmdrill.model.quantiles import Quantiles, percentile_of_sorted
-from llmdrill.model.records import RequestRecord
+from llmdrill.model.records import RequestRecord, WindowedRequests
 from llmdrill.model.result import ClientPoint, RequestStats
 
 
@@ -41,10 +41,6 @@ def request_tokens_per_s(record: RequestRecord) -> float | None:
     if record.duration > 0:
         return record.output_tokens / record.duration
     return None
-
-
-def _ttfts(records: Iterable[RequestRecord]) -> list[float]:
-    return [r.ttft for r in records if r.ok and r.ttft is not None]
 
 
 class _Tally:
@@ -144,8 +140,7 @@ def client_series(
         raise ValueError(f"bucket_s must be more than 0, got {bucket_s}")
     if t_end <= t0:
         return []
-    by_end = getattr(records, "by_end", None)
-    ordered: Iterable[RequestRecord] = (by_end() if callable(by_end)
+    ordered: Iterable[RequestRecord] = (records.by_end() if isinstance(records, WindowedRequests)
                                         else sorted(records, key=lambda r: r.end))
     count = math.ceil((t_end - t0) / bucket_s)
     points: list[ClientPoint] = []

@@ -352,7 +352,7 @@ class Runner:
                 if locust.remote_workers or locust.processes > 1:
                     # The phases start with the load, not while workers still connect:
                     # a baseline measured on half the load would set a false bar.
-                    self._wait_for_workers(locust, store)
+                    self._wait_for_workers(locust)
                     t0 = time.time()
             self._run_phases(t0, locust, scraper, journal, store)
         except Aborted as exc:
@@ -391,7 +391,7 @@ class Runner:
         if not keep_samples:  # every request is in evidence.db now: on disk once
             locust.discard_samples()
 
-    def _wait_for_workers(self, locust: LocustProcess, store: EvidenceStore) -> None:
+    def _wait_for_workers(self, locust: LocustProcess) -> None:
         """Until Locust's master says every worker connected and the load started; an
         error if they do not: remote ones within `load.master.wait`, the processes forked
         here within Locust's own wait (60 s)."""

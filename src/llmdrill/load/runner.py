@@ -199,20 +199,13 @@ class LocustProcess:
                 continue
             out: list[dict[str, Any]] = []
             with path.open("rb") as fh:
-                partial = b""
-                while chunk := fh.read(1 << 18):
-                    lines = (partial + chunk).split(b"\n")
-                    partial = lines.pop()
-                    for line in lines:
-                        record = _parsed(line)
-                        if record is not None and "kind" not in record:
-                            out.append(record)
-                    if len(out) >= batch:
-                        yield out
-                        out = []
-                record = _parsed(partial)
-                if record is not None and "kind" not in record:
-                    out.append(record)
+                for line in fh:
+                    record = _parsed(line)
+                    if record is not None and "kind" not in record:
+                        out.append(record)
+                        if len(out) >= batch:
+                            yield out
+                            out = []
             if out:
                 yield out
 

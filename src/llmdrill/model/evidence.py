@@ -75,13 +75,6 @@ def _record(row: tuple[Any, ...]) -> RequestRecord:
                          request_id, bool(finished), shape, bool(retry_after))
 
 
-def record_from_dict(raw: dict[str, Any]) -> RequestRecord:
-    return RequestRecord(**{k: v for k, v in raw.items() if k in REQUEST_FIELDS})
-
-
-REQUEST_FIELDS = set(REQUEST_COLUMNS)
-
-
 class RequestLog(Sequence[RequestRecord]):
     """The requests of a run (or of a window of it) as evidence.db holds them, read when
     they are iterated, a chunk at a time, in order of start.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -84,6 +84,8 @@ class FaultEvent:
 @runtime_checkable
 class WindowedRequests(Protocol):
     """Requests that answer a window's query themselves (evidence.db's RequestLog)."""
+
+    def by_end(self) -> Iterator[RequestRecord]: ...
 
     def started_in(self, start: float, end: float) -> Sequence[RequestRecord]: ...
 
