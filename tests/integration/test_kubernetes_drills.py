@@ -212,13 +212,22 @@ def caught_no_stream(result: dict[str, Any]) -> bool:
             and unsure[0]["observed"].get("in_flight_cut") == 0)
 
 
-def test_pod_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> None:
-    result = drill(kube, "pod-kill.yaml", tmp_path / "first")
+def drill_that_cut_a_stream(kube: Kube, scenario: str, tmp_path: Path) -> dict[str, Any]:
+    """The drill, run a second time when the kill caught no stream of the killed pod.
+
+    Six users keep 5-6 streams in flight and the gateway picks a pod at random for each,
+    so about one run in 2**6 has none on the pod the kill hits (seen in CI for both the pod
+    and the container kill). The drill is right to call that inconclusive; the test runs
+    it again rather than call a run without evidence a failure of the pod."""
+    result = drill(kube, scenario, tmp_path / "first")
     if caught_no_stream(result):
-        # Seen in 2 of 3 full runs (5-6 streams in flight, none on the killed pod): run
-        # the drill again rather than call a run without evidence a failure of the pod.
-        result = drill(kube, "pod-kill.yaml", tmp_path / "again")
-    checks = assert_passed(result)
+        shape(kube)  # the killed replica back and routed before the second kill
+        result = drill(kube, scenario, tmp_path / "again")
+    return result
+
+
+def test_pod_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> None:
+    checks = assert_passed(drill_that_cut_a_stream(kube, "pod-kill.yaml", tmp_path))
     recovery = checks["stream-recovery"]["observed"]
     assert recovery["in_flight"] >= 1, recovery  # the kill cut streams, and they ended fast
     print(f"\nk8s pod kill: {checks['replicas-back']['summary']}")
@@ -226,7 +235,9 @@ def test_pod_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> No
 
 def test_container_kill_passes_on_two_ready_replicas(kube: Kube, tmp_path: Path) -> None:
     shape(kube)
-    checks = assert_passed(drill(kube, "container-kill.yaml", tmp_path))
+    checks = assert_passed(drill_that_cut_a_stream(kube, "container-kill.yaml", tmp_path))
+    recovery = checks["stream-recovery"]["observed"]
+    assert recovery["in_flight_cut"] >= 1, recovery
     print(f"\nk8s container kill: {checks['replicas-back']['summary']}")
 
 
