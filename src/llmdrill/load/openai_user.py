@@ -21,7 +21,7 @@ import orjson
 from locust import User, task
 
 from llmdrill.load.config import LoadConfig, RequestShapeConfig, process_samples_path
-from llmdrill.load.openai_api import make_prompt, status_error_class
+from llmdrill.load.openai_api import prompt_head, prompt_tail, status_error_class
 from llmdrill.load.sse import StreamTally, error_type_of_body, read_whole_body, stream_error
 from llmdrill.load.transport import LineTooLong, classify_exception, read_lines
 from llmdrill.load.wire import WireClient
@@ -173,13 +173,15 @@ class _Shape:
             body["prompt"] = _PROMPT
             self.path = "/v1/completions"
         before, after = json.dumps(body).split(_PROMPT)
-        self.before, self.after = before.encode(), after.encode()
+        tail = prompt_tail(shape.prompt_tokens, random.Random())
+        self.before, self.after = before.encode(), (tail + after).encode()
         self.config = shape
         self.name = f"{shape.api}{'/stream' if shape.stream else ''}"
 
     def body(self, rng: random.Random) -> bytes:
-        # make_prompt writes digits and plain words: nothing in it needs JSON escaping.
-        return self.before + make_prompt(self.config.prompt_tokens, rng).encode() + self.after
+        # A prompt as make_prompt writes it (digits and plain words: nothing in it needs
+        # JSON escaping), its words after the first drawn once per user and shape.
+        return self.before + prompt_head(rng).encode() + self.after
 
 
 class OpenAIUser(User):
