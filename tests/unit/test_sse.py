@@ -159,3 +159,18 @@ def test_usage_with_text_in_the_same_event_counts_the_token() -> None:
             b'"usage":{"prompt_tokens":2,"completion_tokens":1}}\n')
     tally = feed(both, b"data: [DONE]\n")
     assert tally.token_events == 1 and stream_error(tally) is None
+
+
+def test_the_fast_spellings_fall_back_to_every_text_key() -> None:
+    # Two choices in one event, the first with empty text: the quick look at the first
+    # `"text":"` says empty, the full look finds the second.
+    two = b'data: {"choices":[{"index":0,"text":""},{"index":1,"text":"x"}]}\n'
+    assert feed(two).token_events == 1
+    assert feed(_spaced(two)).token_events == 1
+    # Text that starts with an escaped quote is text; a line cut right after the key's
+    # opening quote is not.
+    assert feed(b'data: {"choices":[{"text":"\\"q\\""}]}\n').token_events == 1
+    assert feed(b'data: {"choices":[{"text":"').token_events == 0
+    # An error object and an abort are still seen where the rare-word search looks.
+    errored = feed(TOKEN, b'data: {"error":{"type":"internal","message":"boom"}}\n')
+    assert errored.error_type is not None and errored.token_events == 1
