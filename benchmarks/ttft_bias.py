@@ -2,15 +2,16 @@
 comes 50 ms after the request.
 
 The stub (delayed_sse_stub.py, pinned to core 0) answers every streaming completion with
-its headers at once, a first token event 50 ms after it read the request, then 19 more
-every 50 ms (streams of about a second, so 256 users hold 256 streams open). It records
-the delay it actually achieved per request, by its own clock, and tags each response with
-an x-request-id. Three clients on core 1, one after the other, at 8 and at 256 concurrent
-streams: `llmdrill run` (its recorded TTFT per request), a bare Locust FastHttpUser timing
-its own first `data:` bytes, and an aiohttp client doing the same. Printed per client:
-TTFT minus 50 ms (p50, p99, max), and the client's own error: TTFT minus the delay the
-stub achieved for that very request (p50, p99), which leaves out the stub's timer
-lateness (up to about a millisecond: asyncio's timers have that resolution).
+its headers at once, a first token event 50 ms after the request reached its socket (the
+kernel's arrival stamp), then 19 more every 50 ms (streams of about a second, so 256 users
+hold 256 streams open). It records the delay it actually achieved per request, arrival
+stamp to first event sent, and tags each response with an x-request-id. Three clients on
+core 1, one after the other, at 8 and at 256 concurrent streams: `llmdrill run` (its
+recorded TTFT per request), a bare Locust FastHttpUser timing its own first `data:` bytes,
+and an aiohttp client doing the same. Printed per client: TTFT minus 50 ms (p50, p99,
+max), and the client's own error: TTFT minus the delay the stub achieved for that very
+request (p50, p99), which leaves out the stub's own lateness (tens of microseconds; more
+when many streams are due at once).
 
     .venv/bin/python benchmarks/ttft_bias.py            # 15 s per client and concurrency
     .venv/bin/python benchmarks/ttft_bias.py --short    # 3 s each; run by make test

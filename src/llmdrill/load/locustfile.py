@@ -138,6 +138,15 @@ def _on_test_start(environment: Any, **_kwargs: Any) -> None:
         _announce(runner)
 
 
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]
+def _on_test_stop(**_kwargs: Any) -> None:
+    # Every user has stopped and recorded what it had in flight. On a worker, Locust
+    # fires this before it tells the master it stopped: the last batch goes now, ahead of
+    # that message on the same connection, not on the flusher's next tick, after it, when
+    # the master may already be quitting.
+    _flush()
+
+
 @events.spawning_complete.add_listener  # type: ignore[untyped-decorator]
 def _on_spawning_complete(**_kwargs: Any) -> None:
     # Every user, greenlet and connection exists now and lives until the load stops: out
