@@ -9,6 +9,8 @@ Shown here:
   sends traffic to a pod that is still loading the model), and the drain FAILS with a
   single replica and no budget (requests lost);
 - a drain that would violate a budget is refused with a clear message, nothing changed;
+- the load from two `llmdrill load-worker` pods (Locust's distributed mode): both send,
+  and every request they record reaches the run's evidence;
 - SIGTERM to the harness mid-drill, and kill -9 at random moments then `llmdrill cleanup`,
   leave the cluster as it was (node uncordoned, replicas and memory limits restored).
 
@@ -23,6 +25,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +37,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmdrill.load.runner import free_port
 from llmdrill.stack import kube_gateway, processes
 from llmdrill.stack.kube_cluster import (
     ENGINE_IMAGE,
@@ -279,6 +283,111 @@ def test_a_drain_that_would_violate_a_budget_is_refused(kube: Kube, tmp_path: Pa
     after = {p["metadata"]["name"] for p in kube.get(
         "pods", "-n", kube.namespace, "-l", "app.kubernetes.io/name=vllm")["items"]}
     assert after == before
+
+
+# --- the load from pods: Locust's distributed mode with workers as Kubernetes pods --------
+
+WORKERS_NAME = "llmdrill-load-workers"
+WORKERS_SCENARIO = """
+apiVersion: llmdrill/v1
+kind: Scenario
+metadata: {{name: k8s-pod-workers}}
+target: {{base_url: "${{LLMDRILL_KUBE_TARGET_URL}}", model: tiny}}
+load:
+  users: 4
+  remote_workers: 2
+  master: {{port: {port}, wait: 120s}}
+  requests: [{{api: completions, stream: true, prompt_tokens: 8, max_tokens: 4}}]
+  retries: {{max_attempts: 1}}
+phases: [{{name: steady, duration: 8s}}]
+checks:
+  - {{name: served, phase: steady, slo: {{error_rate: {{max: 0.0}}, min_requests: 10}}}}
+"""
+
+
+def load_workers(namespace: str, master_port: int, replicas: int) -> dict[str, Any]:
+    """A Deployment of `llmdrill load-worker` pods, as docs/operations.md has it for a real
+    cluster, but from this machine's venv and source (mounted read-only from the node, as
+    the engine's pods mount theirs) instead of the llmdrill image. On the host network,
+    so the master on 127.0.0.1 is in reach and the traffic stays on the loopback."""
+    venv = Path(sys.prefix)
+    host_ro = ["/usr", "/lib", "/lib64", "/etc", str(processes.python_home(venv)), str(venv),
+               str(REPO)]
+    labels = {"app": WORKERS_NAME}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": WORKERS_NAME, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "hostNetwork": True, "dnsPolicy": "Default",
+                    "enableServiceLinks": False, "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "worker", "image": ENGINE_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": [str(venv / "bin" / "llmdrill"), "load-worker",
+                                    "--master", f"127.0.0.1:{master_port}"],
+                        "env": [{"name": "HOME", "value": "/tmp"},
+                                {"name": "PATH", "value": f"{venv / 'bin'}:/usr/bin:/bin"}],
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                        "volumeMounts": [
+                            *({"name": f"host-{i}", "mountPath": path, "readOnly": True}
+                              for i, path in enumerate(host_ro)),
+                            {"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [
+                        *({"name": f"host-{i}", "hostPath": {"path": path}}
+                          for i, path in enumerate(host_ro)),
+                        {"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def test_load_workers_as_pods_send_the_load_and_every_request_is_evidence(
+        kube: Kube, tmp_path: Path) -> None:
+    shape(kube)
+    port = free_port()
+    path = tmp_path / "pod-workers.yaml"
+    path.write_text(WORKERS_SCENARIO.format(port=port))
+    out = tmp_path / "reports"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+         "--no-history", "--keep-samples"], env=kube.env(), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pods: set[str] = set()
+    try:
+        kube.kubectl("apply", "-f", "-", input=json.dumps(
+            load_workers(kube.namespace, port, 2)))
+        deadline = time.time() + 300
+        while run.poll() is None and time.time() < deadline:
+            listed = kube.get("pods", "-n", kube.namespace, "-l", f"app={WORKERS_NAME}")
+            pods |= {p["metadata"]["name"] for p in listed["items"]
+                     if p.get("status", {}).get("phase") == "Running"}
+            time.sleep(1)
+        output, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        kube.kubectl("delete", "deployment", "-n", kube.namespace, WORKERS_NAME,
+                     "--ignore-not-found", "--wait=true", "--timeout=60s", check=False)
+    assert run.returncode == 0, output[-3000:]
+    assert len(pods) == 2, pods  # the load came from two pods
+    folder = next(out.glob("*/result.json")).parent
+    files = sorted(folder.glob("samples-w*.jsonl"))
+    assert len(files) == 2, files
+    sent = [sum(1 for line in f.read_text().splitlines() if '"start"' in line) for f in files]
+    assert all(n > 0 for n in sent), sent  # each pod drove the engine
+    with sqlite3.connect(folder / "evidence.db") as db:
+        recorded = int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
+    assert recorded == sum(sent)  # and every request a pod recorded is evidence
+    print(f"\nk8s pod workers: {sent} requests from pods {sorted(pods)}")
 
 
 # --- SIGTERM and kill -9: the cluster as it was ---------------------------------------------
