@@ -7,6 +7,7 @@ otherwise it is started here and stopped at the end of the session.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,6 +88,26 @@ def llmdrill(*args: str, env: dict[str, str], timeout: float = 300,
         [sys.executable, "-m", "llmdrill.cli", *args], env=env, cwd=cwd, capture_output=True,
         text=True, timeout=timeout,
     )
+
+
+def start_run(path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`llmdrill run` in the background (a session of its own, so a test can kill it
+    whole), keeping the samples files for the test to count."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+         "--no-history", "--keep-samples"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def samples_sent(samples: Path) -> int:
+    """The requests (not control records) in one load process's samples file."""
+    return sum(1 for line in samples.read_text().splitlines() if '"start"' in line)
+
+
+def evidence_requests(run: Path) -> int:
+    """The requests in a run folder's evidence.db."""
+    with sqlite3.connect(run / "evidence.db") as db:
+        return int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
 
 
 # --- Docker (marker `docker`) ------------------------------------------------------------------

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from llmdrill.load.runner import free_port
-from tests.integration.conftest import REPO, Stack, llmdrill
+from tests.integration.conftest import (
+    REPO,
+    Stack,
+    evidence_requests,
+    llmdrill,
+    samples_sent,
+    start_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,27 +50,10 @@ def _run_dir(out: Path) -> Path:
     return next(out.glob("*/result.json")).parent
 
 
-def _requests(run: Path) -> int:
-    with sqlite3.connect(run / "evidence.db") as db:
-        return int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
-
-
 def _events(run: Path, kind: str) -> list[dict[str, Any]]:
     with sqlite3.connect(run / "evidence.db") as db:
         rows = db.execute("SELECT detail FROM events WHERE kind = ?", (kind,)).fetchall()
     return [json.loads(detail) for (detail,) in rows]
-
-
-def _start_run(path: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-         "--no-history", "--keep-samples"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _sent(samples: Path) -> int:
-    """The requests (not control records) in one worker's samples file."""
-    return sum(1 for line in samples.read_text().splitlines() if '"start"' in line)
 
 
 def _both_sending(out: Path, run: subprocess.Popen[str]) -> list[Path]:
@@ -71,7 +61,7 @@ def _both_sending(out: Path, run: subprocess.Popen[str]) -> list[Path]:
     deadline = time.time() + 120
     while time.time() < deadline and run.poll() is None:
         time.sleep(0.5)
-        sending = [w for w in out.glob("*/samples-w*.jsonl") if _sent(w)]
+        sending = [w for w in out.glob("*/samples-w*.jsonl") if samples_sent(w)]
         if len(sending) == 2:
             return sending
     raise AssertionError("the two workers never both sent requests while the run lasted")
@@ -95,9 +85,9 @@ def test_two_load_processes_both_send_and_both_are_recorded(clean_proxy: Stack,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     workers = sorted(run.glob("samples-w*.jsonl"))
     assert len(workers) == 2, workers
-    sent = [_sent(w) for w in workers]
+    sent = [samples_sent(w) for w in workers]
     assert all(n > 0 for n in sent), sent  # each worker drove the engine
-    assert _requests(run) == sum(sent)  # and every request it recorded is evidence
+    assert evidence_requests(run) == sum(sent)  # and every request it recorded is evidence
     result = json.loads((run / "result.json").read_text())
     assert result["checks"][0]["status"] == "passed"
 
@@ -107,7 +97,7 @@ def test_a_worker_killed_mid_run_aborts_it_and_is_named(clean_proxy: Stack,
     path = tmp_path / "distributed.yaml"
     path.write_text(SCENARIO)
     out = tmp_path / "reports"
-    proc = _start_run(path, out, clean_proxy.env(PHASE="120s"))
+    proc = start_run(path, out, clean_proxy.env(PHASE="120s"))
     try:
         victim = int(_both_sending(out, proc)[0].stem.rsplit("-w", 1)[1])
         os.kill(victim, signal.SIGKILL)
@@ -120,7 +110,7 @@ def test_a_worker_killed_mid_run_aborts_it_and_is_named(clean_proxy: Stack,
     reason = result["abort_reason"] or ""
     assert f"pid {victim}" in reason and "stopped reporting" in reason, reason
     assert [e["pid"] for e in _events(run, "load_worker_lost")] == [victim]
-    assert _requests(run) > 0  # what both workers recorded before the kill is kept
+    assert evidence_requests(run) > 0  # what both workers recorded before the kill is kept
     assert result["checks"][0]["status"] != "passed"
 
 
@@ -149,7 +139,7 @@ def test_remote_workers_get_the_load_from_the_run_and_report_every_request(
         clean_proxy: Stack, tmp_path: Path) -> None:
     path, port = _remote_scenario(tmp_path, "60s")
     out = tmp_path / "reports"
-    run = _start_run(path, out, clean_proxy.env())
+    run = start_run(path, out, clean_proxy.env())
     workers = _workers(port)
     try:
         output, _ = run.communicate(timeout=240)
@@ -161,9 +151,9 @@ def test_remote_workers_get_the_load_from_the_run_and_report_every_request(
     folder = _run_dir(out)
     files = sorted(folder.glob("samples-w*.jsonl"))
     assert len(files) == 2, files
-    sent = [_sent(f) for f in files]
+    sent = [samples_sent(f) for f in files]
     assert all(n > 0 for n in sent), sent
-    assert _requests(folder) == sum(sent)
+    assert evidence_requests(folder) == sum(sent)
 
 
 def test_a_run_whose_remote_workers_never_come_stops_with_an_error(clean_proxy: Stack,
@@ -179,7 +169,7 @@ def test_a_run_whose_remote_workers_never_come_stops_with_an_error(clean_proxy: 
 def test_a_remote_worker_killed_mid_run_aborts_it(clean_proxy: Stack, tmp_path: Path) -> None:
     path, port = _remote_scenario(tmp_path, "60s")
     out = tmp_path / "reports"
-    run = _start_run(path, out, clean_proxy.env(PHASE="120s"))
+    run = start_run(path, out, clean_proxy.env(PHASE="120s"))
     workers = _workers(port)
     try:
         _both_sending(out, run)

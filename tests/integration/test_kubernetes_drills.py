@@ -25,7 +25,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -47,7 +46,13 @@ from llmdrill.stack.kube_cluster import (
     engine_manifests,
 )
 from tests.conftest import count
-from tests.integration.conftest import REPO, llmdrill
+from tests.integration.conftest import (
+    REPO,
+    evidence_requests,
+    llmdrill,
+    samples_sent,
+    start_run,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
 
@@ -356,10 +361,7 @@ def test_load_workers_as_pods_send_the_load_and_every_request_is_evidence(
     path = tmp_path / "pod-workers.yaml"
     path.write_text(WORKERS_SCENARIO.format(port=port))
     out = tmp_path / "reports"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-         "--no-history", "--keep-samples"], env=kube.env(), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = start_run(path, out, kube.env())
     pods: set[str] = set()
     try:
         kube.kubectl("apply", "-f", "-", input=json.dumps(
@@ -382,11 +384,9 @@ def test_load_workers_as_pods_send_the_load_and_every_request_is_evidence(
     folder = next(out.glob("*/result.json")).parent
     files = sorted(folder.glob("samples-w*.jsonl"))
     assert len(files) == 2, files
-    sent = [sum(1 for line in f.read_text().splitlines() if '"start"' in line) for f in files]
+    sent = [samples_sent(f) for f in files]
     assert all(n > 0 for n in sent), sent  # each pod drove the engine
-    with sqlite3.connect(folder / "evidence.db") as db:
-        recorded = int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
-    assert recorded == sum(sent)  # and every request a pod recorded is evidence
+    assert evidence_requests(folder) == sum(sent)  # and every request a pod recorded is evidence
     print(f"\nk8s pod workers: {sent} requests from pods {sorted(pods)}")
 
 

@@ -51,14 +51,19 @@ def socket_alive(sock: Any) -> bool:
         return False
 
 
-class _Pool(ConnectionPool):
+class _QuietAliveCheck:
+    """geventhttpclient's pools with socket_alive as their kept-alive check."""
+
     def _is_socket_alive(self, sock: Any) -> bool:
         return socket_alive(sock)
 
 
-class _SSLPool(SSLConnectionPool):
-    def _is_socket_alive(self, sock: Any) -> bool:
-        return socket_alive(sock)
+class _Pool(_QuietAliveCheck, ConnectionPool):
+    pass
+
+
+class _SSLPool(_QuietAliveCheck, SSLConnectionPool):
+    pass
 
 
 def _unverified_context() -> gevent.ssl.SSLContext:
