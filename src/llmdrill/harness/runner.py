@@ -29,6 +29,7 @@ from llmdrill.faults.base import EnvironmentProblem, Injector
 from llmdrill.faults.registry import backend_of, blast_radius, make_injector
 from llmdrill.harness.journal import Journal, revert_outstanding
 from llmdrill.harness.live import LiveStats
+from llmdrill.harness.phase_end import BackWatcher
 from llmdrill.harness.plan import Plan, PlannedPhase, compile_plan
 from llmdrill.harness.preflight import check_metrics, check_target
 from llmdrill.harness.progress import Progress
@@ -146,6 +147,9 @@ class Runner:
         # When each fault's revert began, for checks that must not judge past it.
         self.reverting_at: dict[str, float] = {}
         self.phase_results: list[PhaseResult] = []
+        # How much sooner than planned the phases now run: a phase that ended early
+        # (`end_early`) brings every later one forward by what it saved.
+        self.shift = 0.0
         self.abort_reason: str | None = None
         self.error: str | None = None
         self.live = LiveStats()
@@ -487,14 +491,22 @@ class Runner:
         for index, planned in enumerate(self.plan.phases):
             with Services() as probes:  # the checks' active probes live for their phase
                 self.live_probes = self._start_probes(planned.name, probes)
+                end_early = self.scenario.phases[index].end_early
+                back = (probes.start(f"end_early {planned.name}", BackWatcher(end_early))
+                        if end_early is not None else None)
                 try:
-                    self._run_phase(index, planned, t0, locust, scraper, journal, store)
+                    self._run_phase(index, planned, t0 - self.shift, locust, scraper, journal,
+                                    store, back)
                 finally:
                     self.live_probes = []
 
     def _run_phase(self, index: int, planned: PlannedPhase, t0: float,
                    locust: LocustProcess | None, scraper: MetricsScraper | None,
-                   journal: Journal, store: EvidenceStore) -> None:
+                   journal: Journal, store: EvidenceStore,
+                   back: BackWatcher | None = None) -> None:
+        """One phase, on the timeline `t0` starts (the run's, brought forward by the
+        phases that ended early): its faults applied, the load watched until its end (or
+        until `back` says the target is back), its faults reverted."""
         guard = self.scenario.guardrails
         phase = PhaseResult(name=planned.name, planned_start=t0 + planned.start,
                             planned_end=t0 + planned.end, start=time.time(),
@@ -537,6 +549,13 @@ class Runner:
             self.progress.tick(planned.name, deadline - now, self.live, now,
                                list(self.journal_ids),
                                scraper.latest if scraper else {})
+            if back is not None and (why := back.ended(now)) is not None:
+                phase.ended_early = why
+                self.shift += deadline - now
+                store.add_event(now, EventKind.PHASE_ENDED_EARLY,
+                                {"phase": planned.name, "reason": why,
+                                 "saved_s": round(deadline - now, 3)})
+                break
             time.sleep(min(self.options.tick, max(0.0, deadline - now)))
         for name in self.plan.faults_leaving(index):
             self._revert(name, journal, store)
@@ -584,8 +603,9 @@ class Runner:
         planned_names = {p.name for p in phases}
         for planned in self.plan.phases:  # phases that never started, for the timeline
             if planned.name not in planned_names:
-                phases.append(PhaseResult(name=planned.name, planned_start=t0 + planned.start,
-                                          planned_end=t0 + planned.end,
+                phases.append(PhaseResult(name=planned.name,
+                                          planned_start=t0 - self.shift + planned.start,
+                                          planned_end=t0 - self.shift + planned.end,
                                           faults=list(planned.faults)))
         target = self.scenario.target
         return RunResult(

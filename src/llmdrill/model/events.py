@@ -18,6 +18,9 @@ class EventKind(StrEnum):
     """A phase began. detail: phase."""
     PHASE_END = "phase_end"
     """A phase ran to its end. detail: phase."""
+    PHASE_ENDED_EARLY = "phase_ended_early"
+    """A phase with `end_early` ended before its planned end: the target was back.
+    detail: phase, reason, saved_s."""
     FAULT_APPLIED = "fault_applied"
     """A fault was applied (after its revert action was journaled). detail: fault."""
     FAULT_REVERTED = "fault_reverted"

@@ -40,6 +40,9 @@ class PhaseResult(BaseModel):
     end: float | None = None
     faults: list[str] = Field(default_factory=list)
     completed: bool = False
+    ended_early: str | None = Field(
+        default=None, description="Why the phase ended before its planned end "
+        "(`end_early`: the target was back), or None when it ran its whole duration.")
 
 
 class FaultResult(BaseModel):

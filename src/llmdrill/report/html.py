@@ -138,6 +138,7 @@ class PhaseView:
     actual: str
     completed: bool
     faults: str
+    ended_early: str = ""  # why it ended before its planned end (`end_early`)
 
 
 # The checks whose reader needs to know where to look next.
@@ -257,6 +258,7 @@ def render_html(result: RunResult) -> str:
                 actual=_span(p.start, p.end, t0),
                 completed=p.completed,
                 faults=", ".join(p.faults) or DASH,
+                ended_early=p.ended_early or "",
             )
             for p in result.phases
         ],

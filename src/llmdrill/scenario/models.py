@@ -303,13 +303,48 @@ class Load(Strict):
 # --- phases ---------------------------------------------------------------------------
 
 
+class EndEarly(Strict):
+    """When a recovery phase may end before its `duration`: once the fault has shown on the
+    target (one of `back` failed to answer) and the target is back (every one of `back`
+    answered healthy, with no failure, for `after` in a row). Without a failure seen, the
+    phase lasts its whole `duration`: a fault that never took the target down proves
+    nothing, and the checks get the whole window to say so."""
+
+    back: list[str] = Field(
+        min_length=1,
+        description="Health URLs polled twice a second from the phase's start; healthy is "
+        "a 2xx answer within 2s. All of them must be healthy for the phase to end.",
+    )
+    after: Duration = Field(
+        default=20.0,
+        description="How long every URL must stay healthy, after the last failure seen, "
+        "before the phase ends: room for the checks' own windows (warm-up TTFT, routing "
+        "again) after the target is back. As long as the phase or longer: the phase lasts "
+        "its whole duration (a scenario whose phases are shortened through the "
+        "environment stays valid).",
+    )
+
+    @field_validator("back")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        return [http_url(u) for u in urls]
+
+
 class Phase(Strict):
     name: Name = Field(description="Checks refer to the phase by this name.")
-    duration: Duration = Field(description="How long the phase lasts.")
+    duration: Duration = Field(
+        description="How long the phase lasts (at most, with `end_early`).")
     faults: list[str] = Field(
         default_factory=list,
         description="Names of `faults` applied when the phase starts and reverted when it "
         "ends (kept on if the next phase lists them too).",
+    )
+    end_early: EndEarly | None = Field(
+        default=None,
+        description="Ends the phase once the target is back from the fault, rather than at "
+        "`duration` (which stays the longest it lasts); the phases after it start sooner. "
+        "For the phase a restart or kill recovers in: drills end when the recovery is seen "
+        "instead of after the worst case.",
     )
 
     @field_validator("duration")
