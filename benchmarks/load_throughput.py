@@ -14,7 +14,10 @@ concurrency 8: the goal is 2x its rate.
 Then two load processes (Locust's distributed mode) on both cores: the goal is 1.8x one.
 The stub has no core of its own then: it shares core 0 with the load, and what it takes
 is measured (its CPU seconds from /proc over the requests it served, times the rate) and
-printed beside the plain ratio, with the rate per core left to the load.
+printed beside the plain ratio, with the rate per core left to the load. Last, one load
+process and two are run again with each held to half a core by a cgroup of its own
+(cpu_budget.py), the stub, Locust's master and the harness outside them: the scale-out of
+the load processes where nothing else is the limit, as on a machine with a core for each.
 
     .venv/bin/python benchmarks/load_throughput.py            # 20 s per client and round
     .venv/bin/python benchmarks/load_throughput.py --short    # 3 s each; run by make test
@@ -31,6 +34,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -40,6 +44,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cpu_budget  # beside this script (its folder is the first on sys.path)
 import httpx
 
 from llmdrill.model.evidence import RequestLog
@@ -49,6 +54,11 @@ PORT = 18190
 USERS = 8
 EVENTS_PER_REQUEST = 18  # 16 token chunks, the finish chunk, [DONE]
 CLIENT_CPU, STUB_CPU = "1", "0"
+# Each load process's CPU in the budgeted comparison: with two of them, a core is left to
+# the stub, Locust's master and the harness, so none of those is the limit.
+BUDGET_CORES = 0.5
+STEADY_AFTER_S = 1.0
+BUDGET_MIN_S = 8.0  # the short mode's 3 s would be mostly Locust starting on half a core
 
 
 def sse_body() -> str:
@@ -234,6 +244,57 @@ def llmdrill_load(url: str, seconds: float, work: Path, processes: int = 1,
     return rate, len(RequestLog(run / "evidence.db"))
 
 
+def steady_rate(run: Path) -> float:
+    """Requests/s from the first request's start plus STEADY_AFTER_S to the end of the
+    phase: the processes' start (Locust's import, workers connecting) left out, so one
+    process and two are compared on the load they keep up."""
+    result = json.loads((run / "result.json").read_text())
+    phase = next(p for p in result["phases"] if p["name"] == "run")
+    with sqlite3.connect(f"file:{run / 'evidence.db'}?mode=ro", uri=True) as db:
+        (first,) = db.execute('SELECT min("start") FROM requests').fetchone()
+        begin, end = float(first) + STEADY_AFTER_S, float(phase["end"])
+        (count,) = db.execute('SELECT count(*) FROM requests WHERE "start" >= ? AND '
+                              '"start" < ?', (begin, end)).fetchone()
+    return float(count) / (end - begin)
+
+
+def budgeted_load(url: str, seconds: float, work: Path, processes: int,
+                  cores: float) -> tuple[float, list[float]]:
+    """`llmdrill run` with each load process held to `cores` of CPU by a cgroup of its own
+    (the harness, Locust's master and the stub outside them, on both cores): the steady
+    requests/s, and the share of scheduling periods each budget ran out in (near 1: the
+    budget, not the stub or the master, held the process back)."""
+    path = work / "scenario.yaml"
+    path.write_text(SCENARIO.format(url=url, users=USERS * processes, seconds=seconds,
+                                    processes=processes))
+    out = work / "reports"
+    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+           "--quiet", "--no-history"]
+    with cpu_budget.budgets(f"llmdrill-bench-{os.getpid()}", processes, cores) as held:
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+        placed: set[int] = set()
+        deadline = time.time() + 60
+        while len(placed) < processes and run.poll() is None and time.time() < deadline:
+            locust = [c for c in cpu_budget.children(run.pid) if "locust" in
+                      cpu_budget.cmdline(c)]
+            # One process: Locust itself. More: the workers Locust's master forks.
+            load = locust if processes == 1 else [
+                w for m in locust for w in cpu_budget.children(m)]
+            for pid in load:
+                if pid not in placed and len(placed) < processes:
+                    held[len(placed)].add(pid)
+                    placed.add(pid)
+            time.sleep(0.02)
+        output, _ = run.communicate(timeout=seconds + 120)
+        used = [b.throttled() for b in held]
+    results = list(out.glob("*/result.json"))
+    if len(placed) < processes or not results or run.returncode != 0:
+        raise SystemExit(f"budgeted llmdrill run failed ({run.returncode}, {len(placed)} of "
+                         f"{processes} load processes placed): {output[-2000:]}")
+    return steady_rate(results[0].parent), used
+
+
 def vllm_bench(url: str, seconds: float, work: Path) -> float | None:
     """Requests/s of `vllm bench serve` (the engine's own load tool, from the local stack's
     engine venv) at concurrency 8 with 16-token random prompts: about as many prompts as
@@ -294,6 +355,16 @@ def main(argv: list[str] | None = None) -> int:
             # The stub's CPU a request, times the rate: its share of a core while the
             # load ran (it does next to nothing outside the load).
             share = cpu[0] / sent * two
+            # The same, each load process held to the same CPU budget: the stub, the
+            # master and the harness have a core left to them, and are not the limit.
+            budgeted = None
+            why_not = cpu_budget.available()
+            if why_not is None:
+                budgeted = []
+                for n in (1, 2):
+                    (work / f"budget{n}").mkdir()
+                    budgeted.append(budgeted_load(url, max(seconds, BUDGET_MIN_S),
+                                                  work / f"budget{n}", n, BUDGET_CORES))
             bench = None
             if not (args.short or args.no_vllm_bench):
                 (work / "vllm").mkdir()
@@ -320,6 +391,16 @@ def main(argv: list[str] | None = None) -> int:
           f"meanwhile ({cpu[0] / sent * 1e6:.0f} us a request), leaving the load "
           f"{2 - share:.2f} cores: {two / ours / (2 - share):.2f}x one process's rate per "
           "core")
+    if budgeted is None:
+        print(f"budgeted 1 vs 2 load processes: left out ({why_not})")
+    else:
+        (one_rate, one_used), (two_rate, two_used) = budgeted
+        print(f"1 vs 2 load processes, each held to {BUDGET_CORES:g} core by a cgroup of its "
+              "own (the stub, Locust's master and the harness outside, on both cores; "
+              f"steady rate from {STEADY_AFTER_S:g}s after the first request): 1 process "
+              f"{one_rate:.0f} req/s (throttled in {one_used[0]:.0%} of periods), 2 "
+              f"processes {two_rate:.0f} req/s (throttled in "
+              f"{', '.join(f'{u:.0%}' for u in two_used)}): {two_rate / one_rate:.2f}x")
     return 0
 
 
