@@ -211,15 +211,21 @@ checks:
 """
 
 
+def llmdrill_command(scenario: str, work: Path) -> tuple[list[str], Path]:
+    """The `llmdrill run` command of a scenario text (written to `work`), and the folder
+    its reports go to."""
+    path = work / "scenario.yaml"
+    path.write_text(scenario)
+    out = work / "reports"
+    return [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
+            "--quiet", "--no-history"], out
+
+
 def run_llmdrill(scenario: str, work: Path, timeout: float, *, must_pass: bool = True,
                  cpus: str = CLIENT_CPU) -> Path:
     """`llmdrill run` of a scenario text on the client core; the run's folder (result.json,
     evidence.db). Exits when it wrote no result, or did not pass and `must_pass`."""
-    path = work / "scenario.yaml"
-    path.write_text(scenario)
-    out = work / "reports"
-    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-           "--quiet", "--no-history"]
+    cmd, out = llmdrill_command(scenario, work)
     done = subprocess.run(_pinned(cpus, cmd), capture_output=True, text=True,
                           timeout=timeout)
     results = list(out.glob("*/result.json"))
@@ -264,12 +270,8 @@ def budgeted_load(url: str, seconds: float, work: Path, processes: int,
     (the harness, Locust's master and the stub outside them, on both cores): the steady
     requests/s, and the share of scheduling periods each budget ran out in (near 1: the
     budget, not the stub or the master, held the process back)."""
-    path = work / "scenario.yaml"
-    path.write_text(SCENARIO.format(url=url, users=USERS * processes, seconds=seconds,
-                                    processes=processes))
-    out = work / "reports"
-    cmd = [sys.executable, "-m", "llmdrill.cli", "run", str(path), "--out", str(out),
-           "--quiet", "--no-history"]
+    cmd, out = llmdrill_command(SCENARIO.format(url=url, users=USERS * processes,
+                                                seconds=seconds, processes=processes), work)
     with cpu_budget.budgets(f"llmdrill-bench-{os.getpid()}", processes, cores) as held:
         run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -41,23 +40,20 @@ class BackState:
 
     urls: tuple[str, ...]
     after: float
-    first_failure: float | None = None
     first_failed_url: str | None = None
-    last_failure: float | None = None
-
-    def __post_init__(self) -> None:
-        self.latest: dict[str, bool] = {}
+    last_failure: float | None = None  # None: no failure seen yet
+    latest: dict[str, bool] = field(default_factory=dict)  # each URL's last poll
 
     def saw(self, url: str, ok: bool, at: float) -> None:
         self.latest[url] = ok
         if not ok:
-            if self.first_failure is None:
-                self.first_failure, self.first_failed_url = at, url
+            if self.first_failed_url is None:
+                self.first_failed_url = url
             self.last_failure = at
 
     def ended(self, now: float) -> str | None:
         """Why the phase may end now, or None while it must go on."""
-        if self.first_failure is None or self.last_failure is None:
+        if self.last_failure is None:
             return None  # the fault has not shown on the target (yet)
         if not all(self.latest.get(url) for url in self.urls):
             return None
@@ -72,10 +68,9 @@ class BackWatcher:
     """The polling thread of one phase's `end_early`; a `Services` helper."""
 
     def __init__(self, spec: EndEarly, *, interval: float = POLL_INTERVAL_S,
-                 timeout: float = POLL_TIMEOUT_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 timeout: float = POLL_TIMEOUT_S) -> None:
         self.state = BackState(tuple(spec.back), spec.after)
-        self.interval, self.timeout, self.clock = interval, timeout, clock
+        self.interval, self.timeout = interval, timeout
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="end-early", daemon=True)
@@ -87,7 +82,7 @@ class BackWatcher:
                 for url in self.state.urls:
                     ok = healthy(client, url)
                     with self._lock:
-                        self.state.saw(url, ok, self.clock())
+                        self.state.saw(url, ok, time.time())
                 self._stop.wait(self.interval)
 
     def ended(self, now: float) -> str | None:
