@@ -357,3 +357,55 @@ def test_alert_checks_with_prometheus_blind_are_inconclusive() -> None:
     quiet = judge("fault", events=[RULES, UP, blind(50)],
                   no_false_alarms={"alerts": ["Down"], "notification": False})
     not_passed(quiet)
+
+
+# --- stream_recovery: streams the killed engine drained (`when_busy`) --------------------
+
+
+def busy(running: float, polled: float = KILL - 0.03, met: bool = True) -> Event:
+    return (T0 + polled + 0.01, "fault_busy", {"fault": "f", "met": met, "running": running,
+                                               "polled_at": T0 + polled})
+
+
+def drained_world(*events: Event, open_at_kill: int = 2) -> dict[str, Any]:
+    """Down for real (a die); the requests open at the kill all complete a second later,
+    as a killed engine's streams do when its grace period lets them finish. One request of
+    the steady load ends at +34.9s, between the busy poll and the kill."""
+    reqs = every(0, 60, duration=0.4)
+    reqs += [rec(KILL - 0.5, 1.5) for _ in range(open_at_kill)]
+    world = node_world(die=True, failed_polls=4, requests=reqs)
+    world["events"] += list(events)
+    return world
+
+
+def test_stream_recovery_counts_streams_the_killed_engine_drained() -> None:
+    result = judge("fault", **drained_world(busy(2)), stream_recovery=SR)
+    assert result.status == "passed", result.summary
+    # 2 running at the poll, 1 request (any replica's) ended before the kill: 1 is shown.
+    assert result.observed["busy_at_kill"] == 2
+    assert result.observed["ended_between_busy_poll_and_kill"] == 1
+    assert result.observed["in_flight_drained"] == 1
+    assert "1 of them on the killed engine, which drained them" in result.summary
+
+
+@pytest.mark.parametrize(("event", "why"), [
+    (None, "no wait for load on the fault"),
+    (busy(2, met=False), "the wait was not met"),
+    (busy(2, polled=KILL - 5), "the poll was seconds before the kill"),
+    (busy(1), "its one stream may be the one that ended before the kill"),
+])
+def test_completed_streams_without_evidence_of_the_killed_engine_are_not_a_pass(
+        event: Event | None, why: str) -> None:
+    world = drained_world(*([event] if event else []))
+    result = judge("fault", **world, stream_recovery=SR)
+    not_passed(result)
+    assert "0 of 2 requests in flight at the kill were cut and 0 shown drained" in \
+        result.summary, why
+
+
+def test_drained_streams_do_not_hide_a_hung_one() -> None:
+    world = drained_world(busy(3))
+    world["requests"].append(rec(KILL - 0.5, 30, error="interrupted", finished=False))
+    result = judge("fault", **world, stream_recovery=SR)
+    not_passed(result, "failed")
+    assert "hung" in result.summary

@@ -19,7 +19,9 @@ stream_recovery passes when
   error within `deadline` of the kill (no hang, no client-side timeout). A kill is not
   instant: the container's `die` event (once every process in it is dead) marks the
   death, else the first failed health poll. At least `min_cut` of them must have been
-  cut (ended with an error): requests that completed normally are not recovered streams;
+  cut (ended with an error), or shown drained: completed after the kill on the killed
+  engine, which a fault with `when_busy` shows (the engine's own running-requests gauge
+  just before the kill). Other requests that completed may have been another replica's;
 - of the other requests sent after the kill and before the engine was back (the ones a
   client can retry), at least `retry_success` succeeded: clients that retry get through;
 - requests sent after it was back failed at most `after_error_rate`.
@@ -119,8 +121,10 @@ class StreamRecoveryCheck(_AfterNodeFault):
     min_cut: int = Field(
         default=1, ge=1,
         description="Requests in flight that the kill must actually have cut (ended with an "
-        "error); requests that completed normally show nothing about recovery. Fewer is "
-        "inconclusive.",
+        "error) or that the killed engine drained (completed after the kill; shown only "
+        "for a fault with `when_busy`, from the requests its engine reported running just "
+        "before). Other requests that completed may have been another replica's and show "
+        "nothing about recovery. Fewer is inconclusive.",
     )
     retry_success: Fraction = Field(
         default=1.0,
@@ -182,6 +186,11 @@ MIN_PAUSE = 0.05
 TOKEN_MAX_BYTES = 64 * 1024  # a 1-token answer is a few hundred bytes
 STEP_S = 0.5
 MAX_EVENTS_SHOWN = 30
+# The running-requests gauge is the engine's value as of its last step, a few ms old
+# under load; and a fault held by `when_busy` goes within a few ms of the poll that let
+# it go. A wait older than this shows nothing about the engine at the kill.
+GAUGE_LAG_S = 0.1
+GATE_FRESH_S = 2.0
 _EPS = 1e-9
 
 
@@ -418,6 +427,39 @@ def judge_in_flight(requests: Sequence[RequestRecord], kill: float, died: float,
     return found
 
 
+@dataclass(frozen=True)
+class Drained:
+    """What a `when_busy` fault's metrics show about the killed engine's own streams."""
+
+    running: float  # its requests running at the poll that let the fault go
+    ended_in_gap: int  # requests (any replica's) that ended between that poll and the kill
+    drained: int  # of its streams at the kill, at least this many completed after it
+
+
+def drained_on_killed(evidence: Evidence, fault: str, kill: float, survived: int
+                      ) -> Drained | None:
+    """A lower bound on the streams the killed engine was serving at the kill that then
+    completed normally (a graceful stop lets them finish), from the `fault_busy` event of
+    a fault with `when_busy`: the requests it reported running, minus every request that
+    ended between that poll (less the gauge's lag) and the kill, whichever replica served
+    it; at most the requests in flight that survived. None without a met wait just before
+    the kill: a completed request in flight is then no evidence about the killed engine."""
+    busy = [d for _, d in evidence.events_of(EventKind.FAULT_BUSY)
+            if d.get("fault") == fault and d.get("met")]
+    if not busy:
+        return None
+    detail = busy[-1]
+    polled_at, running = detail.get("polled_at"), detail.get("running")
+    if not isinstance(polled_at, int | float) or not isinstance(running, int | float):
+        return None
+    if not 0 <= kill - polled_at <= GATE_FRESH_S:
+        return None
+    since = polled_at - GAUGE_LAG_S
+    gap = sum(1 for r in evidence.requests if r.finished and since <= r.end <= kill)
+    drained = max(0, min(int(running) - gap, survived))
+    return Drained(float(running), gap, drained)
+
+
 def docker_timeline(evidence: Evidence, window: Window, kill: float) -> list[dict[str, Any]]:
     """The engine's container events in the window, relative to the kill, for reports."""
     shown = []
@@ -538,16 +580,26 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
     thin: list[str] = []  # too little evidence: inconclusive unless something failed
     cut = flight.total - flight.survived
     observed["in_flight_cut"] = cut
+    shown = drained_on_killed(evidence, fault, kill, flight.survived)
+    drained = shown.drained if shown is not None else 0
+    if shown is not None:
+        observed.update({"busy_at_kill": shown.running,
+                         "ended_between_busy_poll_and_kill": shown.ended_in_gap,
+                         "in_flight_drained": drained})
     if back - kill > spec.back_within + _EPS:
         problems.append(f"the engine was back only {fmt(back - kill)}s after the kill "
                         f"(limit {fmt(spec.back_within)}s)")
     if flight.total < spec.min_in_flight:
         thin.append(f"{flight.total} requests were in flight at the kill (need "
                     f"{spec.min_in_flight}): nothing shows how streams end")
-    elif cut < spec.min_cut:
-        thin.append(f"{cut} of {flight.total} requests in flight at the kill were cut (need "
-                    f"{spec.min_cut}; the others completed normally): nothing shows how a "
-                    "cut stream ends")
+    elif cut + drained < spec.min_cut:
+        unseen = ("" if shown is not None else
+                  "; with `when_busy` on the fault, streams the killed engine finished "
+                  "count as drained")
+        thin.append(f"{cut} of {flight.total} requests in flight at the kill were cut and "
+                    f"{drained} shown drained by the killed engine (need {spec.min_cut}; the "
+                    f"others completed, on whichever replica){unseen}: nothing shows how its "
+                    "streams end")
     if flight.hung:
         problems.append(f"{flight.hung}/{flight.total} requests in flight hung past "
                         f"{fmt(spec.deadline)}s after the kill")
@@ -575,10 +627,12 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
     elif thin:
         summary = "inconclusive: " + "; ".join(thin)
     else:
+        drain = (f" ({drained} of them on the killed engine, which drained them: it was "
+                 f"serving {fmt(shown.running)} just before)" if shown and drained else "")
         summary = (f"{flight.total} requests in flight at the kill: {flight.cut_cleanly} cut "
                    f"with a clear error within {fmt(spec.deadline)}s, {flight.survived} "
-                   f"completed; {retried_ok}/{len(retryable)} sent while the engine was down "
-                   f"succeeded on retry; back after {fmt(back - kill)}s; "
+                   f"completed{drain}; {retried_ok}/{len(retryable)} sent while the engine "
+                   f"was down succeeded on retry; back after {fmt(back - kill)}s; "
                    f"{len(after) - after_failed}/{len(after)} ok after")
     return make_result(name, kind, phase, status, summary, window=window, observed=observed,
                        expected=expected)

@@ -315,6 +315,7 @@ POD_EVENT = EventKind.KUBE_POD
 NODE_EVENT = EventKind.KUBE_NODE
 EVICT_RETRY_S = 2.0  # pause between two tries of an eviction a budget refused
 NODE_POLL_S = 1.0
+WATCH_LISTED_S = 5.0  # the longest the fault waits for its watch's first list
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
 
 
@@ -997,8 +998,10 @@ class KubernetesInjector:
         plan = self._plan
         node = plan.get("node")
         self._watch(nodes=(str(node),) if node else ())
-        # The watch's first list is the state before the change: give it a moment.
-        time.sleep(0.3)
+        # The watch's first list is the state before the change: wait for it (no longer
+        # than a slow API server takes; a watch that cannot list records why itself).
+        if self._watcher is not None:
+            self._watcher.wait_listed(WATCH_LISTED_S)
         with self.api() as api:
             if spec.action == "pod_kill":
                 self._kill_pods(api, plan["targets"])

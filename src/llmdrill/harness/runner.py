@@ -27,6 +27,7 @@ from llmdrill.checks.probes import RunningProbe
 from llmdrill.checks.stats import client_series, request_stats
 from llmdrill.faults.base import EnvironmentProblem, Injector
 from llmdrill.faults.registry import backend_of, blast_radius, make_injector
+from llmdrill.harness.busy_gate import wait_until_busy
 from llmdrill.harness.journal import Journal, revert_outstanding
 from llmdrill.harness.live import LiveStats
 from llmdrill.harness.phase_end import BackWatcher
@@ -188,8 +189,26 @@ class Runner:
             deadline = min(deadline, time.time() + lifetime)
         return deadline
 
+    def _wait_until_busy(self, name: str, store: EvidenceStore) -> dict[str, Any] | None:
+        """`when_busy`: hold the fault until its engine serves requests (or `within`
+        passed: applied anyway, the wait recorded as not met)."""
+        spec = self.scenario.faults[name].when_busy
+        if spec is None:
+            return None
+        self.progress.event(f"{name}: waiting for {spec.min_running:g}+ requests running "
+                            f"at {spec.metrics_url}")
+        waited = wait_until_busy(spec)
+        detail = waited.detail(name, spec)
+        store.add_event(time.time(), EventKind.FAULT_BUSY, detail)
+        if not waited.met:
+            self.progress.event(
+                f"{name}: the engine did not serve {spec.min_running:g} requests within "
+                f"{spec.within:g}s (last seen: {waited.running}; {waited.error or 'no error'})"
+                "; applied anyway")
+        return {k: detail[k] for k in ("met", "running", "min_running", "waited_s")}
+
     def _apply(self, name: str, journal: Journal, store: EvidenceStore,
-               deadline: float | None = None) -> None:
+               deadline: float | None = None, busy: dict[str, Any] | None = None) -> None:
         injector = self._injector(name)
         action = injector.prepare()
         entry = journal.intent(name, injector.describe(), action, deadline)  # before the change
@@ -199,7 +218,8 @@ class Runner:
         result = FaultResult(
             name=name, backend=fault.backend,
             kind=backend.label(spec) if backend.label else fault.backend,
-            params=backend.params(spec) if backend.params else spec.model_dump(mode="json"))
+            params=backend.params(spec) if backend.params else spec.model_dump(mode="json"),
+            busy=busy)
         self.fault_results[name] = result
         try:
             injector.apply()
@@ -514,7 +534,8 @@ class Runner:
         self.phase_results.append(phase)
         store.add_event(phase.start or 0.0, EventKind.PHASE_START, {"phase": planned.name})
         for name in self.plan.faults_entering(index):
-            self._apply(name, journal, store, self._deadline(name, index, t0))
+            busy = self._wait_until_busy(name, store)  # before its lifetime starts
+            self._apply(name, journal, store, self._deadline(name, index, t0), busy)
         deadline = t0 + planned.end
         while (now := time.time()) < deadline:
             if locust is not None:

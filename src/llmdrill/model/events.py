@@ -23,6 +23,10 @@ class EventKind(StrEnum):
     detail: phase, reason, saved_s."""
     FAULT_APPLIED = "fault_applied"
     """A fault was applied (after its revert action was journaled). detail: fault."""
+    FAULT_BUSY = "fault_busy"
+    """A fault with `when_busy` waited for its engine to serve requests before it was
+    applied. detail: fault, met, running, min_running, polled_at (start of the poll that
+    met it), waited_s, polls, metric, url, error."""
     FAULT_REVERTED = "fault_reverted"
     """A fault was reverted by the harness. detail: fault."""
     SCRAPE_FAILED = "scrape_failed"

@@ -54,6 +54,9 @@ class FaultResult(BaseModel):
     reverted_at: float | None = None
     reverted_by: str = "harness"
     revert_error: str | None = None
+    busy: dict[str, Any] | None = Field(
+        default=None, description="With `when_busy`: whether the engine served enough "
+        "requests before the fault was applied (met, running, waited_s).")
     effect: FaultEffectLabel | None = Field(
         default=None, description="Whether the fault reached the traffic or the target: "
         "seen, missed, or unknown (no evidence either way). None when it was never applied.")

@@ -153,17 +153,24 @@ class KubeWatcher:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._open: set[Any] = set()
+        self._listed: dict[str, threading.Event] = {}
         self._threads = []
-        if pods:
-            self._threads.append(threading.Thread(target=self._run, args=("pods",),
-                                                  name="kube-pods", daemon=True))
-        if self.nodes:
-            self._threads.append(threading.Thread(target=self._run, args=("nodes",),
-                                                  name="kube-nodes", daemon=True))
+        for what, wanted in (("pods", pods), ("nodes", bool(self.nodes))):
+            if wanted:
+                self._listed[what] = threading.Event()
+                self._threads.append(threading.Thread(target=self._run, args=(what,),
+                                                      name=f"kube-{what}", daemon=True))
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+
+    def wait_listed(self, timeout: float) -> bool:
+        """Until every resource was listed once (its state before what comes next is
+        recorded, and the watch carries on from there), or `timeout`: False then."""
+        deadline = time.time() + timeout
+        return all(done.wait(max(0.0, deadline - time.time()))
+                   for done in self._listed.values())
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -191,6 +198,7 @@ class KubeWatcher:
                 if api is None:
                     api = self.api_factory()
                 version: str | None = self._list(api, what, seen)
+                self._listed[what].set()
                 while version is not None and not self._stop.is_set():
                     version = self._watch(api, what, seen, version)  # None: 410, list again
             except Exception as exc:  # a blind spot is recorded, then the watch resumes

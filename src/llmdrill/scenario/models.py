@@ -121,6 +121,31 @@ else:
                                     **_kind_fields(FAULT_KINDS))
 
 
+class WhenBusy(Strict):
+    """Apply the fault only once the target is serving: a kill that catches no request in
+    flight shows nothing about how cut requests end. Polls an engine's Prometheus metrics
+    until it reports at least `min_running` requests running, then applies at once. If
+    `within` passes first, the fault is applied anyway and the wait is recorded as not
+    met: the checks that need requests in flight then say they had none."""
+
+    metrics_url: str = Field(
+        description="The engine's /metrics URL: the replica the fault hits (behind a "
+        "gateway, its own address, not the gateway's).")
+    metric: str = Field(
+        default="vllm:num_requests_running",
+        description="Gauge of the requests the engine is serving (summed over its labels).")
+    min_running: int = Field(default=1, ge=1, description="Least value of `metric`.")
+    within: Duration = Field(
+        default=30.0,
+        description="Longest wait, from the phase's start; the phase's clock runs meanwhile.")
+    poll_interval: Duration = Field(default=0.1, description="Time between two polls.")
+
+    @field_validator("metrics_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return http_url(url)
+
+
 class Fault(_FaultKindFields):
     """One named fault. Exactly one backend key is set."""
 
@@ -129,7 +154,8 @@ class Fault(_FaultKindFields):
     def _backend(cls, data: Any) -> Any:
         if isinstance(data, dict):
             backends = [k for k in data if k in FAULT_BACKENDS]
-            unknown = [k for k in data if k not in FAULT_BACKENDS and k != "max_lifetime"]
+            unknown = [k for k in data
+                       if k not in FAULT_BACKENDS and k not in ("max_lifetime", "when_busy")]
             if not backends and unknown:
                 raise ValueError(
                     f"unknown fault type '{unknown[0]}' "
@@ -139,6 +165,11 @@ class Fault(_FaultKindFields):
 
     max_lifetime: Duration | None = Field(
         default=None, description="Upper bound on how long the fault may stay applied."
+    )
+    when_busy: WhenBusy | None = Field(
+        default=None,
+        description="Wait, before applying, until the engine the fault hits is serving "
+        "requests (its metrics say so): a kill drill then always catches streams in flight.",
     )
 
     @model_validator(mode="after")
