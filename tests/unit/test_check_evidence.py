@@ -388,6 +388,20 @@ def test_stream_recovery_counts_streams_the_killed_engine_drained() -> None:
     assert "1 of them on the killed engine, which drained them" in result.summary
 
 
+def test_streams_the_kill_cut_are_not_counted_as_drained_too() -> None:
+    # 3 running at the poll, 1 ended before the kill, 1 cut: at most 1 of the 2 that
+    # completed is shown to be the killed engine's.
+    world = drained_world(busy(3))
+    world["requests"].append(rec(KILL - 0.5, 0.6, error="incomplete_stream"))
+    result = judge("fault", **world, stream_recovery=SR)
+    assert result.status == "passed", result.summary
+    assert result.observed["in_flight_cut"] == 1
+    assert result.observed["in_flight_drained"] == 1
+    world = drained_world(busy(2))
+    world["requests"].append(rec(KILL - 0.5, 0.6, error="incomplete_stream"))
+    assert judge("fault", **world, stream_recovery=SR).observed["in_flight_drained"] == 0
+
+
 @pytest.mark.parametrize(("event", "why"), [
     (None, "no wait for load on the fault"),
     (busy(2, met=False), "the wait was not met"),

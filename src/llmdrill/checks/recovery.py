@@ -436,14 +436,15 @@ class Drained:
     drained: int  # of its streams at the kill, at least this many completed after it
 
 
-def drained_on_killed(evidence: Evidence, fault: str, kill: float, survived: int
-                      ) -> Drained | None:
+def drained_on_killed(evidence: Evidence, fault: str, kill: float, survived: int,
+                      cut: int) -> Drained | None:
     """A lower bound on the streams the killed engine was serving at the kill that then
     completed normally (a graceful stop lets them finish), from the `fault_busy` event of
     a fault with `when_busy`: the requests it reported running, minus every request that
     ended between that poll (less the gauge's lag) and the kill, whichever replica served
-    it; at most the requests in flight that survived. None without a met wait just before
-    the kill: a completed request in flight is then no evidence about the killed engine."""
+    it, minus the `cut` ones (they were the killed engine's too); at most the requests in
+    flight that survived. None without a met wait just before the kill: a completed
+    request in flight is then no evidence about the killed engine."""
     busy = [d for _, d in evidence.events_of(EventKind.FAULT_BUSY)
             if d.get("fault") == fault and d.get("met")]
     if not busy:
@@ -456,7 +457,7 @@ def drained_on_killed(evidence: Evidence, fault: str, kill: float, survived: int
         return None
     since = polled_at - GAUGE_LAG_S
     gap = sum(1 for r in evidence.requests if r.finished and since <= r.end <= kill)
-    drained = max(0, min(int(running) - gap, survived))
+    drained = max(0, min(int(running) - gap - cut, survived))
     return Drained(float(running), gap, drained)
 
 
@@ -580,7 +581,7 @@ def evaluate_stream_recovery(name: str, phase: str, spec: StreamRecoveryCheck,
     thin: list[str] = []  # too little evidence: inconclusive unless something failed
     cut = flight.total - flight.survived
     observed["in_flight_cut"] = cut
-    shown = drained_on_killed(evidence, fault, kill, flight.survived)
+    shown = drained_on_killed(evidence, fault, kill, flight.survived, cut)
     drained = shown.drained if shown is not None else 0
     if shown is not None:
         observed.update({"busy_at_kill": shown.running,
