@@ -69,7 +69,7 @@ PDB_NAME = "vllm"
 PHASES = {"BASELINE_PHASE": "10s", "SETTLE_PHASE": "5s", "KILL_PHASE": "80s",
           "READY_WITHIN": "70s", "TTFT_WITHIN": "75s", "RESTART_PHASE": "95s",
           "DRAIN_PHASE": "25s", "DRAIN_TIMEOUT": "15s", "RECOVERY_PHASE": "80s",
-          "END_EARLY_AFTER": "20s"}
+          "END_EARLY_AFTER": "12s"}
 # Both replicas restart at once after a node restart, sharing the two cores.
 NODE_RESTART_READY_WITHIN = "80s"
 

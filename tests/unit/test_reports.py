@@ -518,3 +518,14 @@ def test_engine_charts_mark_events_and_zoom_around_them() -> None:
     html = render_html(result)
     assert "Around storm wave 1" in html
     assert html.count("storm wave 1") >= 3  # on both engine charts and its own zoom
+
+
+def test_html_says_how_a_when_busy_wait_went() -> None:
+    result = passing()
+    result.faults[0].busy = {"met": True, "running": 3.0, "min_running": 3, "waited_s": 0.646}
+    page = render_html(result)
+    assert "waited (when_busy): applied once its engine served requests: 3 running after " \
+           "0.6s" in page
+    result.faults[0].busy = {"met": False, "running": 0.0, "min_running": 2, "waited_s": 30.0}
+    assert "its engine never served 2 requests (0 running after 30.0s): applied anyway" in \
+        render_html(result)

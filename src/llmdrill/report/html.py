@@ -129,6 +129,20 @@ class FaultView:
     never_reverted: bool
     effect: str = ""  # seen / missed / unknown, or "" when never applied
     effect_detail: str = ""
+    busy: str = ""  # how its `when_busy` wait went, "" without one
+
+
+def busy_text(busy: dict[str, Any] | None) -> str:
+    """A fault's `when_busy` wait, for the fault table."""
+    if not busy:
+        return ""
+    running = busy.get("running")
+    seen = "no answer" if running is None else f"{running:g} running"
+    waited = f"{float(busy.get('waited_s') or 0):.1f}s"
+    if busy.get("met"):
+        return f"applied once its engine served requests: {seen} after {waited}"
+    return (f"its engine never served {busy.get('min_running')} requests ({seen} after "
+            f"{waited}): applied anyway")
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,7 @@ def _fault_view(fault: FaultResult, result: RunResult, t0: float) -> FaultView:
         never_reverted=never,
         effect=fault.effect or "",
         effect_detail=fault.effect_detail,
+        busy=busy_text(fault.busy),
     )
 
 
