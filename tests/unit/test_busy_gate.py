@@ -3,9 +3,7 @@ against a real HTTP server on the loopback (an engine's metrics page), and the f
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from llmdrill.harness.busy_gate import wait_until_busy
 from llmdrill.scenario.errors import ScenarioError
 from llmdrill.scenario.loader import load_scenario
 from llmdrill.scenario.models import WhenBusy
+from tests.unit.loopback import serving
 
 pytestmark = pytest.mark.unit
 
@@ -29,26 +28,12 @@ def engine() -> Iterator[tuple[str, list[str]]]:
     """A metrics page that answers the body at the head of `pages` (the last one stays)."""
     pages: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = (pages.pop(0) if len(pages) > 1 else pages[0]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer() -> tuple[int, str, bytes]:
+        body = pages.pop(0) if len(pages) > 1 else pages[0]
+        return 200, "text/plain; version=0.0.4", body.encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics", pages
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(answer) as url:
+        yield f"{url}/metrics", pages
 
 
 def spec(url: str, **kw: object) -> WhenBusy:

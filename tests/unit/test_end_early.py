@@ -3,10 +3,8 @@ the scenario fields that set it."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from llmdrill.harness.phase_end import BackState, BackWatcher
 from llmdrill.scenario.errors import ScenarioError
 from llmdrill.scenario.loader import load_scenario
 from llmdrill.scenario.models import EndEarly
+from tests.unit.loopback import serving
 
 pytestmark = pytest.mark.unit
 
@@ -127,25 +126,8 @@ def test_bad_fields_are_named(tmp_path: Path, end_early: str, says: str) -> None
 def flappy() -> Iterator[tuple[str, list[int]]]:
     """A server whose /health answers the status code at the head of `codes` (then 200)."""
     codes: list[int] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            code = codes.pop(0) if codes else 200
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/health", codes
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda: (codes.pop(0) if codes else 200, "text/plain", b"")) as url:
+        yield f"{url}/health", codes
 
 
 def test_the_watcher_ends_once_the_server_is_back(flappy: tuple[str, list[int]]) -> None:
